@@ -1,0 +1,304 @@
+"""Run the workloads: pfjax.fuse vs jax.jit (vs torch.compile where installed).
+
+Every timing is a ratio measured side by side in one process: the candidates run
+interleaved on the same inputs after warm-up, and medians are reported together with
+the fraction of the measured memory-bandwidth ceiling (minimal bytes).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import statistics
+import sys
+import time
+import traceback
+from typing import Optional
+
+import numpy as np
+import jax
+
+import pfjax
+from pfjax.bench import ceiling as ceil_mod
+from pfjax.bench.workloads import SIZES, Workload, select
+
+STAND_IN_NOTE = ("STAND-IN: pfjax.fuse is not available; the 'pfjax' columns are "
+                 "plain jax.jit of the unfused function")
+
+
+def log(msg: str) -> None:
+    print(f"[pfjax.bench] {msg}", file=sys.stderr, flush=True)
+
+
+@dataclasses.dataclass
+class Timing:
+    min_reps: int
+    min_time_s: float
+    max_reps: int
+    warmup: int
+
+
+FULL = Timing(min_reps=50, min_time_s=1.0, max_reps=5000, warmup=5)
+QUICK = Timing(min_reps=5, min_time_s=0.1, max_reps=200, warmup=2)
+
+
+@dataclasses.dataclass
+class Result:
+    name: str
+    title: str
+    category: str
+    size: str
+    shape: str
+    bytes: int
+    ref_ms: Optional[float] = None
+    fused_ms: Optional[float] = None
+    torch_ms: Optional[float] = None
+    reps: int = 0
+    check: str = "not run"          # "ok", "MISMATCH: ...", "ERROR: ..."
+    torch_check: Optional[str] = None
+
+    @property
+    def ok(self) -> bool:
+        return self.check == "ok"
+
+    def speedup(self) -> Optional[float]:
+        if self.ref_ms and self.fused_ms:
+            return self.ref_ms / self.fused_ms
+        return None
+
+    def gbps(self, ms: Optional[float]) -> Optional[float]:
+        return self.bytes / (ms * 1e-3) / 1e9 if ms else None
+
+
+# ------------------------------------------------------------------ helpers
+
+def get_fuse(stand_in: bool):
+    fuse = getattr(pfjax, "fuse", None)
+    if fuse is not None:
+        return fuse, False
+    if not stand_in:
+        raise SystemExit("pfjax.fuse is not available; pass --stand-in to benchmark "
+                         "the harness with an identity stand-in")
+    return (lambda f: f), True
+
+
+def compare(ref_out, out, rtol: float, atol: float) -> str:
+    """'ok' or a MISMATCH message."""
+    r_leaves, r_tree = jax.tree_util.tree_flatten(ref_out)
+    o_leaves, o_tree = jax.tree_util.tree_flatten(out)
+    if r_tree != o_tree:
+        return f"MISMATCH: output structure {o_tree} != {r_tree}"
+    for i, (r, o) in enumerate(zip(r_leaves, o_leaves)):
+        r, o = np.asarray(r), np.asarray(o)
+        if r.shape != o.shape or r.dtype != o.dtype:
+            return f"MISMATCH: output {i} is {o.dtype}{list(o.shape)}, want {r.dtype}{list(r.shape)}"
+        try:
+            np.testing.assert_allclose(o, r, rtol=rtol, atol=atol)
+        except AssertionError:
+            err = np.abs(o.astype(np.float64) - r.astype(np.float64))
+            bad = np.count_nonzero(~(err <= atol + rtol * np.abs(r)))
+            return (f"MISMATCH: output {i}: {bad}/{r.size} elements outside "
+                    f"rtol={rtol} atol={atol}, max abs err {np.nanmax(err):.3g}")
+    return "ok"
+
+
+def _torch():
+    try:
+        import torch
+        return torch
+    except Exception:
+        return None
+
+
+def _run_once(f, args, sync) -> float:
+    t0 = time.perf_counter()
+    out = f(*args)
+    sync(out)
+    dt = time.perf_counter() - t0
+    del out
+    return dt
+
+
+def time_interleaved(cands: list, timing: Timing, label: str) -> tuple[list, int]:
+    """cands: [(f, args, sync)].  Warm up each, then run them alternately (rotating
+    the order each round) and return the median seconds of each and the repeats."""
+    warm = [[_run_once(f, a, s) for _ in range(timing.warmup)] for f, a, s in cands]
+    per_call = statistics.mean(min(w) for w in warm)
+    reps = max(timing.min_reps, min(timing.max_reps, math.ceil(timing.min_time_s / per_call)))
+    log(f"{label}: timing {reps} interleaved rounds (~{per_call * 1e3:.3g} ms/call)")
+    times = [[] for _ in cands]
+    k = len(cands)
+    for i in range(reps):
+        for j in range(k):
+            c = (i + j) % k
+            f, a, s = cands[c]
+            times[c].append(_run_once(f, a, s))
+    return [statistics.median(t) for t in times], reps
+
+
+# ------------------------------------------------------------------ one workload
+
+def run_workload(w: Workload, size: str, fuse, timing: Timing, torch=None) -> Result:
+    label = f"{size} {w.name}"
+    log(f"{label}: making inputs {w.shape(size)}")
+    inputs = jax.block_until_ready(w.make_inputs(size))
+    ref = jax.jit(w.fn)
+    log(f"{label}: compiling + running jax.jit")
+    ref_out = jax.block_until_ready(ref(*inputs))
+    res = Result(w.name, w.title, w.category, size, w.shape(size),
+                 int(w.bytes_moved(inputs, ref_out)))
+    cands = {"ref": (ref, inputs, jax.block_until_ready)}
+    try:
+        log(f"{label}: compiling + running pfjax.fuse")
+        fused = jax.jit(fuse(w.fn))
+        out = jax.block_until_ready(fused(*inputs))
+        res.check = compare(ref_out, out, w.rtol, w.atol)
+        del out
+        cands["fused"] = (fused, inputs, jax.block_until_ready)
+    except Exception as e:
+        res.check = f"ERROR: {type(e).__name__}: {e}".splitlines()[0]
+        log(f"{label}: pfjax.fuse failed:\n{traceback.format_exc()}")
+    if res.check != "ok":
+        log(f"{label}: !!! {res.check}")
+
+    if torch is not None and w.torch_fn is not None:
+        try:
+            log(f"{label}: compiling torch.compile")
+            t_in = tuple(torch.from_numpy(np.array(x)) for x in inputs)
+            tf = torch.compile(w.torch_fn)
+            t_out = tf(*t_in)
+            res.torch_check = compare(ref_out, jax.tree_util.tree_map(
+                lambda t: t.detach().numpy(), t_out), 1e-4, 1e-5)
+            del t_out
+            cands["torch"] = (tf, t_in, lambda o: None)   # torch CPU is synchronous
+        except Exception as e:
+            res.torch_check = f"ERROR: {type(e).__name__}: {e}".splitlines()[0]
+            log(f"{label}: torch.compile failed: {res.torch_check}")
+    del ref_out
+
+    meds, res.reps = time_interleaved(list(cands.values()), timing, label)
+    ms = {k: m * 1e3 for k, m in zip(cands, meds)}
+    res.ref_ms, res.fused_ms, res.torch_ms = ms["ref"], ms.get("fused"), ms.get("torch")
+    return res
+
+
+# ------------------------------------------------------------------ report
+
+def _f(x, fmt):
+    return "-" if x is None else format(x, fmt)
+
+
+def geomean(xs):
+    xs = [x for x in xs if x]
+    return math.exp(sum(map(math.log, xs)) / len(xs)) if xs else None
+
+
+def format_report(results, ceilings, machine, allocator, stand_in, has_torch) -> str:
+    lines = []
+    if stand_in:
+        lines += [f"**{STAND_IN_NOTE}**", ""]
+    lines.append(f"Bandwidth ceiling ({ceilings['source']}): cache-resident "
+                 f"{_f(ceilings['cache'], '.1f')} GB/s, DRAM {_f(ceilings.get('dram'), '.1f')} GB/s"
+                 + (f" (plain {_f(ceilings.get('dram_plain'), '.1f')}, non-temporal "
+                    f"{_f(ceilings.get('dram_nontemporal'), '.1f')})"
+                    if ceilings.get("dram_nontemporal") else ""))
+    for size in SIZES:
+        rows = [r for r in results if r.size == size]
+        if not rows:
+            continue
+        ceil = ceilings["dram"] if size == "dram" else ceilings["cache"]
+        lines += ["", f"### {size} (ceiling {_f(ceil, '.1f')} GB/s)", ""]
+        head = ["workload", "shape", "pfjax ms", "jax.jit ms", "speedup", "pfjax GB/s",
+                "% of ceiling", "jax.jit % of ceiling"]
+        if has_torch:
+            head += ["torch.compile ms", "torch.compile % of ceiling"]
+        head.append("check")
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for r in rows:
+            pct = lambda ms: _f(r.gbps(ms) / ceil * 100 if ms and ceil else None, ".0f")
+            cells = [r.title, r.shape, _f(r.fused_ms, ".3f"), _f(r.ref_ms, ".3f"),
+                     _f(r.speedup(), ".2f"), _f(r.gbps(r.fused_ms), ".1f"),
+                     pct(r.fused_ms), pct(r.ref_ms)]
+            if has_torch:
+                cells += [_f(r.torch_ms, ".3f"), pct(r.torch_ms)]
+            cells.append("ok" if r.ok else f"**{r.check}**")
+            lines.append("| " + " | ".join(cells) + " |")
+        g = geomean(r.speedup() for r in rows if r.ok)
+        lines += ["", f"geometric mean speedup ({size}, {sum(r.ok for r in rows)} "
+                      f"matching workloads): {_f(g, '.2f') + 'x' if g else 'n/a'}"]
+    lines += ["", f"machine: {machine.get('cpu_model')}, {machine.get('num_cores')} cores, "
+                  f"simd {machine.get('simd_bytes')} bytes ({machine.get('source', 'pfjax.machine')})",
+              f"allocator: {allocator}",
+              f"jax {jax.__version__}, pfjax.fuse: {'STAND-IN (identity)' if stand_in else 'yes'}"]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ entry point
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="python -m pfjax.bench", description=__doc__)
+    p.add_argument("--size", choices=SIZES + ("all",), action="append",
+                   help="cache, dram, tiny or all (=cache+dram); repeatable; "
+                        "default cache and dram")
+    p.add_argument("--quick", action="store_true", help="fewer repeats")
+    p.add_argument("--filter", default=None, help="only workloads whose name contains this")
+    p.add_argument("--json", default=None, metavar="PATH", help="also write results as JSON")
+    p.add_argument("--default-allocator", action="store_true",
+                   help="do not re-exec with the warm glibc malloc settings")
+    p.add_argument("--stand-in", action="store_true",
+                   help="if pfjax.fuse is missing, use identity (labelled STAND-IN)")
+    p.add_argument("--no-torch", action="store_true", help="skip torch.compile even if installed")
+    return p.parse_args(argv)
+
+
+def run(argv=None) -> tuple[int, list, str]:
+    """Run the benchmark; return (exit code, results, report text)."""
+    args = parse_args(argv)
+    sizes = args.size or ["cache", "dram"]
+    if "all" in sizes:
+        sizes = [s for s in sizes if s != "all"] + ["cache", "dram"]
+    sizes = [s for s in SIZES if s in sizes]
+    workloads = select(args.filter)
+    if not workloads:
+        raise SystemExit(f"no workload matches --filter {args.filter!r}")
+    fuse, stand_in = get_fuse(args.stand_in)
+    if stand_in:
+        log(STAND_IN_NOTE)
+    timing = QUICK if args.quick else FULL
+    torch = None if args.no_torch else _torch()
+    allocator = ceil_mod.allocator_settings()
+    log(f"allocator: {allocator}")
+
+    machine = ceil_mod.machine_info()
+    ceilings = ceil_mod.measure_ceilings("dram" in sizes, args.quick, log)
+    log(f"ceiling: cache {ceilings['cache']:.1f} GB/s, DRAM {_f(ceilings['dram'], '.1f')} GB/s")
+    print(f"Bandwidth ceiling: cache-resident {ceilings['cache']:.1f} GB/s, "
+          f"DRAM {_f(ceilings['dram'], '.1f')} GB/s  [{ceilings['source']}]", flush=True)
+
+    results = []
+    for size in sizes:
+        for w in workloads:
+            results.append(run_workload(w, size, fuse, timing, torch))
+    report = format_report(results, ceilings, machine, allocator, stand_in, torch is not None)
+    print()
+    print(report, flush=True)
+    if args.json:
+        data = {"machine": machine, "allocator": allocator, "ceilings": ceilings,
+                "fuse": "stand-in" if stand_in else "pfjax.fuse", "quick": args.quick,
+                "jax": jax.__version__,
+                "results": [dict(dataclasses.asdict(r), speedup=r.speedup()) for r in results],
+                "geomean_speedup": {s: geomean(r.speedup() for r in results
+                                               if r.size == s and r.ok) for s in sizes}}
+        with open(args.json, "w") as f:
+            json.dump(data, f, indent=2, default=str)
+        log(f"wrote {args.json}")
+    bad = [r for r in results if not r.ok]
+    if bad:
+        log(f"!!! {len(bad)} workload(s) did not match: " + ", ".join(
+            f"{r.size} {r.name}" for r in bad))
+    return (1 if bad else 0), results, report
+
+
+def main(argv=None) -> int:
+    return run(argv)[0]

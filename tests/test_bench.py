@@ -1,0 +1,45 @@
+"""The benchmark harness runs end to end on tiny shapes (no timing assertions)."""
+import json
+
+import pfjax
+import pfjax.bench
+from pfjax.bench.workloads import WORKLOADS, minimal_bytes
+
+
+def test_bench_tiny_all_workloads(tmp_path, capsys):
+    out_json = tmp_path / "bench.json"
+    argv = ["--size", "tiny", "--quick", "--default-allocator", "--no-torch",
+            "--json", str(out_json)]
+    if not hasattr(pfjax, "fuse"):
+        argv.append("--stand-in")
+    code, results, report = pfjax.bench.run(argv)
+
+    assert [r.name for r in results] == [w.name for w in WORKLOADS]
+    for r in results:
+        assert r.check == "ok", (r.name, r.check)
+        assert r.ref_ms > 0 and r.fused_ms > 0 and r.reps >= 5
+    assert code == 0
+
+    table_rows = [line for line in report.splitlines() if line.startswith("| ")]
+    for w in WORKLOADS:
+        assert sum(f"| {w.title} | {w.shape('tiny')} |" in line for line in table_rows) == 1
+    assert "geometric mean speedup (tiny" in report
+    assert "allocator:" in report and "machine:" in report
+    assert report in capsys.readouterr().out
+
+    data = json.loads(out_json.read_text())
+    assert len(data["results"]) == len(WORKLOADS)
+    assert data["ceilings"]["cache"] > 0
+
+
+def test_bytes_moved_counts_inputs_and_outputs():
+    import jax
+    w = next(w for w in WORKLOADS if w.name == "adam")
+    inputs = w.make_inputs("tiny")
+    outputs = jax.jit(w.fn)(*inputs)
+    assert minimal_bytes(inputs, outputs) == 7 * 8192 * 4
+
+
+def test_filter_selects_subset():
+    from pfjax.bench.workloads import select
+    assert [w.name for w in select("gelu")] == ["bias_gelu_tanh", "bias_gelu_erf"]
