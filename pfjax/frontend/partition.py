@@ -1,0 +1,263 @@
+"""Partitioning: group fusable equations into kernels that move fewer bytes than apart.
+
+Producers and consumers over the same iteration space join one group unless that would
+create a cycle through an equation outside it; siblings over the same space that read a
+common input merge afterwards. Small values that are cheap to recompute (broadcasts,
+converts, scalar arithmetic) are recomputed inside a consumer's loop instead of being
+read from memory. Every equation left out gets a reason, for `pfjax.explain`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pfjax.frontend.program import Atom, Eqn, Lit, Program, Var
+from pfjax.frontend.rules import CHEAP_TO_RECOMPUTE, RULES, TRANSCENDENTAL
+from pfjax.gir.dtypes import BY_NAME
+
+_MOVEMENT_ONLY = {"broadcast_in_dim", "convert_element_type", "copy", "copy_p"}
+
+
+@dataclass(eq=False)
+class Group:
+    space: tuple[int, ...]
+    eqns: list[Eqn] = field(default_factory=list)        # members, in program order
+    recomputed: list[Eqn] = field(default_factory=list)  # outside producers recomputed inside
+    inputs: list[Atom] = field(default_factory=list)
+    outputs: list[Var] = field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.space)
+
+
+@dataclass
+class Partition:
+    groups: list[Group]
+    left_out: list[tuple[Eqn, str]]  # equations not fused, with the reason
+
+
+def _nbytes(aval) -> int:
+    return math.prod(aval.shape) * np.dtype(aval.dtype).itemsize
+
+
+def why_not_fusable(eqn: Eqn) -> str | None:
+    if eqn.body is not None:
+        for inner in eqn.body.eqns:
+            reason = why_not_fusable(inner)
+            if reason:
+                return f"{eqn.name} body: {reason}"
+    elif eqn.name not in RULES:
+        return f"no fusion rule for primitive '{eqn.name}'"
+    for atom in [*eqn.invars, *eqn.outvars]:
+        dtype = getattr(atom.aval, "dtype", None)
+        if dtype is None or not hasattr(atom.aval, "shape"):
+            return f"operand {atom} is not an array"
+        if np.dtype(dtype).name not in BY_NAME:
+            return f"dtype {np.dtype(dtype).name} is not supported"
+    shapes = {tuple(v.aval.shape) for v in eqn.outvars}
+    if len(shapes) != 1:
+        return "outputs of different shapes"
+    return None
+
+
+def _is_transcendental(eqn: Eqn) -> bool:
+    if eqn.body is not None:
+        return any(_is_transcendental(e) for e in eqn.body.eqns)
+    return eqn.name in TRANSCENDENTAL
+
+
+def partition(program: Program) -> Partition:
+    eqns = program.eqns
+    reasons: dict[int, str] = {}
+    producer: dict[int, int] = {}
+    for i, eqn in enumerate(eqns):
+        for v in eqn.outvars:
+            producer[v.id] = i
+        reason = why_not_fusable(eqn)
+        if reason:
+            reasons[i] = reason
+
+    group_of: dict[int, int] = {}
+    spaces: list[tuple[int, ...]] = []
+    dep: dict[int, int] = {}  # var id -> bitmask of groups it depends on
+
+    def deps_of(eqn):
+        m = 0
+        for a in eqn.invars:
+            if isinstance(a, Var):
+                m |= dep.get(a.id, 0)
+        return m
+
+    for i, eqn in enumerate(eqns):
+        if i in reasons:
+            m = deps_of(eqn)
+            for v in eqn.outvars:
+                dep[v.id] = m
+            continue
+        space = tuple(eqn.outvars[0].aval.shape)
+        candidates = []
+        for a in eqn.invars:
+            if isinstance(a, Var) and a.id in producer and producer[a.id] in group_of:
+                g = group_of[producer[a.id]]
+                if spaces[g] == space and g not in candidates:
+                    candidates.append(g)
+        chosen = None
+        for g in candidates:
+            cyclic = any(isinstance(a, Var) and dep.get(a.id, 0) >> g & 1
+                         and group_of.get(producer.get(a.id, -1)) != g for a in eqn.invars)
+            if not cyclic:
+                chosen = g
+                break
+        if chosen is None:
+            chosen = len(spaces)
+            spaces.append(space)
+        group_of[i] = chosen
+        m = deps_of(eqn) | (1 << chosen)
+        for v in eqn.outvars:
+            dep[v.id] = m
+
+    group_of = _merge_siblings(eqns, group_of, spaces, producer)
+    return _finish(program, eqns, group_of, spaces, reasons, producer)
+
+
+
+def _group_deps(eqns, group_of, producer) -> dict[int, int]:
+    """For each group, the bitmask of other groups it depends on (transitively)."""
+    dep: dict[int, int] = {}
+    gdep: dict[int, int] = {}
+    for i, eqn in enumerate(eqns):
+        m = 0
+        for a in eqn.invars:
+            if isinstance(a, Var):
+                m |= dep.get(a.id, 0)
+                if a.id in producer and producer[a.id] in group_of:
+                    m |= 1 << group_of[producer[a.id]]
+        g = group_of.get(i)
+        if g is not None:
+            gdep[g] = gdep.get(g, 0) | (m & ~(1 << g))
+        for v in eqn.outvars:
+            dep[v.id] = m | ((1 << g) if g is not None else 0)
+    return gdep
+
+
+def _merge_siblings(eqns, group_of, spaces, producer) -> dict[int, int]:
+    """Merge groups over the same space that read a common input and are independent."""
+    while True:
+        readers: dict[int, set[int]] = {}
+        for i, eqn in enumerate(eqns):
+            if i in group_of:
+                for a in eqn.invars:
+                    if isinstance(a, Var) and group_of.get(producer.get(a.id, -1)) != group_of[i]:
+                        readers.setdefault(a.id, set()).add(group_of[i])
+        gdep = _group_deps(eqns, group_of, producer)
+        merged = False
+        for gs in readers.values():
+            gs = sorted(gs)
+            for x in gs:
+                for y in gs:
+                    if x < y and spaces[x] == spaces[y] and not (gdep.get(x, 0) >> y & 1) \
+                            and not (gdep.get(y, 0) >> x & 1):
+                        group_of = {i: (x if g == y else g) for i, g in group_of.items()}
+                        merged = True
+                        break
+                if merged:
+                    break
+            if merged:
+                break
+        if not merged:
+            return group_of
+
+
+def _finish(program, eqns, group_of, spaces, reasons, producer) -> Partition:
+    users: dict[int, set[int]] = {}
+    for i, eqn in enumerate(eqns):
+        for a in eqn.invars:
+            if isinstance(a, Var):
+                users.setdefault(a.id, set()).add(i)
+    program_outs = {a.id for a in program.outvars if isinstance(a, Var)}
+
+    members: dict[int, list[int]] = {}
+    for i, g in sorted(group_of.items()):
+        members.setdefault(g, []).append(i)
+
+    unfusable = set(reasons)
+    groups: list[Group] = []
+    for g, idx in sorted(members.items()):
+        group = Group(spaces[g], [eqns[i] for i in idx])
+        inside = set(idx)
+        for i in idx:
+            for v in eqns[i].outvars:
+                if v.id in program_outs or users.get(v.id, set()) - inside:
+                    group.outputs.append(v)
+        _collect_inputs(group, eqns, inside, producer, unfusable)
+        why_not = _not_worth_it(group)
+        if why_not or not group.outputs:
+            for i in idx:
+                reasons[i] = why_not or "result unused"
+            continue
+        groups.append(group)
+    left_out = [(eqns[i], reasons[i]) for i in sorted(reasons)]
+    return Partition(groups, left_out)
+
+
+def _collect_inputs(group: Group, eqns, inside: set[int], producer, unfusable) -> None:
+    """Inputs of the group; small cheap producers outside it are recomputed instead."""
+    seen: set[int] = set()
+    recomputed: set[int] = set()
+
+    def visit(atom: Atom):
+        if isinstance(atom, Lit):
+            if np.ndim(atom.val) != 0 and not any(a is atom for a in group.inputs):
+                group.inputs.append(atom)
+            return
+        if atom.id in seen:
+            return
+        seen.add(atom.id)
+        i = producer.get(atom.id)
+        if i is not None and i not in inside and i not in unfusable and _cheap(eqns[i]) \
+                and math.prod(atom.aval.shape) < group.size:
+            if i not in recomputed:
+                recomputed.add(i)
+                for a in eqns[i].invars:
+                    visit(a)
+            return
+        if i is None or i not in inside:
+            group.inputs.append(atom)
+
+    for i in sorted(inside):
+        for a in eqns[i].invars:
+            visit(a)
+    group.recomputed = [eqns[i] for i in sorted(recomputed)]
+
+
+def _cheap(eqn: Eqn) -> bool:
+    return eqn.body is None and eqn.name in CHEAP_TO_RECOMPUTE
+
+
+def _not_worth_it(group: Group) -> str | None:
+    if not group.space:
+        return "scalar computation: left to XLA"
+    if group.size == 0:
+        return None
+    work = [e for e in group.eqns if e.name not in _MOVEMENT_ONLY]
+    if not work and not group.recomputed:
+        return "only data movement: left to XLA"
+    if len(work) <= 1 and not any(_is_transcendental(e) for e in group.eqns) \
+            and len(group.eqns) + len(group.recomputed) <= 1:
+        return "single cheap op: nothing to gain, left to XLA"
+    return None
+
+
+def bytes_moved(group: Group) -> tuple[int, int]:
+    """(fused, unfused) bytes: each input read once and each output written once, vs every
+    equation reading its operands and writing its results."""
+    fused = sum(_nbytes(a.aval) for a in group.inputs if isinstance(a, Var) or np.ndim(a.val))
+    fused += sum(_nbytes(v.aval) for v in group.outputs)
+    unfused = 0
+    for eqn in [*group.recomputed, *group.eqns]:
+        unfused += sum(_nbytes(a.aval) for a in eqn.invars if isinstance(a, Var))
+        unfused += sum(_nbytes(v.aval) for v in eqn.outvars)
+    return fused, unfused

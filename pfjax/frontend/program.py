@@ -1,0 +1,161 @@
+"""The frontend's view of a traced function: a flat list of equations.
+
+Tracing gives a jaxpr; `flatten` inlines `jit` (pjit) and `closed_call` bodies with fresh
+variables, and keeps custom_jvp / custom_vjp calls as single *composite* equations whose
+body is lowered for fusion while the original call (and so its differentiation rule) is
+what JAX sees. `evaluate` replays a program, which is how fused programs are rebuilt.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import jax
+from jax.extend import core as jcore
+
+_INLINED_CALLS = {"jit", "pjit", "closed_call", "core_call"}
+_COMPOSITE_CALLS = {"custom_jvp_call", "custom_vjp_call", "custom_vjp_call_jaxpr"}
+_ids = itertools.count()
+
+
+class Var:
+    """A value of the flattened program (jaxpr Vars are not unique across inlined bodies)."""
+    __slots__ = ("aval", "id")
+
+    def __init__(self, aval):
+        self.aval = aval
+        self.id = next(_ids)
+
+    def __repr__(self) -> str:
+        return f"v{self.id}:{self.aval.str_short()}"
+
+
+@dataclass(frozen=True)
+class Lit:
+    val: Any
+    aval: Any
+
+    def __repr__(self) -> str:
+        return f"{self.val}:{self.aval.str_short()}"
+
+
+Atom = Var | Lit
+
+
+@dataclass(eq=False)
+class Eqn:
+    prim: Any
+    params: dict
+    invars: list[Atom]
+    outvars: list[Var]
+    eqn: Any                      # the original jaxpr equation (for binding and messages)
+    body: "Program | None" = None  # lowered body of a composite call
+
+    @property
+    def name(self) -> str:
+        return self.prim.name
+
+    def __repr__(self) -> str:
+        return f"{self.outvars} = {self.name} {self.invars}"
+
+
+@dataclass(eq=False)
+class Program:
+    invars: list[Var]
+    outvars: list[Atom]
+    eqns: list[Eqn] = field(default_factory=list)
+
+
+def flatten(closed: jcore.ClosedJaxpr) -> tuple[Program, list]:
+    """Program whose invars are (consts..., args...); returns it with the const values."""
+    jaxpr = closed.jaxpr
+    env: dict = {}
+    constvars = [Var(v.aval) for v in jaxpr.constvars]
+    invars = [Var(v.aval) for v in jaxpr.invars]
+    env.update(zip(jaxpr.constvars, constvars))
+    env.update(zip(jaxpr.invars, invars))
+    eqns: list[Eqn] = []
+    _inline(jaxpr, env, eqns)
+    outvars = [_read(env, v) for v in jaxpr.outvars]
+    return Program(constvars + invars, outvars, eqns), list(closed.consts)
+
+
+def _read(env, atom) -> Atom:
+    if isinstance(atom, jcore.Literal):
+        return Lit(atom.val, atom.aval)
+    return env[atom]
+
+
+def _inline(jaxpr, env: dict, out: list[Eqn]) -> None:
+    for eqn in jaxpr.eqns:
+        ins = [_read(env, a) for a in eqn.invars]
+        name = eqn.primitive.name
+        if name in _INLINED_CALLS and ("jaxpr" in eqn.params or "call_jaxpr" in eqn.params):
+            inner = eqn.params.get("jaxpr", eqn.params.get("call_jaxpr"))
+            inner_jaxpr, consts = _open(inner)
+            sub = {}
+            sub.update(zip(inner_jaxpr.constvars, [Lit(c, jcore.get_aval(c)) for c in consts]))
+            sub.update(zip(inner_jaxpr.invars, ins))
+            _inline(inner_jaxpr, sub, out)
+            for outer, inner_out in zip(eqn.outvars, inner_jaxpr.outvars):
+                env[outer] = _read(sub, inner_out)
+            continue
+        outs = [Var(v.aval) for v in eqn.outvars]
+        env.update(zip(eqn.outvars, outs))
+        body = None
+        if name in _COMPOSITE_CALLS and "call_jaxpr" in eqn.params:
+            body = _composite_body(eqn.params["call_jaxpr"], eqn.params.get("num_consts", 0), ins, outs)
+        out.append(Eqn(eqn.primitive, dict(eqn.params), ins, outs, eqn, body))
+
+
+def _open(inner):
+    if isinstance(inner, jcore.ClosedJaxpr):
+        return inner.jaxpr, inner.consts
+    return inner, []
+
+
+def _composite_body(call_jaxpr, num_consts, ins, outs) -> Program:
+    """The body of a custom_jvp/vjp call, as a program over the call's own operands."""
+    inner_jaxpr, consts = _open(call_jaxpr)
+    sub = {}
+    sub.update(zip(inner_jaxpr.constvars, [Lit(c, jcore.get_aval(c)) for c in consts]))
+    sub.update(zip(inner_jaxpr.invars, ins))
+    eqns: list[Eqn] = []
+    _inline(inner_jaxpr, sub, eqns)
+    return Program([a for a in ins if isinstance(a, Var)], [_read(sub, v) for v in inner_jaxpr.outvars], eqns)
+
+
+def bind_eqn(eqn: Eqn, args: list) -> list:
+    params = eqn.prim.get_bind_params(eqn.params)
+    result = eqn.prim.bind(*args, **params)
+    return list(result) if eqn.prim.multiple_results else [result]
+
+
+def evaluate(program: Program, args: list, steps: list[Callable] | None = None) -> list:
+    """Evaluate `program` on args. `steps`, when given, replaces its equation list: each
+    step is a function (read, write) -> None, used to run fused groups in place of eqns."""
+    env: dict[int, Any] = {}
+
+    def read(atom):
+        return atom.val if isinstance(atom, Lit) else env[atom.id]
+
+    def write(var, value):
+        env[var.id] = value
+
+    for var, value in zip(program.invars, args):
+        write(var, value)
+    if steps is None:
+        for eqn in program.eqns:
+            for v, value in zip(eqn.outvars, bind_eqn(eqn, [read(a) for a in eqn.invars])):
+                write(v, value)
+    else:
+        for step in steps:
+            step(read, write)
+    return [read(a) for a in program.outvars]
+
+
+def trace(fun: Callable, flat_avals: list) -> tuple[Program, list]:
+    closed = jax.make_jaxpr(fun)(*[jax.ShapeDtypeStruct(a.shape, a.dtype, weak_type=a.weak_type)
+                                   for a in flat_avals])
+    return flatten(closed)

@@ -1,0 +1,82 @@
+"""Reference interpreter: executes a GIR kernel with numpy, to check lowering and passes."""
+from __future__ import annotations
+
+import numpy as np
+
+from pfjax.gir.dtypes import DType
+from pfjax.gir.graph import Kernel, Op, toposort
+from pfjax.gir.ops import alu_op
+
+_NP = {DType.F64: np.float64, DType.F32: np.float32, DType.F16: np.float16,
+       DType.BF16: np.float32, DType.I64: np.int64, DType.I32: np.int32,
+       DType.I16: np.int16, DType.I8: np.int8, DType.U64: np.uint64, DType.U32: np.uint32,
+       DType.U16: np.uint16, DType.U8: np.uint8, DType.BOOL: np.bool_}
+
+
+def numpy_dtype(dtype: DType):
+    """numpy type holding values of `dtype` (bfloat16 values are held in float32)."""
+    return _NP[dtype]
+
+
+def _round_bf16(x: np.ndarray) -> np.ndarray:
+    bits = x.astype(np.float32).view(np.uint32).astype(np.uint64)
+    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16 << 16).astype(np.uint32)
+    out = rounded.view(np.float32)
+    return np.where(np.isnan(x), x.astype(np.float32), out)
+
+
+def _as_type(x: np.ndarray, dtype: DType) -> np.ndarray:
+    if dtype is DType.BF16:
+        return _round_bf16(x.astype(np.float32))
+    if dtype is DType.F16:
+        return x.astype(np.float16).astype(np.float32)
+    if dtype.is_int and x.dtype.kind == "f":
+        info = np.iinfo(_NP[dtype])
+        x = np.where(np.isnan(x), 0, np.clip(np.trunc(x), info.min, info.max))
+    return x.astype(_NP[dtype.compute])
+
+
+def run(kernel: Kernel, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    """Run the kernel on numpy inputs; returns numpy outputs (bfloat16 as float32)."""
+    space = kernel.parallel.space
+    flat_in = {id(b): np.ascontiguousarray(x).reshape(-1) for b, x in zip(kernel.inputs, inputs)}
+    outs = {id(b): np.zeros(int(np.prod(b.arg.shape, dtype=np.int64)), _NP[b.dtype.compute])
+            for b in kernel.outputs}
+    values: dict[int, np.ndarray] = {}
+
+    def gather(flat, view):
+        idx = np.full(space, view.offset, dtype=np.int64)
+        for d, (n, s) in enumerate(zip(space, view.strides)):
+            shape = [1] * len(space)
+            shape[d] = n
+            idx = idx + (np.arange(n, dtype=np.int64) * s).reshape(shape)
+        return idx
+
+    with np.errstate(all="ignore"):
+        for node in toposort(kernel.root):
+            if node.op in (Op.BUFFER, Op.PARALLEL):
+                continue
+            src = [values[id(s)] for s in node.src if s.op is not Op.BUFFER]
+            if node.op is Op.LOAD:
+                flat = flat_in[id(node.src[0])]
+                v = flat[gather(flat, node.arg.view)] if flat.size else np.zeros(space, flat.dtype)
+                values[id(node)] = _as_type(v, node.dtype)
+            elif node.op is Op.STORE:
+                flat = outs[id(node.src[0])]
+                if flat.size:
+                    flat[gather(flat, node.arg.view)] = _as_type(src[0], node.dtype)
+            elif node.op is Op.CONST:
+                values[id(node)] = np.full(space, node.arg, _NP[node.dtype.compute])
+            elif node.op is Op.CAST:
+                values[id(node)] = _as_type(src[0], node.dtype)
+            elif node.op is Op.ALU:
+                # Half-precision values stay in float32 between operations (as XLA's
+                # excess precision does); rounding happens at casts and stores.
+                out = np.asarray(alu_op(node.arg).numpy_impl(*src))
+                values[id(node)] = out.astype(_NP[node.dtype.compute])
+            elif node.op is Op.SELECT:
+                which = src[0].astype(np.int64)
+                values[id(node)] = np.choose(np.clip(which, 0, len(src) - 2), src[1:])
+            else:
+                raise NotImplementedError(node.op)
+    return [outs[id(b)].reshape(b.arg.shape) for b in kernel.outputs]

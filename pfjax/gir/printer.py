@@ -1,0 +1,40 @@
+"""Readable text form of a GIR kernel."""
+from __future__ import annotations
+
+from pfjax.gir.graph import Kernel, Node, Op, toposort
+
+
+def format_kernel(kernel: Kernel) -> str:
+    par = kernel.parallel
+    lines = [f"kernel {kernel.name}",
+             f"  parallel space=({','.join(map(str, par.space))}) chunk={par.chunk} "
+             f"vector={par.vector}" + (" nontemporal" if par.nontemporal else "")]
+    names: dict[int, str] = {}
+    for node in toposort(kernel.root):
+        if node.op is Op.PARALLEL:
+            continue
+        if node.op is Op.BUFFER:
+            names[id(node)] = f"%{node.arg.role}{node.arg.index}"
+            lines.append(f"  {names[id(node)]} = buffer {node.dtype}[{','.join(map(str, node.arg.shape))}] @{node.level}")
+            continue
+        srcs = " ".join(names[id(s)] for s in node.src)
+        if node.op is Op.STORE:
+            buf, val = (names[id(s)] for s in node.src)
+            lines.append(f"  store.{node.arg.src_level}.{node.arg.dst_level} {buf}{node.arg.view} <- {val}")
+            continue
+        name = f"%{len(names)}"
+        names[id(node)] = name
+        if node.op is Op.LOAD:
+            text = f"load.{node.arg.src_level}.{node.arg.dst_level} {srcs}{node.arg.view}"
+        elif node.op is Op.CONST:
+            text = f"const {node.arg!r}"
+        elif node.op is Op.CAST:
+            text = f"cast {srcs}"
+        elif node.op is Op.ALU:
+            text = f"{node.arg} {srcs}"
+        elif node.op is Op.SELECT:
+            text = f"select {srcs}"
+        else:
+            text = f"{node.op.value} {srcs} {node.arg!r}"
+        lines.append(f"  {name} = {text} : {node.dtype} @{node.level}")
+    return "\n".join(lines)

@@ -1,0 +1,45 @@
+"""Structural checks of a kernel; run after every pass when PFJAX_DEBUG is set."""
+from __future__ import annotations
+
+from pfjax.gir.graph import Kernel, Op, toposort
+from pfjax.gir.ops import alu_op
+
+
+class GirError(ValueError):
+    pass
+
+
+def verify(kernel: Kernel) -> None:
+    root = kernel.root
+    if root.op is not Op.PARALLEL:
+        raise GirError(f"kernel root must be parallel, got {root.op}")
+    space = root.arg.space
+    for node in toposort(root):
+        if node.op is Op.PARALLEL:
+            if node is not root:
+                raise GirError("nested parallel nodes are not supported")
+            if any(s.op is not Op.STORE for s in node.src):
+                raise GirError("parallel node sources must be stores")
+        elif node.op in (Op.LOAD, Op.STORE):
+            view = node.arg.view
+            if view.shape != space or len(view.strides) != len(space):
+                raise GirError(f"{node.op.value} view {view} does not cover space {space}")
+            buf = node.src[0]
+            if buf.op is not Op.BUFFER:
+                raise GirError(f"{node.op.value} must address a buffer")
+            size = 1
+            for d in buf.arg.shape:
+                size *= d
+            if all(space):  # a non-empty space must stay inside the buffer
+                last = view.offset + sum(s * (n - 1) for s, n in zip(view.strides, space))
+                first = view.offset + sum(min(0, s * (n - 1)) for s, n in zip(view.strides, space))
+                if first < 0 or last >= max(size, 1) and size > 0:
+                    raise GirError(f"{node.op.value} view {view} leaves buffer {buf.arg}")
+            if node.op is Op.STORE and node.src[1].dtype.compute != buf.dtype.compute:
+                raise GirError(f"store of {node.src[1].dtype} into {buf.dtype} buffer")
+        elif node.op is Op.ALU:
+            op = alu_op(node.arg)
+            if len(node.src) != op.arity:
+                raise GirError(f"{node.arg} takes {op.arity} operands, got {len(node.src)}")
+        elif node.op is Op.SELECT and len(node.src) < 3:
+            raise GirError("select needs a selector and at least two cases")

@@ -1,0 +1,114 @@
+"""The fused-group primitive: a JAX primitive that carries its group's jaxpr.
+
+Abstract evaluation comes from the jaxpr. On CPU, lowering emits the group's FFI custom
+call when a compiled kernel is registered for it, and inlines the jaxpr otherwise, so
+results never depend on whether fusion happened. JVP and batching apply JAX's own
+transformation to the inner jaxpr; batching fuses the batched jaxpr again through the
+hook the API installs (`set_refuse`), so vmap of a fused function runs fused kernels.
+This is the only module that touches JAX internals.
+"""
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass
+from typing import Callable
+
+import jax
+from jax.extend import core as jcore
+from jax.interpreters import ad, batching, mlir
+
+fused_p = jcore.Primitive("pfjax_fused")
+fused_p.multiple_results = True
+
+
+@dataclass(frozen=True)
+class KernelRef:
+    """Names a registered FFI target; None in params means 'run the jaxpr with XLA'."""
+    target: str
+
+
+_refuse: Callable | None = None
+
+
+def set_refuse(fn: Callable) -> None:
+    """fn(function, avals) -> function fused again (installed by pfjax.api)."""
+    global _refuse
+    _refuse = fn
+
+
+def bind_fused(args, jaxpr: jcore.ClosedJaxpr, kernel: KernelRef | None):
+    return fused_p.bind(*args, jaxpr=jaxpr, kernel=kernel)
+
+
+def _impl(*args, jaxpr, kernel):
+    return jax.jit(lambda *a: fused_p.bind(*a, jaxpr=jaxpr, kernel=kernel))(*args)
+
+
+def _abstract_eval(*avals, jaxpr, kernel):
+    return jaxpr.out_avals
+
+
+def _lower_inline(ctx, *args, jaxpr, kernel):
+    return mlir.lower_fun(jcore.jaxpr_as_fun(jaxpr), multiple_results=True)(ctx, *args)
+
+
+def _lower_cpu(ctx, *args, jaxpr, kernel):
+    if kernel is None:
+        return _lower_inline(ctx, *args, jaxpr=jaxpr, kernel=kernel)
+    out_types = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in jaxpr.out_avals]
+    call = jax.ffi.ffi_call(kernel.target, out_types)
+    return mlir.lower_fun(lambda *a: call(*a), multiple_results=True)(ctx, *args)
+
+
+def _jvp(primals, tangents, *, jaxpr, kernel):
+    # Differentiate the group's own equations (custom_jvp rules inside are kept).
+    tangents = [ad.instantiate_zeros(t) for t in tangents]
+    return jax.jvp(jcore.jaxpr_as_fun(jaxpr), list(primals), tangents)
+
+
+def _batch(args, dims, *, jaxpr, kernel):
+    fun = jax.vmap(jcore.jaxpr_as_fun(jaxpr),
+                   in_axes=[None if d is batching.not_mapped else d for d in dims])
+    if _refuse is not None:
+        fun = _refuse(fun)
+    outs = fun(*args)
+    return outs, [0] * len(outs)
+
+
+fused_p.def_impl(_impl)
+fused_p.def_abstract_eval(_abstract_eval)
+mlir.register_lowering(fused_p, _lower_inline)
+mlir.register_lowering(fused_p, _lower_cpu, platform="cpu")
+ad.primitive_jvps[fused_p] = _jvp
+batching.primitive_batchers[fused_p] = _batch
+
+
+# -- FFI registration -----------------------------------------------------------------
+
+_libraries: dict[str, ctypes.CDLL] = {}
+_registered: set[str] = set()
+
+
+def register_library(path: str, targets: list[str]) -> None:
+    """Load a compiled kernel library once and register its handlers for the CPU."""
+    lib = _libraries.get(path)
+    if lib is None:
+        lib = _libraries[path] = ctypes.CDLL(path)
+    for name in targets:
+        if name in _registered:
+            continue
+        jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, name)), platform="cpu")
+        _registered.add(name)
+
+
+def is_registered(name: str) -> bool:
+    return name in _registered
+
+
+def make_closed_jaxpr(fun: Callable, avals) -> jcore.ClosedJaxpr:
+    return jax.make_jaxpr(fun)(*[jax.ShapeDtypeStruct(a.shape, a.dtype, weak_type=getattr(a, "weak_type", False))
+                                 for a in avals])
+
+
+def ffi_include_dir() -> str:
+    return jax.ffi.include_dir()

@@ -1,0 +1,2 @@
+"""GIR -> GIR rewrites."""
+from pfjax.passes.pipeline import PIPELINE, run_passes

@@ -1,0 +1,46 @@
+"""Schedule decisions for a kernel: small, serialisable, applied to the parallel node."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+from pfjax import gir
+from pfjax.gir import Op
+from pfjax.schedule.cost import estimate
+
+# Below this much traffic, one thread is faster than waking the pool (~1.3 us per task).
+MIN_TASK_BYTES = 96 * 1024
+
+
+@dataclass(frozen=True)
+class Schedule:
+    vector: int        # SIMD lanes per loop step
+    chunk: int         # elements per parallel task
+    nontemporal: bool  # stream stores past the cache
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @staticmethod
+    def from_json(text: str) -> "Schedule":
+        return Schedule(**json.loads(text))
+
+
+def choose(kernel: gir.Kernel, target: gir.Target) -> Schedule:
+    par = kernel.parallel
+    size = max(1, par.size)
+    cost = estimate(kernel, target)
+    bytes_per_elem = max(1, cost.global_bytes // size)
+    min_chunk = max(1, MIN_TASK_BYTES // bytes_per_elem)
+    # Several chunks per thread so a slow thread does not hold everyone up.
+    chunk = max(min_chunk, -(-size // (target.groups * 4)))
+    align = 64
+    chunk = -(-chunk // align) * align
+    return Schedule(vector=target.lanes, chunk=min(chunk, size), nontemporal=False)
+
+
+def apply(kernel: gir.Kernel, schedule: Schedule) -> gir.Kernel:
+    par = kernel.parallel
+    spec = gir.Parallel(par.space, schedule.chunk, schedule.vector, schedule.nontemporal)
+    assert kernel.root.op is Op.PARALLEL
+    return kernel.with_root(kernel.root.replace(arg=spec))
