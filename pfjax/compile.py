@@ -24,6 +24,7 @@ from pfjax.passes import run_passes
 from pfjax.schedule import Schedule, apply, choose
 
 log = logging.getLogger("pfjax")
+DISPATCH_SOURCE = '#include "pfjax/dispatch_impl.h"\n'
 _warned: set[str] = set()
 
 
@@ -110,6 +111,7 @@ def _build_all(plans: list[GroupPlan], tgt: gir.Target) -> None:
         toolchain = find_toolchain(jaxext.ffi_include_dir())
         if len(sources) > 0:
             log.info("pfjax: building %d kernel(s)", len(sources))
+        jaxext.set_dispatch_library(str(build(DISPATCH_SOURCE, toolchain, tgt.key)))
         lib = build(source, toolchain, tgt.key)
         jaxext.register_library(str(lib), sorted(sources))
     except ToolchainMissing as err:

@@ -43,7 +43,7 @@ def pfjax_include_dir() -> Path:
     candidates = [Path(__file__).resolve().parents[2] / "csrc" / "include"]
     candidates += [Path(p) / "include" for p in pfjax.__path__]
     for c in candidates:
-        if (c / "pfjax" / "runtime.h").is_file():
+        if (c / "pfjax" / "kernel.h").is_file():
             return c
     raise ToolchainMissing("pfjax runtime headers not found (looked in "
                            + ", ".join(map(str, candidates)) + "); reinstall pfjax")

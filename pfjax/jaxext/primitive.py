@@ -57,7 +57,7 @@ def _lower_cpu(ctx, *args, jaxpr, kernel):
         return _lower_inline(ctx, *args, jaxpr=jaxpr, kernel=kernel)
     out_types = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in jaxpr.out_avals]
     call = jax.ffi.ffi_call(kernel.target, out_types)
-    return mlir.lower_fun(lambda *a: call(*a), multiple_results=True)(ctx, *args)
+    return mlir.lower_fun(lambda *a: call(*a, kernel=kernel.target), multiple_results=True)(ctx, *args)
 
 
 def _jvp(primals, tangents, *, jaxpr, kernel):
@@ -84,20 +84,38 @@ batching.primitive_batchers[fused_p] = _batch
 
 
 # -- FFI registration -----------------------------------------------------------------
+# Every kernel's custom-call target is the one dispatch handler; its `kernel` attribute
+# names the kernel, whose descriptor the dispatch library looks up.
 
 _libraries: dict[str, ctypes.CDLL] = {}
 _registered: set[str] = set()
+_dispatch: ctypes.CDLL | None = None
+
+
+def set_dispatch_library(path: str) -> None:
+    global _dispatch
+    if _dispatch is None:
+        _dispatch = ctypes.CDLL(path)
+        _dispatch.pfjax_register_kernel.argtypes = [ctypes.c_char_p, ctypes.c_void_p]
+        _dispatch.pfjax_register_kernel.restype = ctypes.c_int
 
 
 def register_library(path: str, targets: list[str]) -> None:
-    """Load a compiled kernel library once and register its handlers for the CPU."""
+    """Load a compiled kernel library once and register its kernels for the CPU."""
+    if _dispatch is None:
+        raise RuntimeError("pfjax: dispatch library not loaded")
     lib = _libraries.get(path)
     if lib is None:
         lib = _libraries[path] = ctypes.CDLL(path)
     for name in targets:
         if name in _registered:
             continue
-        jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, name)), platform="cpu")
+        info = getattr(lib, name + "_info")
+        info.restype = ctypes.c_void_p
+        if _dispatch.pfjax_register_kernel(name.encode(), info()) != 0:
+            raise RuntimeError(f"pfjax: kernel {name} in {path} has a different ABI version")
+        jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(_dispatch.pfjax_dispatch),
+                                    platform="cpu")
         _registered.add(name)
 
 

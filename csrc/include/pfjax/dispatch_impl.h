@@ -1,44 +1,30 @@
-// pfjax/runtime.h -- fixed runtime for generated CPU kernels.
+// pfjax/dispatch_impl.h -- the one XLA FFI handler behind every CPU kernel.
 //
-// A generated kernel is a body function over a range of the flattened iteration space
-// plus one PFJAX_DEFINE_KERNEL line. This header binds the XLA FFI call frame, checks the
-// buffers, and splits the range over XLA's own CPU thread pool (ffi::ThreadPool).
+// Compiled once per cache into the dispatch library. Kernels register their descriptor
+// (pfjax/kernel.h) under their name; the handler finds it by the `kernel` attribute of the
+// custom call, checks the buffers, and splits the work over XLA's own CPU thread pool.
 #pragma once
 
-#include <algorithm>
 #include <atomic>
 #include <condition_variable>
-#include <cstdint>
-#include <cstring>
-#include <limits>
 #include <memory>
 #include <mutex>
+#include <shared_mutex>
 #include <string>
-#include <type_traits>
+#include <string_view>
+#include <unordered_map>
 
 #if defined(__x86_64__) || defined(_M_X64)
 #include <xmmintrin.h>
 #define PFJAX_HAVE_MXCSR 1
 #endif
 
-#include "pfjax/math.h"
+#include "pfjax/kernel.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace pfjax::rt {
 
 namespace ffi = xla::ffi;
-
-// Body of a kernel: processes elements [begin, end) of the flattened iteration space.
-using BodyFn = void (*)(void* const* in, void* const* out, int64_t begin, int64_t end);
-
-// Float to integer with XLA's semantics: NaN -> 0, out of range saturates.
-template <typename I, typename F>
-static inline __attribute__((always_inline)) I f2i(F x) {
-  constexpr F lo = static_cast<F>(std::numeric_limits<I>::min());
-  constexpr F hi = static_cast<F>(std::numeric_limits<I>::max());
-  const F c = x != x ? F(0) : (x < lo ? lo : x);
-  return c >= hi ? std::numeric_limits<I>::max() : static_cast<I>(c);
-}
 
 // Shared by the caller and the pool tasks; pool tasks may start after the call returned
 // (they then find no work), so the state is reference counted.
@@ -76,11 +62,16 @@ struct ParallelState {
 };
 
 inline ffi::Error Launch(ffi::ThreadPool& pool, ffi::RemainingArgs& args,
-                         ffi::RemainingRets& rets, const char* name, size_t num_in,
-                         const int64_t* in_sizes, size_t num_out, const int64_t* out_sizes,
-                         BodyFn body, int64_t total, int64_t chunk) {
+                         ffi::RemainingRets& rets, const std::string& name,
+                         const KernelInfo& k) {
+  const size_t num_in = k.num_in, num_out = k.num_out;
+  const int64_t* in_sizes = k.in_sizes;
+  const int64_t* out_sizes = k.out_sizes;
+  const BodyFn body = k.body;
+  const int64_t total = k.total;
+  int64_t chunk = k.chunk;
   if (args.size() != num_in || rets.size() != num_out || num_in > 64 || num_out > 64) {
-    return ffi::Error::InvalidArgument(std::string(name) + ": expected " +
+    return ffi::Error::InvalidArgument(name + ": expected " +
                                        std::to_string(num_in) + " operands and " +
                                        std::to_string(num_out) + " results");
   }
@@ -89,7 +80,7 @@ inline ffi::Error Launch(ffi::ThreadPool& pool, ffi::RemainingArgs& args,
     auto buf = args.get<ffi::AnyBuffer>(i);
     if (buf.has_error()) return buf.error();
     if (static_cast<int64_t>(buf->element_count()) != in_sizes[i])
-      return ffi::Error::InvalidArgument(std::string(name) + ": operand " + std::to_string(i) +
+      return ffi::Error::InvalidArgument(name + ": operand " + std::to_string(i) +
                                          " has " + std::to_string(buf->element_count()) +
                                          " elements, kernel was built for " +
                                          std::to_string(in_sizes[i]));
@@ -99,7 +90,7 @@ inline ffi::Error Launch(ffi::ThreadPool& pool, ffi::RemainingArgs& args,
     auto buf = rets.get<ffi::AnyBuffer>(i);
     if (buf.has_error()) return buf.error();
     if (static_cast<int64_t>((*buf)->element_count()) != out_sizes[i])
-      return ffi::Error::InvalidArgument(std::string(name) + ": result " + std::to_string(i) +
+      return ffi::Error::InvalidArgument(name + ": result " + std::to_string(i) +
                                          " has the wrong size");
     state->out[i] = (*buf)->untyped_data();
   }
@@ -123,18 +114,40 @@ inline ffi::Error Launch(ffi::ThreadPool& pool, ffi::RemainingArgs& args,
   return ffi::Error::Success();
 }
 
+
+// name -> descriptor of every kernel loaded in this process
+inline std::shared_mutex registry_mu;
+inline std::unordered_map<std::string, const KernelInfo*> registry;
+
+inline ffi::Error Dispatch(ffi::ThreadPool pool, std::string_view kernel, ffi::RemainingArgs args,
+                           ffi::RemainingRets rets) {
+  std::string name(kernel);
+  const KernelInfo* info = nullptr;
+  {
+    std::shared_lock<std::shared_mutex> lock(registry_mu);
+    auto it = registry.find(name);
+    if (it != registry.end()) info = it->second;
+  }
+  if (info == nullptr)
+    return ffi::Error::Internal("pfjax: kernel " + name + " is not loaded in this process");
+  return Launch(pool, args, rets, name, *info);
+}
+
 }  // namespace pfjax::rt
 
-// Kernels are compiled with hidden visibility; only the handler symbols are exported.
-#define PFJAX_DEFINE_KERNEL(NAME, BODY, NUM_IN, IN_SIZES, NUM_OUT, OUT_SIZES, TOTAL, CHUNK) \
-  extern "C" __attribute__((visibility("default"))) XLA_FFI_Error* NAME(XLA_FFI_CallFrame*); \
-  static xla::ffi::Error NAME##_impl(xla::ffi::ThreadPool pool, xla::ffi::RemainingArgs args, \
-                                     xla::ffi::RemainingRets rets) {                          \
-    return pfjax::rt::Launch(pool, args, rets, #NAME, NUM_IN, IN_SIZES, NUM_OUT, OUT_SIZES,   \
-                             BODY, TOTAL, CHUNK);                                            \
-  }                                                                                           \
-  XLA_FFI_DEFINE_HANDLER_SYMBOL(NAME, NAME##_impl,                                            \
-                                xla::ffi::Ffi::Bind()                                         \
-                                    .Ctx<xla::ffi::ThreadPool>()                              \
-                                    .RemainingArgs()                                          \
-                                    .RemainingRets())
+extern "C" __attribute__((visibility("default"))) int pfjax_register_kernel(
+    const char* name, const pfjax::rt::KernelInfo* info) {
+  if (info == nullptr || info->abi_version != pfjax::rt::kAbiVersion) return 1;
+  std::unique_lock<std::shared_mutex> lock(pfjax::rt::registry_mu);
+  pfjax::rt::registry[name] = info;
+  return 0;
+}
+
+extern "C" __attribute__((visibility("default"))) XLA_FFI_Error* pfjax_dispatch(
+    XLA_FFI_CallFrame*);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(pfjax_dispatch, pfjax::rt::Dispatch,
+                              xla::ffi::Ffi::Bind()
+                                  .Ctx<xla::ffi::ThreadPool>()
+                                  .Attr<std::string_view>("kernel")
+                                  .RemainingArgs()
+                                  .RemainingRets());

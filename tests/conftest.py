@@ -1,0 +1,19 @@
+"""Shared test setup: one compile cache for the whole run, fresh random inputs."""
+from __future__ import annotations
+
+import os
+import tempfile
+
+import numpy as np
+import pytest
+
+# One cache per test run (reused by every test, fresh for every run), set before pfjax
+# compiles anything. A developer can point PFJAX_TEST_CACHE_DIR at a persistent one.
+os.environ["PFJAX_CACHE_DIR"] = os.environ.get("PFJAX_TEST_CACHE_DIR") or tempfile.mkdtemp(prefix="pfjax-test-cache-")
+
+
+@pytest.fixture
+def rng(request):
+    """A numpy Generator seeded from the test's name: fresh values per test, reproducible."""
+    seed = abs(hash(request.node.nodeid)) % (2**32)
+    return np.random.default_rng(seed)
