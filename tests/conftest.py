@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import zlib
 
 import numpy as np
 import pytest
@@ -15,5 +16,5 @@ os.environ["PFJAX_CACHE_DIR"] = os.environ.get("PFJAX_TEST_CACHE_DIR") or tempfi
 @pytest.fixture
 def rng(request):
     """A numpy Generator seeded from the test's name: fresh values per test, reproducible."""
-    seed = abs(hash(request.node.nodeid)) % (2**32)
+    seed = zlib.crc32(request.node.nodeid.encode())
     return np.random.default_rng(seed)
