@@ -124,50 +124,61 @@ def partition(program: Program) -> Partition:
 
 
 
-def _group_deps(eqns, group_of, producer) -> dict[int, int]:
-    """For each group, the bitmask of other groups it depends on (transitively)."""
+def _var_deps(eqns, group_of) -> dict[int, int]:
+    """var id -> bitmask of the groups it depends on, through any path."""
     dep: dict[int, int] = {}
-    gdep: dict[int, int] = {}
     for i, eqn in enumerate(eqns):
         m = 0
         for a in eqn.invars:
             if isinstance(a, Var):
                 m |= dep.get(a.id, 0)
-                if a.id in producer and producer[a.id] in group_of:
-                    m |= 1 << group_of[producer[a.id]]
-        g = group_of.get(i)
-        if g is not None:
-            gdep[g] = gdep.get(g, 0) | (m & ~(1 << g))
+        if i in group_of:
+            m |= 1 << group_of[i]
         for v in eqn.outvars:
-            dep[v.id] = m | ((1 << g) if g is not None else 0)
-    return gdep
+            dep[v.id] = m
+    return dep
+
+
+def _can_merge(a: int, b: int, eqns, group_of, producer, dep) -> bool:
+    """Merging is legal unless a value outside both groups sits on a path between them."""
+    both = (1 << a) | (1 << b)
+    for i, g in group_of.items():
+        if g != a and g != b:
+            continue
+        for u in eqns[i].invars:
+            if isinstance(u, Var) and group_of.get(producer.get(u.id, -1)) not in (a, b) \
+                    and dep.get(u.id, 0) & both:
+                return False
+    return True
 
 
 def _merge_siblings(eqns, group_of, spaces, producer) -> dict[int, int]:
-    """Merge groups over the same space that read a common input and are independent."""
+    """Merge groups over the same space that feed each other (an equation can join only
+    one producer's group in the first pass) or read a common input, when legal."""
     while True:
+        dep = _var_deps(eqns, group_of)
+        pairs: list[tuple[int, int]] = []
         readers: dict[int, set[int]] = {}
         for i, eqn in enumerate(eqns):
-            if i in group_of:
-                for a in eqn.invars:
-                    if isinstance(a, Var) and group_of.get(producer.get(a.id, -1)) != group_of[i]:
-                        readers.setdefault(a.id, set()).add(group_of[i])
-        gdep = _group_deps(eqns, group_of, producer)
-        merged = False
+            if i not in group_of:
+                continue
+            g = group_of[i]
+            for a in eqn.invars:
+                if not isinstance(a, Var):
+                    continue
+                h = group_of.get(producer.get(a.id, -1))
+                if h is not None and h != g:
+                    pairs.append((min(g, h), max(g, h)))
+                elif h is None or h != g:
+                    readers.setdefault(a.id, set()).add(g)
         for gs in readers.values():
             gs = sorted(gs)
-            for x in gs:
-                for y in gs:
-                    if x < y and spaces[x] == spaces[y] and not (gdep.get(x, 0) >> y & 1) \
-                            and not (gdep.get(y, 0) >> x & 1):
-                        group_of = {i: (x if g == y else g) for i, g in group_of.items()}
-                        merged = True
-                        break
-                if merged:
-                    break
-            if merged:
+            pairs += [(x, y) for k, x in enumerate(gs) for y in gs[k + 1:]]
+        for x, y in dict.fromkeys(pairs):
+            if spaces[x] == spaces[y] and _can_merge(x, y, eqns, group_of, producer, dep):
+                group_of = {i: (x if g == y else g) for i, g in group_of.items()}
                 break
-        if not merged:
+        else:
             return group_of
 
 

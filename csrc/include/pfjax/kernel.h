@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <limits>
 
+#include "pfjax/fastmath.h"
 #include "pfjax/math.h"
 
 namespace pfjax::rt {

@@ -1,0 +1,88 @@
+"""Accuracy of pfjax/fastmath.h, the transcendentals kernels use by default, against
+float64 references; the bounds are the ones documented in the header."""
+from __future__ import annotations
+
+import ctypes
+import math
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+INCLUDE = Path(__file__).resolve().parents[1] / "csrc" / "include"
+SOURCE = r"""
+#include "pfjax/fastmath.h"
+#include <cstdint>
+extern "C" void apply(int which, const float* x, float* y, int64_t n) {
+  #pragma omp simd simdlen(16)
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = x[i];
+    y[i] = which == 0 ? pfjax::math::tanh_fast(v) : which == 1 ? pfjax::math::erf_fast(v)
+         : which == 2 ? pfjax::math::erfc_fast(v) : pfjax::math::logistic_fast(v);
+  }
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def lib(tmp_path_factory):
+    if shutil.which("g++") is None:
+        pytest.skip("g++ not available")
+    d = tmp_path_factory.mktemp("fastmath")
+    (d / "f.cc").write_text(SOURCE)
+    subprocess.run(["g++", "-O3", "-march=native", "-std=c++17", "-fopenmp-simd", "-fno-math-errno",
+                    "-fno-trapping-math", "-fwrapv", "-shared", "-fPIC", f"-I{INCLUDE}",
+                    str(d / "f.cc"), "-o", str(d / "f.so")], check=True)
+    return ctypes.CDLL(str(d / "f.so"))
+
+
+def _apply(lib, which, x):
+    y = np.empty_like(x)
+    lib.apply(which, x.ctypes.data_as(ctypes.c_void_p), y.ctypes.data_as(ctypes.c_void_p),
+              ctypes.c_int64(x.size))
+    return y
+
+
+def _inputs(rng):
+    mags = np.float32(10) ** rng.uniform(-8, 1.2, 100_000).astype(np.float32)
+    return np.concatenate([np.linspace(-12, 12, 400_001, dtype=np.float32), mags, -mags])
+
+
+def _ulps(a, ref):
+    r = ref.astype(np.float32)
+
+    def ordered(v):
+        i = v.view(np.int32).astype(np.int64)
+        return np.where(i < 0, -(i & 0x7FFFFFFF), i)
+    return np.abs(ordered(a) - ordered(r))
+
+
+@pytest.mark.parametrize("which,fn,bound", [
+    (0, np.tanh, 4),
+    (1, np.vectorize(math.erf), 6),
+    (3, lambda v: 1 / (1 + np.exp(-v)), 3),
+])
+def test_ulp_bounds(lib, rng, which, fn, bound):
+    x = _inputs(rng)
+    assert _ulps(_apply(lib, which, x), fn(x.astype(np.float64))).max() <= bound
+
+
+def test_erfc_relative_error(lib, rng):
+    x = _inputs(rng)
+    ref = np.vectorize(math.erfc)(x.astype(np.float64))
+    y = _apply(lib, 2, x)
+    m = ref >= 1e-30
+    assert np.max(np.abs(y[m] - ref[m]) / ref[m]) <= 5e-6
+
+
+def test_special_values(lib):
+    x = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0], np.float32)
+    tanh, erf, erfc, sig = (_apply(lib, k, x) for k in range(4))
+    np.testing.assert_array_equal(tanh[1:], [1, -1, 0, -0.0])
+    assert np.signbit(tanh[4]) and np.isnan(tanh[0])
+    np.testing.assert_array_equal(erf[1:4], [1, -1, 0])
+    np.testing.assert_array_equal(erfc[1:4], [0, 2, 1])
+    np.testing.assert_array_equal(sig[1:4], [1, 0, 0.5])
+    assert np.isnan(erf[0]) and np.isnan(erfc[0]) and np.isnan(sig[0])
