@@ -76,7 +76,7 @@ PFJAX_MATH_INLINE float erfc_fast(float x) {
   // exp(-z^2 + p) with z^2 split exactly (z*z = hi + lo) so large z keeps its accuracy
   const float hi = z * z;
   const float lo = fmaf(z, z, -hi);
-  const float r = t * exp_f32((p - lo) - hi);
+  const float r = ax >= 10.0f ? 0.0f : t * exp_f32((p - lo) - hi);
   const float out = x < 0.0f ? 2.0f - r : r;
   return x != x ? x : out;
 }
