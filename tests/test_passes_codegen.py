@@ -1,0 +1,344 @@
+"""Passes, schedule and CPU codegen: semantics kept, dims collapsed, source compiles
+and vectorises."""
+from __future__ import annotations
+
+import ctypes
+import re
+import shutil
+import subprocess
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pfjax import gir
+from pfjax.codegen.cpu import emit_kernel
+from pfjax.frontend import lower_group, partition, trace
+from pfjax.gir import DType, Op, View
+from pfjax.passes import run_passes
+from pfjax.passes.collapse import collapse_dims
+from pfjax.passes.simplify import simplify
+from pfjax.schedule import Schedule, apply, choose
+
+warnings.filterwarnings("ignore", category=RuntimeWarning, module="pfjax")
+
+
+def _kernels(f, *shapes_dtypes):
+    avals = [jax.ShapeDtypeStruct(s, d) for s, d in shapes_dtypes]
+    prog, _ = trace(f, avals)
+    part = partition(prog)
+    assert part.groups, part.left_out
+    return [lower_group(g) for g in part.groups]
+
+
+def _random_inputs(kernel, rng):
+    out = []
+    for b in kernel.inputs:
+        shape = b.arg.shape
+        if b.dtype.is_float:
+            x = rng.standard_normal(shape).astype(np.float32)
+            if b.dtype is DType.BF16:
+                import ml_dtypes
+                x = x.astype(ml_dtypes.bfloat16).astype(np.float32)
+            out.append(x.astype(gir.interp.numpy_dtype(b.dtype)))
+        elif b.dtype.is_bool:
+            out.append(rng.random(shape) < 0.5)
+        else:
+            info = np.iinfo(gir.interp.numpy_dtype(b.dtype))
+            out.append(rng.integers(max(info.min, -100), min(info.max, 100), shape,
+                                    dtype=gir.interp.numpy_dtype(b.dtype)))
+    return out
+
+
+PROGRAMS = {
+    "bias_row": (lambda x, b: jnp.tanh(x + b) * 2, [((8, 16), jnp.float32), ((16,), jnp.float32)]),
+    "bias_col": (lambda x, c: jnp.exp(x * c) - c, [((8, 16), jnp.float32), ((8, 1), jnp.float32)]),
+    "dim0_bcast": (lambda x, c: jnp.sin(x) + c[:, None, None],
+                   [((4, 3, 5), jnp.float32), ((4,), jnp.float32)]),
+    "middle_bcast": (lambda x, c: jnp.sin(x) * c,
+                     [((4, 3, 5), jnp.float32), ((1, 3, 1), jnp.float32)]),
+    "size1_dims": (lambda x, y: jnp.exp(x) + y * 3, [((4, 1, 8, 1), jnp.float32), ((4, 1, 8, 1), jnp.float32)]),
+    "scalar_input": (lambda x, s: jnp.exp(x * s) + s, [((6, 7), jnp.float32), ((), jnp.float32)]),
+    "gelu": (lambda x: jax.nn.gelu(x), [((4, 8, 16), jnp.float32)]),
+    "adam": (lambda p, g, m, v: (p - 1e-3 * (0.9 * m + 0.1 * g) / (jnp.sqrt(jnp.abs(v)) + 1e-8),
+                                 0.9 * m + 0.1 * g),
+             [((32, 8), jnp.float32)] * 4),
+    "where_int": (lambda x, i: jnp.where(i > 3, x * 2, jnp.exp(x)).astype(jnp.int32) + i,
+                  [((16, 4), jnp.float32), ((16, 4), jnp.int32)]),
+    "consts": (lambda x: jnp.exp(x) * (2.0 * 3.0) + jnp.float32(1) / 4, [((64,), jnp.float32)]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PROGRAMS))
+def test_run_passes_keeps_semantics(name, rng):
+    f, sig = PROGRAMS[name]
+    for kernel in _kernels(f, *sig):
+        trace_list = []
+        after = run_passes(kernel, debug=True, trace=trace_list)
+        assert [n for n, _ in trace_list] == ["simplify", "collapse_dims"]
+        gir.verify(after)
+        assert after.parallel.size == kernel.parallel.size
+        xs = _random_inputs(kernel, rng)
+        before_out = gir.interp.run(kernel, xs)
+        after_out = gir.interp.run(after, xs)
+        for b, a in zip(before_out, after_out):
+            assert a.shape == b.shape and a.dtype == b.dtype
+            np.testing.assert_array_equal(a, b)
+
+
+def test_collapse_contiguous_space():
+    [k] = _kernels(lambda x, y: jnp.exp(x) * y, ((4, 8, 16), jnp.float32), ((4, 8, 16), jnp.float32))
+    out = collapse_dims(k)
+    assert out.parallel.space == (512,)
+    for n in gir.toposort(out.root):
+        if n.op in (Op.LOAD, Op.STORE):
+            assert n.arg.view == View((512,), (1,), 0)
+
+
+def test_collapse_keeps_bias_dims(rng):
+    [k] = _kernels(lambda x, b: jnp.exp(x + b), ((6, 16), jnp.float32), ((16,), jnp.float32))
+    out = collapse_dims(k)
+    assert out.parallel.space == (6, 16)
+    xs = _random_inputs(k, rng)
+    np.testing.assert_array_equal(gir.interp.run(out, xs)[0], gir.interp.run(k, xs)[0])
+
+
+def test_collapse_merges_leading_dims_with_bias(rng):
+    # (2, 3, 16) + (16,): the two leading dims merge, the bias dim stays apart
+    [k] = _kernels(lambda x, b: jnp.exp(x + b), ((2, 3, 16), jnp.float32), ((16,), jnp.float32))
+    out = collapse_dims(k)
+    assert out.parallel.space == (6, 16)
+    xs = _random_inputs(k, rng)
+    np.testing.assert_array_equal(gir.interp.run(out, xs)[0], gir.interp.run(k, xs)[0])
+
+
+def test_collapse_drops_size1_dims():
+    [k] = _kernels(lambda x: jnp.exp(x) * 2, ((1, 8, 1, 4), jnp.float32))
+    assert collapse_dims(k).parallel.space == (32,)
+
+
+def test_simplify_folds_constants():
+    b = gir.buffer(0, "in", DType.F32, (8,))
+    x = gir.load(b, View((8,), (1,)))
+    c = gir.alu("mul", DType.F32, gir.const(2.0, DType.F32), gir.const(3.0, DType.F32))
+    c = gir.alu("add", DType.F32, c, gir.cast(gir.const(1, DType.I32), DType.F32))
+    o = gir.buffer(0, "out", DType.F32, (8,))
+    k = gir.Kernel(gir.parallel(gir.Parallel((8,)), [gir.store(o, gir.alu("mul", DType.F32, x, c),
+                                                                View((8,), (1,)))]), (b,), (o,))
+    out = simplify(k)
+    consts = [n for n in gir.toposort(out.root) if n.op is Op.CONST]
+    assert [n.arg for n in consts] == [7.0]
+    assert sum(n.op is Op.ALU for n in gir.toposort(out.root)) == 1
+    assert not any(n.op is Op.CAST for n in gir.toposort(out.root))
+
+
+def test_simplify_keeps_float_to_int_const_cast():
+    c = gir.cast(gir.const(float("nan"), DType.F32), DType.I32)
+    o = gir.buffer(0, "out", DType.I32, (4,))
+    k = gir.Kernel(gir.parallel(gir.Parallel((4,)), [gir.store(o, c, View((4,), (1,)))]), (), (o,))
+    out = simplify(k)
+    assert any(n.op is Op.CAST for n in gir.toposort(out.root))
+    np.testing.assert_array_equal(gir.interp.run(out, [])[0], [0, 0, 0, 0])
+
+
+def test_simplify_from_jax_constants():
+    [k] = _kernels(lambda x: jnp.exp(x) * (jnp.float32(2) * jnp.float32(3)), ((32,), jnp.float32))
+    after = simplify(k)
+    assert len([n for n in gir.toposort(after.root) if n.op is Op.ALU]) <= \
+        len([n for n in gir.toposort(k.root) if n.op is Op.ALU])
+
+
+# -- schedule ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("size", [1, 7, 64, 100, 1000, 4096, 100_003, 1 << 22])
+@pytest.mark.parametrize("cores", [1, 8, 64])
+def test_schedule_choose_chunk(size, cores):
+    [k] = _kernels(lambda x: jnp.exp(x) * 2, ((size,), jnp.float32))
+    k = run_passes(k)
+    tgt = gir.cpu_target({"num_cores": cores, "simd_bytes": 32})
+    s = choose(k, tgt)
+    assert 1 <= s.chunk <= size
+    assert s.chunk % 64 == 0 or s.chunk == size
+    assert s.vector == tgt.lanes
+    applied = apply(k, s)
+    assert applied.parallel.chunk == s.chunk and applied.parallel.vector == s.vector
+    assert applied.parallel.space == k.parallel.space
+    gir.verify(applied)
+
+
+def test_schedule_json_roundtrip():
+    s = Schedule(vector=16, chunk=4096, nontemporal=True)
+    text = s.to_json()
+    assert Schedule.from_json(text) == s
+    assert text == Schedule.from_json(text).to_json()
+    assert '"chunk": 4096' in text
+
+
+# -- codegen -------------------------------------------------------------------------
+
+def _ready(kernel, target=None):
+    k = run_passes(kernel)
+    tgt = target or gir.cpu_target({"num_cores": 4, "simd_bytes": 32})
+    return apply(k, choose(k, tgt))
+
+
+def test_emit_kernel_text():
+    [k] = _kernels(lambda x, b: jnp.tanh(x + b), ((8, 16), jnp.float32), ((16,), jnp.float32))
+    k = _ready(k)
+    src = emit_kernel(k)
+    assert "#pragma omp simd" in src
+    assert "PFJAX_EXPORT_KERNEL" in src and k.name in src
+    assert '#include "pfjax/kernel.h"' in src
+    assert emit_kernel(k) == src  # deterministic
+
+
+def _toolchain():
+    if shutil.which("g++") is None:
+        pytest.skip("g++ not installed")
+    from pfjax.build import ToolchainMissing, find_toolchain
+    try:
+        return find_toolchain(jax.ffi.include_dir())
+    except ToolchainMissing as err:
+        pytest.skip(str(err))
+
+
+class _Info(ctypes.Structure):
+    _fields_ = [("abi_version", ctypes.c_int32),
+                ("body", ctypes.CFUNCTYPE(None, ctypes.POINTER(ctypes.c_void_p),
+                                          ctypes.POINTER(ctypes.c_void_p), ctypes.c_int64,
+                                          ctypes.c_int64)),
+                ("num_in", ctypes.c_int64), ("num_out", ctypes.c_int64),
+                ("in_sizes", ctypes.POINTER(ctypes.c_int64)),
+                ("out_sizes", ctypes.POINTER(ctypes.c_int64)),
+                ("total", ctypes.c_int64), ("chunk", ctypes.c_int64)]
+
+
+def _storage(dtype, x):
+    """numpy array of the kernel's storage type for a value of `dtype`."""
+    if dtype is DType.BF16:
+        import ml_dtypes
+        return np.ascontiguousarray(np.asarray(x, np.float32).astype(ml_dtypes.bfloat16))
+    if dtype is DType.BOOL:
+        return np.ascontiguousarray(np.asarray(x, np.bool_))
+    return np.ascontiguousarray(np.asarray(x, gir.interp.numpy_dtype(dtype)))
+
+
+def _run_compiled(kernel, lib_path, xs, split=3):
+    """Call the compiled body over the iteration space in `split` uneven ranges."""
+    lib = ctypes.CDLL(str(lib_path))
+    getter = getattr(lib, kernel.name + "_info")
+    getter.restype = ctypes.POINTER(_Info)
+    info = getter().contents
+    assert info.num_in == len(kernel.inputs) and info.num_out == len(kernel.outputs)
+    assert info.total == kernel.parallel.size
+    ins = [_storage(b.dtype, x) for b, x in zip(kernel.inputs, xs)]
+    outs = []
+    for b in kernel.outputs:
+        if b.dtype is DType.BF16:
+            import ml_dtypes
+            outs.append(np.zeros(b.arg.shape, ml_dtypes.bfloat16))
+        else:
+            outs.append(np.zeros(b.arg.shape, gir.interp.numpy_dtype(b.dtype)))
+    in_ptrs = (ctypes.c_void_p * max(1, len(ins)))(*[a.ctypes.data for a in ins])
+    out_ptrs = (ctypes.c_void_p * len(outs))(*[a.ctypes.data for a in outs])
+    total = info.total
+    cuts = sorted({0, total, *(total * k // split + k for k in range(1, split))} & set(range(total + 1)))
+    for lo, hi in zip(cuts, cuts[1:]):
+        info.body(in_ptrs, out_ptrs, lo, hi)
+    return outs
+
+
+DTYPE_PROGRAMS = {
+    "float32": (lambda x, y: jnp.exp(x) * y + 1, jnp.float32),
+    "float64": (lambda x, y: jnp.exp(x) * y + 1, jnp.float64),
+    "bfloat16": (lambda x, y: jnp.tanh(x) * y + x, jnp.bfloat16),
+    "float16": (lambda x, y: x * y + x, jnp.float16),
+    "int32": (lambda x, y: jnp.maximum(x * 3, y) - y, jnp.int32),
+    "uint8": (lambda x, y: (x + y) * 3 - x, jnp.uint8),
+    "bool": (lambda x, y: (x & ~y) | (y ^ x), jnp.bool_),
+}
+
+
+@pytest.mark.parametrize("name", sorted(DTYPE_PROGRAMS))
+def test_compile_every_dtype_matches_interpreter(name, rng):
+    toolchain = _toolchain()
+    from pfjax.build import build
+    f, dt = DTYPE_PROGRAMS[name]
+    with jax.enable_x64(True) if dt == jnp.float64 else _null():
+        ks = _kernels(f, ((5, 67), dt), ((5, 67), dt))
+    for kernel in ks:
+        k = _ready(kernel)
+        src = emit_kernel(k)
+        lib = build(src, toolchain, "test")
+        assert lib.exists()
+        xs = _random_inputs(k, rng)
+        want = gir.interp.run(k, xs)
+        got = _run_compiled(k, lib, xs)
+        for g, w in zip(got, want):
+            g = np.asarray(g).astype(w.dtype)
+            if np.issubdtype(w.dtype, np.floating):
+                tol = {np.dtype(np.float64): 1e-12, np.dtype(np.float32): 2e-6}.get(np.dtype(w.dtype), 1e-2)
+                if "bfloat16" in name:
+                    tol = 2 ** -7
+                np.testing.assert_allclose(g, w, rtol=tol, atol=tol)
+            else:
+                np.testing.assert_array_equal(g, w)
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+def test_compile_broadcast_and_convert_matches_interpreter(rng):
+    toolchain = _toolchain()
+    from pfjax.build import build
+    f = lambda x, b, c: ((x + b) * c).astype(jnp.int32)  # noqa: E731
+    ks = _kernels(f, ((6, 40), jnp.float32), ((40,), jnp.float32), ((6, 1), jnp.float32))
+    for kernel in ks:
+        k = _ready(kernel)
+        lib = build(emit_kernel(k), toolchain, "test")
+        xs = [x * 50 for x in _random_inputs(k, rng)]
+        xs[0].reshape(-1)[:3] = [np.nan, -np.inf, -3e9]
+        for g, w in zip(_run_compiled(k, lib, xs, split=5), gir.interp.run(k, xs)):
+            np.testing.assert_array_equal(g, w)
+
+
+def test_elementwise_float32_loop_is_vectorized(tmp_path):
+    toolchain = _toolchain()
+    [k] = _kernels(lambda x, y: x * y + jnp.sqrt(jnp.abs(x)), ((64, 256), jnp.float32),
+                   ((64, 256), jnp.float32))
+    k = _ready(k)
+    src = emit_kernel(k)
+    cc = tmp_path / "kernel.cc"
+    cc.write_text(src)
+    cmd = toolchain.command(str(cc), str(tmp_path / "kernel.so")) + ["-fopt-info-vec-optimized"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = src.splitlines()
+    loop_line = next(i + 1 for i, line in enumerate(lines) if line.strip().startswith("for (int64_t j"))
+    reported = [int(m.group(1)) for m in re.finditer(r"kernel\.cc:(\d+):\d+: optimized: loop vectorized",
+                                                     proc.stdout + proc.stderr)]
+    # gcc names the loop header or the first statement of its body
+    loop_end = next(i + 1 for i, line in enumerate(lines) if "begin += n" in line)
+    assert any(loop_line <= r < loop_end for r in reported), \
+        (loop_line, loop_end, proc.stdout + proc.stderr)
+
+
+def test_compiled_float_to_int32_saturates(rng):
+    toolchain = _toolchain()
+    from pfjax.build import build
+    [kernel] = _kernels(lambda x: (x * 2).astype(jnp.int32), ((70,), jnp.float32))
+    k = _ready(kernel)
+    lib = build(emit_kernel(k), toolchain, "test")
+    x = (rng.standard_normal(70) * 100).astype(np.float32)
+    x[:5] = [np.nan, np.inf, -np.inf, 3e9, -3e9]
+    (got,) = _run_compiled(k, lib, [x])
+    want = np.asarray(jax.jit(lambda x: (x * 2).astype(jnp.int32))(x))
+    np.testing.assert_array_equal(got, want)
+    assert got[0] == 0 and got[1] == 2**31 - 1
