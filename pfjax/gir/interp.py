@@ -31,8 +31,12 @@ def _as_type(x: np.ndarray, dtype: DType) -> np.ndarray:
     if dtype is DType.F16:
         return x.astype(np.float16).astype(np.float32)
     if dtype.is_int and x.dtype.kind == "f":
+        # XLA's float -> int conversion: NaN -> 0, saturating at the type's bounds.
         info = np.iinfo(_NP[dtype])
-        x = np.where(np.isnan(x), 0, np.clip(np.trunc(x), info.min, info.max))
+        xf = np.nan_to_num(x.astype(np.float64), nan=0.0, posinf=np.inf, neginf=-np.inf)
+        hi, lo = xf >= float(info.max), xf <= float(info.min)
+        mid = np.where(hi | lo, 0, np.trunc(xf)).astype(_NP[dtype])
+        return np.where(hi, info.max, np.where(lo, info.min, mid)).astype(_NP[dtype])
     return x.astype(_NP[dtype.compute])
 
 

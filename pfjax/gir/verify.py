@@ -31,9 +31,9 @@ def verify(kernel: Kernel) -> None:
             for d in buf.arg.shape:
                 size *= d
             if all(space):  # a non-empty space must stay inside the buffer
-                last = view.offset + sum(s * (n - 1) for s, n in zip(view.strides, space))
+                last = view.offset + sum(max(0, s * (n - 1)) for s, n in zip(view.strides, space))
                 first = view.offset + sum(min(0, s * (n - 1)) for s, n in zip(view.strides, space))
-                if first < 0 or last >= max(size, 1) and size > 0:
+                if first < 0 or last >= size:
                     raise GirError(f"{node.op.value} view {view} leaves buffer {buf.arg}")
             if node.op is Op.STORE and node.src[1].dtype.compute != buf.dtype.compute:
                 raise GirError(f"store of {node.src[1].dtype} into {buf.dtype} buffer")

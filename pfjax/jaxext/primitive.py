@@ -68,7 +68,7 @@ def _jvp(primals, tangents, *, jaxpr, kernel):
 
 def _batch(args, dims, *, jaxpr, kernel):
     fun = jax.vmap(jcore.jaxpr_as_fun(jaxpr),
-                   in_axes=[None if d is batching.not_mapped else d for d in dims])
+                   in_axes=tuple(dims))  # unbatched operands come as None
     if _refuse is not None:
         fun = _refuse(fun)
     outs = fun(*args)
