@@ -100,7 +100,7 @@ def fuse(fun: Callable | None = None, *, jit: bool = True, static_argnums=()) ->
 
 def explain(fun: Callable, *args, **kwargs):
     """What pfjax does with `fun` on these arguments: a printable report."""
-    from pfjax.explain import Report
+    from pfjax.report import Report
     fused = fun if isinstance(fun, Fused) else Fused(fun)
     p, _, _ = fused.plan_for(*args, **kwargs)
     return Report(p)

@@ -381,8 +381,6 @@ def test_explain_report(rng):
     assert repr(rep) == text
 
 
-@pytest.mark.xfail(strict=True, reason="bug: the first pfjax.explain() call imports the submodule "
-                   "pfjax.explain, which replaces the function attribute pfjax.explain")
 def test_explain_is_still_callable_after_use(rng):
     x = randn(rng, 7, 13)
     pfjax.api.explain(mish, x)
