@@ -138,10 +138,6 @@ def test_random_elementwise_programs(prog, seed, specials):
         assert_close_nan_aware(g, w, rtol, 1e-6 * max(1.0, scale) * (1 + n_trans), msg)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a dead value reading an input joins the fusion group, so "
-                   "the kernel takes an input its GIR never reads; the kernel name hashes only the "
-                   "GIR, so it collides with the same kernel without that input: 'expected 2 "
-                   "operands and 1 results'")
 def test_dead_value_sharing_an_input(rng):
     x, y = (rng.standard_normal((7, 129)).astype(np.float32) for _ in range(2))
 
@@ -157,8 +153,6 @@ def test_dead_value_sharing_an_input(rng):
         np.testing.assert_allclose(pfjax.fuse(f)(x, y), x - 1.0, rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a broadcast operand with its own chain next to a "
-                   "chain over the full shape: 'pfjax internal error: fused program has a cycle'")
 def test_broadcast_chain_beside_full_chain(rng):
     x = rng.standard_normal((7, 13)).astype(np.float32)
     y = rng.standard_normal((13,)).astype(np.float32)

@@ -49,6 +49,7 @@ def emit_kernel(kernel: gir.Kernel) -> str:
         k = buf.arg.index
         w(f"{STORAGE[buf.dtype]}* __restrict out{k} = static_cast<{STORAGE[buf.dtype]}*>(out_[{k}]);")
     w(f"constexpr int64_t kInner = {max(inner, 1)};")
+    w("constexpr int64_t kTile = 1024;  // elements staged in the local level per step")
     w("int64_t row = begin / kInner, col = begin % kInner;")
     w("while (begin < end) {")
     w.indent()
@@ -74,26 +75,49 @@ def emit_kernel(kernel: gir.Kernel) -> str:
             w(f"{const}{STORAGE[buf.dtype]}* __restrict {p} = {base} + {' + '.join(terms)};")
             access_ptrs[key] = p
         ptr_names[id(n)] = access_ptrs[key]
+    stores = [n for n in nodes if n.op is Op.STORE]
+    streamed = {id(n) for n in stores if par.nontemporal and n.arg.view.strides[-1] == 1}
+    if streamed:
+        # Non-temporal path: compute a tile into a local buffer, then stream it out.
+        w("for (int64_t t0 = 0; t0 < n; t0 += kTile) {")
+        w.indent()
+        w("const int64_t m = std::min<int64_t>(kTile, n - t0);")
+        for k, st in enumerate(n for n in stores if id(n) in streamed):
+            w(f"alignas(64) {STORAGE[st.dtype]} tile{k}[kTile];")
+        loop_len, offset = "m", "t0 + "
+    else:
+        loop_len, offset = "n", ""
     w(f"#pragma omp simd simdlen({max(1, par.vector)})")
-    w("for (int64_t j = 0; j < n; ++j) {")
+    w(f"for (int64_t j = 0; j < {loop_len}; ++j) {{")
     w.indent()
     values: dict[int, str] = {}
+    tiles: dict[int, str] = {}
     for n in nodes:
         if n.op in (Op.BUFFER, Op.PARALLEL):
             continue
         if n.op is Op.STORE:
-            stride = n.arg.view.strides[-1]
-            index = "j" if stride == 1 else f"j * {stride}" if stride else "0"
-            w(f"{ptr_names[id(n)]}[{index}] = {store_expr(values[id(n.src[1])], n.dtype)};")
+            if id(n) in streamed:
+                tiles[id(n)] = f"tile{len(tiles)}"
+                w(f"{tiles[id(n)]}[j] = {store_expr(values[id(n.src[1])], n.dtype)};")
+                continue
+            w(f"{ptr_names[id(n)]}[{_index(n, offset)}] = {store_expr(values[id(n.src[1])], n.dtype)};")
             continue
         v = f"v{len(values)}"
         values[id(n)] = v
-        w(f"const {register_type(n.dtype)} {v} = {_expr(n, values, ptr_names)};")
+        w(f"const {register_type(n.dtype)} {v} = {_expr(n, values, ptr_names, offset)};")
     w.indent(-1)
     w("}")
+    if streamed:
+        for st in stores:
+            if id(st) in streamed:
+                w(f"pfjax::rt::stream_copy({ptr_names[id(st)]} + t0, {tiles[id(st)]}, m);")
+        w.indent(-1)
+        w("}")
     w("begin += n; ++row; col = 0;")
     w.indent(-1)
     w("}")
+    if par.nontemporal:
+        w("pfjax::rt::stream_fence();")
     w.indent(-1)
     w("}")
     w()
@@ -116,12 +140,15 @@ def _elems(buf: gir.Node) -> int:
     return n
 
 
-def _expr(n: gir.Node, values: dict[int, str], ptrs: dict[int, str]) -> str:
+def _index(n: gir.Node, offset: str) -> str:
+    stride = n.arg.view.strides[-1]
+    return f"{offset}j" if stride == 1 else f"({offset}j) * {stride}" if stride else "0"
+
+
+def _expr(n: gir.Node, values: dict[int, str], ptrs: dict[int, str], offset: str) -> str:
     src = [values.get(id(s)) for s in n.src]
     if n.op is Op.LOAD:
-        stride = n.arg.view.strides[-1]
-        index = "j" if stride == 1 else f"j * {stride}" if stride else "0"
-        return load_expr(f"{ptrs[id(n)]}[{index}]", n.dtype)
+        return load_expr(f"{ptrs[id(n)]}[{_index(n, offset)}]", n.dtype)
     if n.op is Op.CONST:
         return literal(n.arg, n.dtype.compute if n.dtype is not gir.DType.BOOL else n.dtype)
     if n.op is Op.CAST:

@@ -194,8 +194,11 @@ def _finish(program, eqns, group_of, spaces, reasons, producer) -> Partition:
     for i, g in sorted(group_of.items()):
         members.setdefault(g, []).append(i)
 
+    # Phase 1 decides which groups are worth a kernel, recomputing only values no group
+    # computes; phase 2 may then recompute values of groups that were dropped. A value
+    # computed by a kept group is never recomputed elsewhere (its inputs may be internal).
     unfusable = set(reasons)
-    groups: list[Group] = []
+    kept: list[tuple[Group, set[int]]] = []
     for g, idx in sorted(members.items()):
         group = Group(spaces[g], [eqns[i] for i in idx])
         inside = set(idx)
@@ -203,18 +206,24 @@ def _finish(program, eqns, group_of, spaces, reasons, producer) -> Partition:
             for v in eqns[i].outvars:
                 if v.id in program_outs or users.get(v.id, set()) - inside:
                     group.outputs.append(v)
-        _collect_inputs(group, eqns, inside, producer, unfusable)
+        _collect_inputs(group, eqns, inside, producer, unfusable | set(group_of))
         why_not = _not_worth_it(group)
         if why_not or not group.outputs:
             for i in idx:
                 reasons[i] = why_not or "result unused"
             continue
+        kept.append((group, inside))
+    kept_members = set().union(*(inside for _, inside in kept)) if kept else set()
+    groups: list[Group] = []
+    for group, inside in kept:
+        group.inputs, group.recomputed = [], []
+        _collect_inputs(group, eqns, inside, producer, unfusable | kept_members)
         groups.append(group)
     left_out = [(eqns[i], reasons[i]) for i in sorted(reasons)]
     return Partition(groups, left_out)
 
 
-def _collect_inputs(group: Group, eqns, inside: set[int], producer, unfusable) -> None:
+def _collect_inputs(group: Group, eqns, inside: set[int], producer, blocked: set[int]) -> None:
     """Inputs of the group; small cheap producers outside it are recomputed instead."""
     seen: set[int] = set()
     recomputed: set[int] = set()
@@ -228,7 +237,7 @@ def _collect_inputs(group: Group, eqns, inside: set[int], producer, unfusable) -
             return
         seen.add(atom.id)
         i = producer.get(atom.id)
-        if i is not None and i not in inside and i not in unfusable and _cheap(eqns[i]) \
+        if i is not None and i not in inside and i not in blocked and _cheap(eqns[i]) \
                 and math.prod(atom.aval.shape) < group.size:
             if i not in recomputed:
                 recomputed.add(i)

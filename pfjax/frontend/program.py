@@ -155,7 +155,20 @@ def evaluate(program: Program, args: list, steps: list[Callable] | None = None) 
     return [read(a) for a in program.outvars]
 
 
+def dce(program: Program) -> Program:
+    """Drop equations whose results nobody uses (and that have no side effects)."""
+    live = {a.id for a in program.outvars if isinstance(a, Var)}
+    kept: list[Eqn] = []
+    for eqn in reversed(program.eqns):
+        effects = getattr(eqn.eqn, "effects", None)
+        if effects or any(v.id in live for v in eqn.outvars):
+            kept.append(eqn)
+            live.update(a.id for a in eqn.invars if isinstance(a, Var))
+    return Program(program.invars, program.outvars, kept[::-1])
+
+
 def trace(fun: Callable, flat_avals: list) -> tuple[Program, list]:
     closed = jax.make_jaxpr(fun)(*[jax.ShapeDtypeStruct(a.shape, a.dtype, weak_type=a.weak_type)
                                    for a in flat_avals])
-    return flatten(closed)
+    program, consts = flatten(closed)
+    return dce(program), consts

@@ -213,7 +213,10 @@ class Kernel:
 
     @property
     def name(self) -> str:
-        return "pfjax_" + self.root.key[:20]
+        """Names the kernel's code and calling convention: the graph plus every buffer it
+        binds (an input the graph never reads still changes the call)."""
+        sig = "|".join(f"{b.arg}:{b.dtype!r}" for b in (*self.inputs, *self.outputs))
+        return "pfjax_" + hashlib.sha256(f"{self.root.key}|{sig}".encode()).hexdigest()[:20]
 
     @property
     def parallel(self) -> Parallel:

@@ -10,6 +10,9 @@ from pfjax.schedule.cost import estimate
 
 # Below this much traffic, one thread is faster than waking the pool (~1.3 us per task).
 MIN_TASK_BYTES = 96 * 1024
+# Outputs at least this large are streamed past the caches (non-temporal stores): they
+# would evict the inputs anyway, and streaming saves the read-for-ownership of each line.
+NONTEMPORAL_MIN_BYTES = 4 << 20
 
 
 @dataclass(frozen=True)
@@ -36,7 +39,9 @@ def choose(kernel: gir.Kernel, target: gir.Target) -> Schedule:
     chunk = max(min_chunk, -(-size // (target.groups * 4)))
     align = 64
     chunk = -(-chunk // align) * align
-    return Schedule(vector=target.lanes, chunk=min(chunk, size), nontemporal=False)
+    out_bytes = sum(b.dtype.itemsize for b in kernel.outputs) * size
+    return Schedule(vector=target.lanes, chunk=min(chunk, size),
+                    nontemporal=out_bytes >= NONTEMPORAL_MIN_BYTES)
 
 
 def apply(kernel: gir.Kernel, schedule: Schedule) -> gir.Kernel:

@@ -7,7 +7,12 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <limits>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 #include "pfjax/fastmath.h"
 #include "pfjax/math.h"
@@ -36,6 +41,44 @@ static inline __attribute__((always_inline)) I f2i(F x) {
   constexpr F hi = static_cast<F>(std::numeric_limits<I>::max());
   const F c = x != x ? F(0) : (x < lo ? lo : x);
   return c >= hi ? std::numeric_limits<I>::max() : static_cast<I>(c);
+}
+
+// Copy a tile from the local level to global memory with non-temporal (streaming)
+// stores: a large output then costs one write instead of a read-for-ownership plus a
+// write. Callers issue stream_fence() before the kernel returns.
+template <typename T>
+static inline void stream_copy(T* __restrict dst, const T* __restrict src, int64_t n) {
+  char* d = reinterpret_cast<char*>(dst);
+  const char* s = reinterpret_cast<const char*>(src);
+  int64_t bytes = n * static_cast<int64_t>(sizeof(T));
+#if defined(__AVX512F__) || defined(__AVX__) || defined(__SSE2__)
+#if defined(__AVX512F__)
+  constexpr int64_t kVec = 64;
+#elif defined(__AVX__)
+  constexpr int64_t kVec = 32;
+#else
+  constexpr int64_t kVec = 16;
+#endif
+  const int64_t head = std::min<int64_t>(bytes, (kVec - (reinterpret_cast<uintptr_t>(d) % kVec)) % kVec);
+  std::memcpy(d, s, head);
+  d += head; s += head; bytes -= head;
+  for (; bytes >= kVec; bytes -= kVec, d += kVec, s += kVec) {
+#if defined(__AVX512F__)
+    _mm512_stream_si512(reinterpret_cast<__m512i*>(d), _mm512_loadu_si512(s));
+#elif defined(__AVX__)
+    _mm256_stream_si256(reinterpret_cast<__m256i*>(d), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s)));
+#else
+    _mm_stream_si128(reinterpret_cast<__m128i*>(d), _mm_loadu_si128(reinterpret_cast<const __m128i*>(s)));
+#endif
+  }
+#endif
+  std::memcpy(d, s, bytes);
+}
+
+static inline void stream_fence() {
+#if defined(__SSE2__)
+  _mm_sfence();
+#endif
 }
 
 }  // namespace pfjax::rt
