@@ -35,3 +35,10 @@ def cache_dir() -> Path:
 def compiler() -> str:
     """PFJAX_CXX, else CXX, else g++."""
     return os.environ.get("PFJAX_CXX") or os.environ.get("CXX") or "g++"
+
+
+def nontemporal() -> str:
+    """PFJAX_NONTEMPORAL=auto|0|1: streaming stores as the cost model decides, never, always."""
+    value = os.environ.get("PFJAX_NONTEMPORAL", "auto").strip().lower()
+    return {"0": "never", "false": "never", "off": "never", "1": "always", "true": "always",
+            "on": "always"}.get(value, "auto")

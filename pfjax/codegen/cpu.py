@@ -39,7 +39,8 @@ def emit_kernel(kernel: gir.Kernel) -> str:
     w()
     w("namespace {")
     w()
-    w(f"void {name}_body(void* const* in_, void* const* out_, int64_t begin, int64_t end) {{")
+    w(f"void {name}_body(void* const* in_, void* const* out_, int64_t begin, int64_t end, "
+      f"int32_t stream) {{")
     w.indent()
     for buf in kernel.inputs:
         k = buf.arg.index
@@ -78,46 +79,24 @@ def emit_kernel(kernel: gir.Kernel) -> str:
     stores = [n for n in nodes if n.op is Op.STORE]
     streamed = {id(n) for n in stores if par.nontemporal and n.arg.view.strides[-1] == 1}
     if streamed:
-        # Non-temporal path: compute a tile into a local buffer, then stream it out.
-        w("for (int64_t t0 = 0; t0 < n; t0 += kTile) {")
+        # Streaming pays only on output pages that are already mapped; the dispatcher
+        # checks that per call and picks the path.
+        w("if (stream) {")
         w.indent()
-        w("const int64_t m = std::min<int64_t>(kTile, n - t0);")
-        for k, st in enumerate(n for n in stores if id(n) in streamed):
-            w(f"alignas(64) {STORAGE[st.dtype]} tile{k}[kTile];")
-        loop_len, offset = "m", "t0 + "
-    else:
-        loop_len, offset = "n", ""
-    w(f"#pragma omp simd simdlen({max(1, par.vector)})")
-    w(f"for (int64_t j = 0; j < {loop_len}; ++j) {{")
-    w.indent()
-    values: dict[int, str] = {}
-    tiles: dict[int, str] = {}
-    for n in nodes:
-        if n.op in (Op.BUFFER, Op.PARALLEL):
-            continue
-        if n.op is Op.STORE:
-            if id(n) in streamed:
-                tiles[id(n)] = f"tile{len(tiles)}"
-                w(f"{tiles[id(n)]}[j] = {store_expr(values[id(n.src[1])], n.dtype)};")
-                continue
-            w(f"{ptr_names[id(n)]}[{_index(n, offset)}] = {store_expr(values[id(n.src[1])], n.dtype)};")
-            continue
-        v = f"v{len(values)}"
-        values[id(n)] = v
-        w(f"const {register_type(n.dtype)} {v} = {_expr(n, values, ptr_names, offset)};")
-    w.indent(-1)
-    w("}")
-    if streamed:
-        for st in stores:
-            if id(st) in streamed:
-                w(f"pfjax::rt::stream_copy({ptr_names[id(st)]} + t0, {tiles[id(st)]}, m);")
+        _emit_row(w, nodes, ptr_names, par.vector, streamed)
+        w.indent(-1)
+        w("} else {")
+        w.indent()
+        _emit_row(w, nodes, ptr_names, par.vector, set())
         w.indent(-1)
         w("}")
+    else:
+        _emit_row(w, nodes, ptr_names, par.vector, set())
     w("begin += n; ++row; col = 0;")
     w.indent(-1)
     w("}")
-    if par.nontemporal:
-        w("pfjax::rt::stream_fence();")
+    if streamed:
+        w("if (stream) pfjax::rt::stream_fence();")
     w.indent(-1)
     w("}")
     w()
@@ -129,8 +108,51 @@ def emit_kernel(kernel: gir.Kernel) -> str:
     w("}  // namespace")
     w()
     w(f"PFJAX_EXPORT_KERNEL({name}, {name}_body, {len(kernel.inputs)}, {name}_in_sizes, "
-      f"{len(kernel.outputs)}, {name}_out_sizes, {par.size}, {max(1, par.chunk)});")
+      f"{len(kernel.outputs)}, {name}_out_sizes, {par.size}, {max(1, par.chunk)}, "
+      f"{int(bool(streamed))});")
     return "\n".join(w.lines) + "\n"
+
+
+def _emit_row(w: _Writer, nodes: list[gir.Node], ptr_names: dict[int, str], vector: int,
+              streamed: set[int]) -> None:
+    """One row of n elements: a SIMD loop over the value graph. Streamed stores go to a
+    tile at the local level first and leave it with non-temporal stores."""
+    if streamed:
+        w("for (int64_t t0 = 0; t0 < n; t0 += kTile) {")
+        w.indent()
+        w("const int64_t m = std::min<int64_t>(kTile, n - t0);")
+        for k in range(len(streamed)):
+            w(f"alignas(64) float tile{k}_[kTile * 2];  // sized for 8-byte elements")
+        loop_len, offset = "m", "t0 + "
+    else:
+        loop_len, offset = "n", ""
+    w(f"#pragma omp simd simdlen({max(1, vector)})")
+    w(f"for (int64_t j = 0; j < {loop_len}; ++j) {{")
+    w.indent()
+    values: dict[int, str] = {}
+    tiles: dict[int, str] = {}
+    for n in nodes:
+        if n.op in (Op.BUFFER, Op.PARALLEL):
+            continue
+        if n.op is Op.STORE:
+            value = store_expr(values[id(n.src[1])], n.dtype)
+            if id(n) in streamed:
+                tiles[id(n)] = f"reinterpret_cast<{STORAGE[n.dtype]}*>(tile{len(tiles)}_)"
+                w(f"{tiles[id(n)]}[j] = {value};")
+            else:
+                w(f"{ptr_names[id(n)]}[{_index(n, offset)}] = {value};")
+            continue
+        v = f"v{len(values)}"
+        values[id(n)] = v
+        w(f"const {register_type(n.dtype)} {v} = {_expr(n, values, ptr_names, offset)};")
+    w.indent(-1)
+    w("}")
+    if streamed:
+        for n in nodes:
+            if id(n) in streamed:
+                w(f"pfjax::rt::stream_copy({ptr_names[id(n)]} + t0, {tiles[id(n)]}, m);")
+        w.indent(-1)
+        w("}")
 
 
 def _elems(buf: gir.Node) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 
-from pfjax import gir
+from pfjax import config, gir
 from pfjax.gir import Op
 from pfjax.schedule.cost import estimate
 
@@ -40,8 +40,9 @@ def choose(kernel: gir.Kernel, target: gir.Target) -> Schedule:
     align = 64
     chunk = -(-chunk // align) * align
     out_bytes = sum(b.dtype.itemsize for b in kernel.outputs) * size
-    return Schedule(vector=target.lanes, chunk=min(chunk, size),
-                    nontemporal=out_bytes >= NONTEMPORAL_MIN_BYTES)
+    mode = config.nontemporal()
+    stream = mode == "always" or (mode == "auto" and out_bytes >= NONTEMPORAL_MIN_BYTES)
+    return Schedule(vector=target.lanes, chunk=min(chunk, size), nontemporal=stream)
 
 
 def apply(kernel: gir.Kernel, schedule: Schedule) -> gir.Kernel:

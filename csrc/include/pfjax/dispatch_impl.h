@@ -14,6 +14,9 @@
 #include <string_view>
 #include <unordered_map>
 
+#include <sys/mman.h>
+#include <unistd.h>
+
 #if defined(__x86_64__) || defined(_M_X64)
 #include <xmmintrin.h>
 #define PFJAX_HAVE_MXCSR 1
@@ -30,6 +33,7 @@ namespace ffi = xla::ffi;
 // (they then find no work), so the state is reference counted.
 struct ParallelState {
   BodyFn body;
+  int32_t stream = 0;
   int64_t total, chunk, num_chunks;
   void* in[64];
   void* out[64];
@@ -49,7 +53,7 @@ struct ParallelState {
       const int64_t c = next.fetch_add(1, std::memory_order_relaxed);
       if (c >= num_chunks) break;
       const int64_t begin = c * chunk;
-      body(in, out, begin, std::min(total, begin + chunk));
+      body(in, out, begin, std::min(total, begin + chunk), stream);
       if (done.fetch_add(1, std::memory_order_acq_rel) + 1 == num_chunks) {
         std::lock_guard<std::mutex> lock(mu);
         cv.notify_all();
@@ -60,6 +64,19 @@ struct ParallelState {
 #endif
   }
 };
+
+// True when the first and last page of [p, p + bytes) are resident. Freshly mapped
+// output pages fault in zeroed (and cached), after which streaming stores only add traffic.
+inline bool PagesResident(const void* p, int64_t bytes) {
+  static const long page = sysconf(_SC_PAGESIZE);
+  if (bytes <= 0 || page <= 0) return false;
+  unsigned char v = 0;
+  for (const char* at : {static_cast<const char*>(p), static_cast<const char*>(p) + bytes - 1}) {
+    void* base = reinterpret_cast<void*>(reinterpret_cast<uintptr_t>(at) & ~uintptr_t(page - 1));
+    if (mincore(base, 1, &v) != 0 || (v & 1) == 0) return false;
+  }
+  return true;
+}
 
 inline ffi::Error Launch(ffi::ThreadPool& pool, ffi::RemainingArgs& args,
                          ffi::RemainingRets& rets, const std::string& name,
@@ -93,6 +110,14 @@ inline ffi::Error Launch(ffi::ThreadPool& pool, ffi::RemainingArgs& args,
       return ffi::Error::InvalidArgument(name + ": result " + std::to_string(i) +
                                          " has the wrong size");
     state->out[i] = (*buf)->untyped_data();
+  }
+  if (k.can_stream) {
+    bool resident = true;
+    for (size_t i = 0; i < num_out && resident; ++i) {
+      auto buf = rets.get<ffi::AnyBuffer>(i);
+      resident = PagesResident(state->out[i], static_cast<int64_t>((*buf)->size_bytes()));
+    }
+    state->stream = resident ? 1 : 0;
   }
   if (total <= 0) return ffi::Error::Success();
   chunk = std::max<int64_t>(1, std::min(chunk, total));

@@ -19,8 +19,10 @@
 
 namespace pfjax::rt {
 
-// Body of a kernel: processes elements [begin, end) of the flattened iteration space.
-using BodyFn = void (*)(void* const* in, void* const* out, int64_t begin, int64_t end);
+// Body of a kernel: processes elements [begin, end) of the flattened iteration space;
+// `stream` selects the non-temporal store path (when the kernel has one).
+using BodyFn = void (*)(void* const* in, void* const* out, int64_t begin, int64_t end,
+                        int32_t stream);
 
 struct KernelInfo {
   int32_t abi_version;  // kAbiVersion of the header the kernel was built with
@@ -30,9 +32,10 @@ struct KernelInfo {
   const int64_t* out_sizes;
   int64_t total;  // elements of the iteration space
   int64_t chunk;  // elements per parallel task
+  int32_t can_stream;  // has a non-temporal store path
 };
 
-constexpr int32_t kAbiVersion = 1;
+constexpr int32_t kAbiVersion = 2;
 
 // Float to integer with XLA's semantics: NaN -> 0, out of range saturates.
 template <typename I, typename F>
@@ -83,10 +86,11 @@ static inline void stream_fence() {
 
 }  // namespace pfjax::rt
 
-#define PFJAX_EXPORT_KERNEL(NAME, BODY, NUM_IN, IN_SIZES, NUM_OUT, OUT_SIZES, TOTAL, CHUNK) \
+#define PFJAX_EXPORT_KERNEL(NAME, BODY, NUM_IN, IN_SIZES, NUM_OUT, OUT_SIZES, TOTAL, CHUNK, \
+                            CAN_STREAM)                                                    \
   extern "C" __attribute__((visibility("default"))) const pfjax::rt::KernelInfo*           \
   NAME##_info() {                                                                           \
     static const pfjax::rt::KernelInfo info{pfjax::rt::kAbiVersion, BODY, NUM_IN, NUM_OUT,  \
-                                            IN_SIZES, OUT_SIZES, TOTAL, CHUNK};             \
+                                            IN_SIZES, OUT_SIZES, TOTAL, CHUNK, CAN_STREAM}; \
     return &info;                                                                           \
   }
