@@ -7,7 +7,7 @@
 //   erf_fast       <= 6 ulp  [XLA: 5]   rational on x clamped to +-4 (as Eigen/XLA)
 //   erfc_fast      relative error <= 5e-6 for results >= 1e-30 [XLA: erfc is far less
 //                  accurate in the tail]; Chebyshev fit of erfc(x)exp(x^2) in 1/(1+x/2)
-//   logistic_fast  <= 3 ulp  [XLA: 2]   1 / (1 + exp(-x)) with the 1-ulp exp of math.h
+//   logistic_fast  <= 3 ulp  [XLA: 2]   1 / (1 + exp(-x)); results below 1e-38 not exact
 // All are branch-free and vectorize in `#pragma omp simd` loops.
 #pragma once
 
@@ -15,6 +15,27 @@
 
 namespace pfjax {
 namespace math {
+
+// exp for arguments whose results are normal floats: x is clamped to [-87.3, 88.3], so
+// the far tails come out as ~2^-126 and ~2^127 instead of 0 / denormals and inf. About
+// half the instructions of exp_f32 (no denormal scaling, no special-value selects: NaN
+// propagates through the polynomial). Used inside erfc_fast and logistic_fast, whose
+// results there are 0 / 1 up to < 1e-38.
+PFJAX_MATH_INLINE float exp_lean(float x) {
+  const float xc = x < -87.3f ? -87.3f : (x > 88.3f ? 88.3f : x);
+  const float n = rintf(xc * 1.44269504088896341f);
+  float r = fmaf(n, -0.693359375f, xc);
+  r = fmaf(n, 2.12194440e-4f, r);
+  float p = 1.9875691500E-4f;
+  p = fmaf(p, r, 1.3981999507E-3f);
+  p = fmaf(p, r, 8.3334519073E-3f);
+  p = fmaf(p, r, 4.1665795894E-2f);
+  p = fmaf(p, r, 1.6666665459E-1f);
+  p = fmaf(p, r, 5.0000001201E-1f);
+  const float y = fmaf(p * r, r, r) + 1.0f;
+  const int32_t e = static_cast<int32_t>(n != n ? 0.0f : n);
+  return y * __builtin_bit_cast(float, static_cast<uint32_t>(e + 127) << 23);
+}
 
 PFJAX_MATH_INLINE float tanh_fast(float x) {
   const float c = 7.90531110763549805f;  // tanh rounds to +-1 beyond this
@@ -76,13 +97,13 @@ PFJAX_MATH_INLINE float erfc_fast(float x) {
   // exp(-z^2 + p) with z^2 split exactly (z*z = hi + lo) so large z keeps its accuracy
   const float hi = z * z;
   const float lo = fmaf(z, z, -hi);
-  const float r = ax >= 10.0f ? 0.0f : t * exp_f32((p - lo) - hi);
-  const float out = x < 0.0f ? 2.0f - r : r;
-  return x != x ? x : out;
+  const float r = ax >= 10.0f ? 0.0f : t * exp_lean((p - lo) - hi);
+  return x < 0.0f ? 2.0f - r : r;  // NaN propagates through r
 }
 
 PFJAX_MATH_INLINE float logistic_fast(float x) {
-  return 1.0f / (1.0f + exp_f32(-x));
+  const float r = 1.0f / (1.0f + exp_lean(-x));
+  return x < -88.0f ? 0.0f : r;  // the clamped exp would leave ~4e-39 here
 }
 
 }  // namespace math
