@@ -21,11 +21,16 @@ namespace math {
 // half the instructions of exp_f32 (no denormal scaling, no special-value selects: NaN
 // propagates through the polynomial). Used inside erfc_fast and logistic_fast, whose
 // results there are 0 / 1 up to < 1e-38.
-PFJAX_MATH_INLINE float exp_lean(float x) {
-  const float xc = x < -87.3f ? -87.3f : (x > 88.3f ? 88.3f : x);
-  const float n = rintf(xc * 1.44269504088896341f);
-  float r = fmaf(n, -0.693359375f, xc);
-  r = fmaf(n, 2.12194440e-4f, r);
+PFJAX_MATH_INLINE float exp_lean_sum(float a, float b) {
+  // exp(a + b) where a may be large and exactly known and b is small: the range reduction
+  // subtracts n*ln2 from a alone (Cody-Waite), so a + b is never rounded as a whole.
+  const float s = a + b;
+  const bool below = s < -87.3f, above = s > 88.3f;  // clamp to normal-range results
+  const float ac = below ? -87.3f : (above ? 88.3f : a);
+  const float bc = below || above ? 0.0f : b;
+  const float n = rintf((ac + bc) * 1.44269504088896341f);
+  float r = fmaf(n, -0.693359375f, ac);
+  r = fmaf(n, 2.12194440e-4f, r) + bc;
   float p = 1.9875691500E-4f;
   p = fmaf(p, r, 1.3981999507E-3f);
   p = fmaf(p, r, 8.3334519073E-3f);
@@ -36,6 +41,8 @@ PFJAX_MATH_INLINE float exp_lean(float x) {
   const int32_t e = static_cast<int32_t>(n != n ? 0.0f : n);
   return y * __builtin_bit_cast(float, static_cast<uint32_t>(e + 127) << 23);
 }
+
+PFJAX_MATH_INLINE float exp_lean(float x) { return exp_lean_sum(x, 0.0f); }
 
 PFJAX_MATH_INLINE float tanh_fast(float x) {
   const float c = 7.90531110763549805f;  // tanh rounds to +-1 beyond this
@@ -74,11 +81,12 @@ PFJAX_MATH_INLINE float erfc_fast(float x) {
   p = fmaf(p, t, 0.37409196f);
   p = fmaf(p, t, 1.00002368f);
   p = fmaf(p, t, -1.26551223f);
-  // exp(-z^2 + p) as exp(-hi) * exp(p - lo) with z^2 = hi + lo split exactly: no rounding
-  // of a large exponent argument. Results below the normal range (z > 9.2) flush to 0.
+  // exp(-z^2 + p) with z^2 = hi + lo split exactly and -hi kept apart from the small
+  // rest, so the large exponent argument is never rounded. Results below the normal
+  // range (z > 9.2) flush to 0.
   const float hi = z * z;
   const float lo = fmaf(z, z, -hi);
-  const float r = ax > 9.2f ? 0.0f : t * exp_lean(-hi) * exp_lean(p - lo);
+  const float r = ax > 9.2f ? 0.0f : t * exp_lean_sum(-hi, p - lo);
   return x < 0.0f ? 2.0f - r : r;  // NaN propagates through r
 }
 
