@@ -155,12 +155,21 @@ def test_grad_keeps_primal_fused_under_jit(rng):
     assert num_kernel_calls(fused, x, b) >= 1
 
 
-@pytest.mark.xfail(strict=True, reason="bug/missing: the JVP rule differentiates the inner jaxpr "
-                   "without fusing again, so grad of a fused function has no pfjax kernel (DESIGN §5)")
 def test_grad_stays_fused(rng):
     x, b = randn(rng, 7, 13), randn(rng, 13)
     fused = pfjax.fuse(gelu_tanh)
-    assert num_kernel_calls(jax.grad(lambda x, b: jnp.sum(fused(x, b))), x, b) >= 1
+    # forward (primal + residuals) and backward (transposed tangent) chains are kernels
+    assert num_kernel_calls(jax.grad(lambda x, b: jnp.sum(fused(x, b))), x, b) >= 2
+    want = jax.grad(lambda x, b: jnp.sum(gelu_tanh(x, b)), argnums=(0, 1))(x, b)
+    got = jax.jit(jax.grad(lambda x, b: jnp.sum(fused(x, b)), argnums=(0, 1)))(x, b)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, **TRANS)
+
+
+def test_jvp_stays_fused(rng):
+    x, b = randn(rng, 7, 13), randn(rng, 13)
+    fused = pfjax.fuse(gelu_tanh)
+    assert num_kernel_calls(lambda x, b: jax.jvp(fused, (x, b), (x, b)), x, b) >= 2
 
 
 # ---- vmap --------------------------------------------------------------------------------

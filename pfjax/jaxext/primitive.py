@@ -3,8 +3,8 @@
 Abstract evaluation comes from the jaxpr. On CPU, lowering emits the group's FFI custom
 call when a compiled kernel is registered for it, and inlines the jaxpr otherwise, so
 results never depend on whether fusion happened. JVP and batching apply JAX's own
-transformation to the inner jaxpr; batching fuses the batched jaxpr again through the
-hook the API installs (`set_refuse`), so vmap of a fused function runs fused kernels.
+transformation to the inner jaxpr and fuse the result again through the hook the API
+installs (`set_refuse`): vmap, jvp and grad of a fused function run fused kernels.
 This is the only module that touches JAX internals.
 """
 from __future__ import annotations
@@ -15,7 +15,8 @@ from typing import Callable
 
 import jax
 from jax.extend import core as jcore
-from jax.interpreters import ad, batching, mlir
+from jax._src.interpreters import ad, partial_eval as pe
+from jax.interpreters import batching, mlir
 
 fused_p = jcore.Primitive("pfjax_fused")
 fused_p.multiple_results = True
@@ -60,10 +61,54 @@ def _lower_cpu(ctx, *args, jaxpr, kernel):
     return mlir.lower_fun(lambda *a: call(*a, kernel=kernel.target), multiple_results=True)(ctx, *args)
 
 
+def _fused_call(closed: jcore.ClosedJaxpr, args):
+    """Evaluate a jaxpr with its memory-bound chains fused again (unfused if no hook)."""
+    fun = jcore.jaxpr_as_fun(closed)
+    return (_refuse(fun) if _refuse is not None else fun)(*args)
+
+
 def _jvp(primals, tangents, *, jaxpr, kernel):
-    # Differentiate the group's own equations (custom_jvp rules inside are kept).
-    tangents = [ad.instantiate_zeros(t) for t in tangents]
-    return jax.jvp(jcore.jaxpr_as_fun(jaxpr), list(primals), tangents)
+    # JAX's JVP of the group, unzipped into the primal part (outputs + residuals) and the
+    # tangent part (linear in the tangents); each runs as fused kernels. Under grad the
+    # primal part stays known and the tangent part is transposed by _transpose.
+    nonzero = [type(t) is not ad.Zero for t in tangents]
+    jvp_jaxpr, out_nonzero = ad.jvp_jaxpr(jaxpr, nonzero, instantiate=False)
+    n_out = len(jaxpr.out_avals)
+    unknowns = [False] * len(primals) + [True] * sum(nonzero)
+    known, unknown, out_unknowns, res_avals = pe.partial_eval_jaxpr_nounits(
+        jvp_jaxpr, unknowns, instantiate=[False] * n_out + [True] * sum(out_nonzero))
+    known_outs = _fused_call(known, list(primals))
+    num_res = len(res_avals)
+    known_vals, residuals = known_outs[:len(known_outs) - num_res], known_outs[len(known_outs) - num_res:]
+    tangent_in = [t for t in tangents if type(t) is not ad.Zero]
+    unknown_vals = _fused_call(unknown, [*residuals, *tangent_in])
+    known_it, unknown_it = iter(known_vals), iter(unknown_vals)
+    outs = [next(unknown_it) if u else next(known_it) for u in out_unknowns]
+    primal_out, tangent_nz = outs[:n_out], iter(outs[n_out:])
+    tangent_out = [next(tangent_nz) if nz else ad.Zero(a.to_tangent_aval())
+                   for nz, a in zip(out_nonzero, jaxpr.out_avals)]
+    return primal_out, tangent_out
+
+
+def _transpose(cts, *args, jaxpr, kernel):
+    # The group is linear in its undefined inputs (it is a tangent part from _jvp):
+    # transpose it with JAX and fuse the transposed computation again.
+    undefined = [ad.is_undefined_primal(a) for a in args]
+    lin_avals = [a.aval for a, u in zip(args, undefined) if u]
+    known = [a for a, u in zip(args, undefined) if not u]
+    cts = [ad.instantiate_zeros(ct) for ct in cts]
+    fun = jcore.jaxpr_as_fun(jaxpr)
+
+    def transposed(known_vals, cts):
+        def linear(*lin):
+            it_known, it_lin = iter(known_vals), iter(lin)
+            return fun(*[next(it_lin) if u else next(it_known) for u in undefined])
+        structs = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in lin_avals]
+        return jax.linear_transpose(linear, *structs)(list(cts))
+
+    run = (lambda k, c: _refuse(transposed)(k, c)) if _refuse is not None else transposed
+    ct_lin = iter(run(known, cts))
+    return [next(ct_lin) if u else None for u in undefined]
 
 
 def _batch(args, dims, *, jaxpr, kernel):
@@ -80,6 +125,7 @@ fused_p.def_abstract_eval(_abstract_eval)
 mlir.register_lowering(fused_p, _lower_inline)
 mlir.register_lowering(fused_p, _lower_cpu, platform="cpu")
 ad.primitive_jvps[fused_p] = _jvp
+ad.primitive_transposes[fused_p] = _transpose
 batching.primitive_batchers[fused_p] = _batch
 
 
