@@ -10,6 +10,7 @@ This is the only module that touches JAX internals.
 from __future__ import annotations
 
 import ctypes
+import functools
 from dataclasses import dataclass
 from typing import Callable
 
@@ -41,8 +42,14 @@ def bind_fused(args, jaxpr: jcore.ClosedJaxpr, kernel: KernelRef | None):
     return fused_p.bind(*args, jaxpr=jaxpr, kernel=kernel)
 
 
+@functools.lru_cache(maxsize=256)
+def _jitted(jaxpr: jcore.ClosedJaxpr, kernel: KernelRef | None):
+    return jax.jit(lambda *a: fused_p.bind(*a, jaxpr=jaxpr, kernel=kernel))
+
+
 def _impl(*args, jaxpr, kernel):
-    return jax.jit(lambda *a: fused_p.bind(*a, jaxpr=jaxpr, kernel=kernel))(*args)
+    # Eager binds (pfjax.fuse(jit=False) called outside jit) compile once per group.
+    return _jitted(jaxpr, kernel)(*args)
 
 
 def _abstract_eval(*avals, jaxpr, kernel):

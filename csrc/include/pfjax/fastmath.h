@@ -28,16 +28,10 @@ PFJAX_MATH_INLINE float exp_lean_sum(float a, float b) {
   const bool below = s < -87.3f, above = s > 88.3f;  // clamp to normal-range results
   const float ac = below ? -87.3f : (above ? 88.3f : a);
   const float bc = below || above ? 0.0f : b;
-  const float n = rintf((ac + bc) * 1.44269504088896341f);
-  float r = fmaf(n, -0.693359375f, ac);
-  r = fmaf(n, 2.12194440e-4f, r) + bc;
-  float p = 1.9875691500E-4f;
-  p = fmaf(p, r, 1.3981999507E-3f);
-  p = fmaf(p, r, 8.3334519073E-3f);
-  p = fmaf(p, r, 4.1665795894E-2f);
-  p = fmaf(p, r, 1.6666665459E-1f);
-  p = fmaf(p, r, 5.0000001201E-1f);
-  const float y = fmaf(p * r, r, r) + 1.0f;
+  const float n = rintf((ac + bc) * detail::kLog2e);
+  float r = fmaf(n, -detail::kLn2Hi, ac);
+  r = fmaf(n, -detail::kLn2Lo, r) + bc;
+  const float y = detail::expm1_reduced(r) + 1.0f;
   const int32_t e = static_cast<int32_t>(n != n ? 0.0f : n);
   return y * __builtin_bit_cast(float, static_cast<uint32_t>(e + 127) << 23);
 }
