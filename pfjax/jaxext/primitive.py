@@ -16,6 +16,7 @@ from typing import Callable
 
 import jax
 from jax.extend import core as jcore
+from jax._src import sharding_impls
 from jax._src.interpreters import ad, partial_eval as pe
 from jax.interpreters import batching, mlir
 
@@ -60,8 +61,20 @@ def _lower_inline(ctx, *args, jaxpr, kernel):
     return mlir.lower_fun(jcore.jaxpr_as_fun(jaxpr), multiple_results=True)(ctx, *args)
 
 
+def _partitioned_by_xla(ctx) -> bool:
+    """True when XLA's SPMD partitioner will split this computation: an opaque custom
+    call would then be gathered onto every device, so the group is left to XLA. Inside
+    shard_map (all axes manual) each device runs the kernel on its own shard."""
+    axis_ctx = ctx.module_context.axis_context
+    if isinstance(axis_ctx, sharding_impls.ShardingContext):
+        return axis_ctx.num_devices > 1
+    if isinstance(axis_ctx, sharding_impls.SPMDAxisContext):
+        return set(axis_ctx.manual_axes) != set(axis_ctx.mesh.axis_names)
+    return False
+
+
 def _lower_cpu(ctx, *args, jaxpr, kernel):
-    if kernel is None:
+    if kernel is None or _partitioned_by_xla(ctx):
         return _lower_inline(ctx, *args, jaxpr=jaxpr, kernel=kernel)
     out_types = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in jaxpr.out_avals]
     call = jax.ffi.ffi_call(kernel.target, out_types)
