@@ -73,8 +73,14 @@ def _partitioned_by_xla(ctx) -> bool:
     return False
 
 
+def _for_export(ctx) -> bool:
+    """jax.export: the artifact must not reference kernels that exist only in this
+    process's cache, so fused groups are exported as their plain XLA equations."""
+    return bool(getattr(ctx.module_context.lowering_parameters, "for_export", False))
+
+
 def _lower_cpu(ctx, *args, jaxpr, kernel):
-    if kernel is None or _partitioned_by_xla(ctx):
+    if kernel is None or _partitioned_by_xla(ctx) or _for_export(ctx):
         return _lower_inline(ctx, *args, jaxpr=jaxpr, kernel=kernel)
     out_types = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in jaxpr.out_avals]
     call = jax.ffi.ffi_call(kernel.target, out_types)
