@@ -93,7 +93,7 @@ def _lower_and_generate(gp: GroupPlan, tgt: gir.Target) -> None:
         gp.problem = str(err)
         return
     gp.kernel_before = kernel
-    kernel = run_passes(kernel, debug=config.debug(), trace=gp.passes)
+    kernel = run_passes(kernel, tgt, debug=config.debug(), trace=gp.passes)
     gp.schedule = choose(kernel, tgt)
     gp.kernel = apply(kernel, gp.schedule)
     gp.source = emit_kernel(gp.kernel)

@@ -4,7 +4,8 @@ from __future__ import annotations
 from collections import Counter
 
 from pfjax import gir
-from pfjax.compile import Plan, group_bytes
+from pfjax.compile import Plan, group_bytes, target
+from pfjax.passes.reuse import describe as describe_reuse
 
 
 def _mib(n: int) -> str:
@@ -55,6 +56,10 @@ class Report:
                 out.append(f"   source: {gp.source_path}")
             else:
                 out.append(f"   runs with XLA: {gp.problem}")
+            if gp.kernel is not None and gp.kernel.parallel.rdims:
+                out.append(f"   reduces over {tuple(g.axes)}; reused values:")
+                for line in describe_reuse(gp.kernel, target()):
+                    out.append(f"     {line}")
             if gp.kernel_before is not None:
                 out.append("   -- GIR as lowered --")
                 out.append(_indent(gir.format_kernel(gp.kernel_before)))

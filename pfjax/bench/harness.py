@@ -227,6 +227,12 @@ def format_report(results, ceilings, machine, allocator, stand_in, has_torch) ->
         g = geomean(r.speedup() for r in rows if r.ok)
         lines += ["", f"geometric mean speedup ({size}, {sum(r.ok for r in rows)} "
                       f"matching workloads): {_f(g, '.2f') + 'x' if g else 'n/a'}"]
+        categories = list(dict.fromkeys(r.category for r in rows))
+        if len(categories) > 1:
+            for cat in categories:
+                cg = geomean(r.speedup() for r in rows if r.ok and r.category == cat)
+                low = min((r.speedup() for r in rows if r.ok and r.category == cat), default=None)
+                lines.append(f"- {cat}: geometric mean {_f(cg, '.2f')}x, lowest {_f(low, '.2f')}x")
     lines += ["", f"machine: {machine.get('cpu_model')}, {machine.get('num_cores')} cores, "
                   f"simd {machine.get('simd_bytes')} bytes ({machine.get('source', 'pfjax.machine')})",
               f"allocator: {allocator}",

@@ -174,3 +174,7 @@ def _torch_adam(p, m, v, g, lr=ADAM_LR, b1=ADAM_B1, b2=ADAM_B2, eps=ADAM_EPS,
 register(Workload("adam", "Adam update (3 outputs)", "elementwise",
                   {"tiny": (8192,), "cache": (2 << 20,), "dram": (64 << 20,)},
                   _build_adam, adam, _torch_adam, rtol=2e-5))
+
+
+# Later workload families register themselves here.
+from pfjax.bench import reductions as _reductions  # noqa: E402,F401

@@ -18,6 +18,7 @@ class Lowerer:
     def __init__(self, group: Group):
         self.group = group
         self.space = group.space
+        self.rdims = tuple(group.axes or ())
         self.buffers: dict[int, gir.Node] = {}
         for k, atom in enumerate(group.inputs):
             self.buffers[id(atom) if isinstance(atom, Lit) else atom.id] = gir.buffer(
@@ -47,6 +48,38 @@ class Lowerer:
         buf = self.buffers[key]
         return gir.load(buf, imap.view(atom.aval.shape, self.space))
 
+    def reduction_input_map(self, eqn: Eqn, imap: IndexMap) -> IndexMap:
+        """Where a reduction reads its input when its result is wanted at `imap`: the kept
+        dimensions at imap, the reduced ones along the kernel's reduced dimensions."""
+        (x,) = eqn.invars
+        axes = tuple(sorted(eqn.params["axes"]))
+        if tuple(x.aval.shape) != self.space or axes != self.rdims:
+            raise LoweringError(f"reduction over {axes} of {x.aval.shape} in a kernel reducing "
+                                f"{self.rdims} of {self.space}")
+        for coeffs, _ in imap.rows:
+            if any(coeffs[d] for d in self.rdims):
+                raise LoweringError("a reduced value is read along the dimensions it reduces")
+        kept = iter(imap.rows)
+        rows = tuple(IndexMap.identity(len(self.space)).rows[d] if d in axes else next(kept)
+                     for d in range(len(self.space)))
+        return IndexMap(rows, len(self.space))
+
+    def output_map(self, shape: tuple[int, ...]) -> IndexMap:
+        """Map from the space to an output: the space itself, or the space with the reduced
+        dimensions dropped or kept as 1 (a reduced value written once per unit)."""
+        rank = len(self.space)
+        identity = IndexMap.identity(rank)
+        if shape == self.space:
+            return identity
+        kept = tuple(d for d in range(rank) if d not in self.rdims)
+        if self.rdims and shape == tuple(self.space[d] for d in kept):
+            return IndexMap(tuple(identity.rows[d] for d in kept), rank)
+        if self.rdims and len(shape) == rank and all(
+                shape[d] == (1 if d in self.rdims else self.space[d]) for d in range(rank)):
+            return IndexMap(tuple(identity._zero() if d in self.rdims else identity.rows[d]
+                                  for d in range(rank)), rank)
+        raise LoweringError(f"output of shape {shape} does not fit the space {self.space}")
+
     def evaluate(self, eqn: Eqn, imap: IndexMap) -> list[gir.Node]:
         memo_key = (id(eqn), imap)
         if memo_key not in self.memo:
@@ -64,13 +97,46 @@ class Lowerer:
 def lower_group(group: Group) -> gir.Kernel:
     lw = Lowerer(group)
     space = tuple(group.space)
-    identity = IndexMap.identity(len(space))
     outputs, stores = [], []
     for k, var in enumerate(group.outputs):
         dtype = gir_dtype(var.aval)
-        buf = gir.buffer(k, "out", dtype, space)
-        value = gir.cast(lw.read(var, identity), dtype)
+        shape = tuple(var.aval.shape)
+        imap = lw.output_map(shape)
+        buf = gir.buffer(k, "out", dtype, shape)
+        value = gir.cast(lw.read(var, imap), dtype)
         outputs.append(buf)
-        stores.append(gir.store(buf, value, identity.view(space, space)))
+        stores.append(gir.store(buf, value, imap.view(shape, space)))
     inputs = tuple(lw.buffers[id(a) if isinstance(a, Lit) else a.id] for a in group.inputs)
-    return gir.Kernel(gir.parallel(gir.Parallel(space), stores), inputs, tuple(outputs))
+    kernel = gir.Kernel(gir.parallel(gir.Parallel(space, rdims=lw.rdims), stores), inputs,
+                        tuple(outputs))
+    return _reduction_layout(kernel) if lw.rdims else kernel
+
+
+def _reduction_layout(kernel: gir.Kernel) -> gir.Kernel:
+    """Reorder the space to kept dims, reduced dims, then the innermost dim if it is kept
+    (a column reduction vectorises across it): the layout the reduction codegen expects."""
+    par = kernel.parallel
+    rank = len(par.space)
+    kept = [d for d in range(rank) if d not in par.rdims]
+    inner = [kept.pop()] if kept and kept[-1] == rank - 1 else []
+    perm = kept + list(par.rdims) + inner          # new dim k is old dim perm[k]
+    where = {old: new for new, old in enumerate(perm)}
+    space = tuple(par.space[d] for d in perm)
+    rdims = tuple(range(len(kept), len(kept) + len(par.rdims)))
+
+    def view(v: gir.View) -> gir.View:
+        return gir.View(space, tuple(v.strides[d] for d in perm), v.offset)
+
+    def fix(node: gir.Node) -> gir.Node | None:
+        if node.op in (gir.Op.LOAD, gir.Op.STORE):
+            m = node.arg
+            return node.replace(arg=gir.Move(m.src_level, m.dst_level, view(m.view)))
+        if node.op is gir.Op.INDEX:
+            return node.replace(arg=where[node.arg])
+        if node.op is gir.Op.REDUCE:
+            return node.replace(arg=gir.Reduction(node.arg.op, rdims))
+        if node.op is gir.Op.PARALLEL:
+            return node.replace(arg=gir.Parallel(space, rdims=rdims))
+        return None
+
+    return kernel.with_root(gir.rewrite(kernel.root, fix))

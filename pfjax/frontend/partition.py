@@ -14,15 +14,46 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pfjax.frontend.program import Atom, Eqn, Lit, Program, Var
-from pfjax.frontend.rules import CHEAP_TO_RECOMPUTE, RULES, TRANSCENDENTAL
+from pfjax.frontend.rules import CHEAP_TO_RECOMPUTE, REDUCTIONS, RULES, TRANSCENDENTAL
 from pfjax.gir.dtypes import BY_NAME
 
 _MOVEMENT_ONLY = {"broadcast_in_dim", "convert_element_type", "copy", "copy_p"}
 
 
+# A group's iteration space: a shape, and the axes its reductions run over (None: none).
+Space = tuple[tuple[int, ...], "tuple[int, ...] | None"]
+
+
+def eqn_space(eqn: Eqn) -> Space:
+    if eqn.body is None and eqn.name in REDUCTIONS:
+        return tuple(eqn.invars[0].aval.shape), tuple(sorted(eqn.params["axes"]))
+    return tuple(eqn.outvars[0].aval.shape), None
+
+
+def reduced_shapes(space: Space) -> list[tuple[int, ...]]:
+    """Shapes of the per-unit values of a reduction space: reduced axes dropped or kept as 1."""
+    shape, axes = space
+    if not axes:
+        return []
+    return [tuple(n for d, n in enumerate(shape) if d not in axes),
+            tuple(1 if d in axes else n for d, n in enumerate(shape))]
+
+
+def join(a: Space, b: Space) -> Space | None:
+    """The space of a group holding work over both spaces, if one kernel can."""
+    if a[0] == b[0] and (a[1] is None or b[1] is None or a[1] == b[1]):
+        return a[0], a[1] if a[1] is not None else b[1]
+    if b[1] is None and b[0] in reduced_shapes(a):
+        return a
+    if a[1] is None and a[0] in reduced_shapes(b):
+        return b
+    return None
+
+
 @dataclass(eq=False)
 class Group:
     space: tuple[int, ...]
+    axes: tuple[int, ...] | None = None                   # reduced axes of the space
     eqns: list[Eqn] = field(default_factory=list)        # members, in program order
     recomputed: list[Eqn] = field(default_factory=list)  # outside producers recomputed inside
     inputs: list[Atom] = field(default_factory=list)
@@ -97,12 +128,12 @@ def partition(program: Program) -> Partition:
             for v in eqn.outvars:
                 dep[v.id] = m
             continue
-        space = tuple(eqn.outvars[0].aval.shape)
+        space = eqn_space(eqn)
         candidates = []
         for a in eqn.invars:
             if isinstance(a, Var) and a.id in producer and producer[a.id] in group_of:
                 g = group_of[producer[a.id]]
-                if spaces[g] == space and g not in candidates:
+                if join(spaces[g], space) and g not in candidates:
                     candidates.append(g)
         chosen = None
         for g in candidates:
@@ -114,12 +145,14 @@ def partition(program: Program) -> Partition:
         if chosen is None:
             chosen = len(spaces)
             spaces.append(space)
+        spaces[chosen] = join(spaces[chosen], space)
         group_of[i] = chosen
         m = deps_of(eqn) | (1 << chosen)
         for v in eqn.outvars:
             dep[v.id] = m
 
-    group_of = _merge_siblings(eqns, group_of, spaces, producer)
+    program_outs = {a.id for a in program.outvars if isinstance(a, Var)}
+    group_of = _merge_siblings(eqns, group_of, spaces, producer, program_outs)
     return _finish(program, eqns, group_of, spaces, reasons, producer)
 
 
@@ -152,7 +185,34 @@ def _can_merge(a: int, b: int, eqns, group_of, producer, dep) -> bool:
     return True
 
 
-def _merge_siblings(eqns, group_of, spaces, producer) -> dict[int, int]:
+def _feeds_only(eqns, group_of, producer, program_outs) -> dict[int, int | None]:
+    """group -> the one group that reads its results (None: several, or the program)."""
+    feeds: dict[int, int | None] = {}
+    for i, eqn in enumerate(eqns):
+        for a in eqn.invars:
+            if isinstance(a, Var) and a.id in producer:
+                h = group_of.get(producer[a.id])
+                if h is not None and h != group_of.get(i):
+                    g = group_of.get(i)
+                    feeds[h] = g if feeds.get(h, g) == g else None
+    for v in program_outs:
+        h = group_of.get(producer.get(v, -1))
+        if h is not None:
+            feeds[h] = None
+    return feeds
+
+
+def _absorb(x: int, y: int, spaces, feeds) -> Space | None:
+    """A much smaller elementwise group whose results only one group reads (a weight or a
+    per-column statistic being prepared) is computed inside that group's loop instead."""
+    for small, big in ((x, y), (y, x)):
+        if feeds.get(small) == big and spaces[small][1] is None \
+                and 8 * math.prod(spaces[small][0]) <= math.prod(spaces[big][0]):
+            return spaces[big]
+    return None
+
+
+def _merge_siblings(eqns, group_of, spaces, producer, program_outs) -> dict[int, int]:
     """Merge groups over the same space that feed each other (an equation can join only
     one producer's group in the first pass) or read a common input, when legal."""
     while True:
@@ -174,9 +234,14 @@ def _merge_siblings(eqns, group_of, spaces, producer) -> dict[int, int]:
         for gs in readers.values():
             gs = sorted(gs)
             pairs += [(x, y) for k, x in enumerate(gs) for y in gs[k + 1:]]
+        feeds = _feeds_only(eqns, group_of, producer, program_outs)
+        feeds = {g: h for g, h in feeds.items() if h is not None}
+        pairs += [(min(g, h), max(g, h)) for g, h in feeds.items()]
         for x, y in dict.fromkeys(pairs):
-            if spaces[x] == spaces[y] and _can_merge(x, y, eqns, group_of, producer, dep):
+            joined = join(spaces[x], spaces[y]) or _absorb(x, y, spaces, feeds)
+            if joined and _can_merge(x, y, eqns, group_of, producer, dep):
                 group_of = {i: (x if g == y else g) for i, g in group_of.items()}
+                spaces[x] = joined
                 break
         else:
             return group_of
@@ -200,7 +265,7 @@ def _finish(program, eqns, group_of, spaces, reasons, producer) -> Partition:
     unfusable = set(reasons)
     kept: list[tuple[Group, set[int]]] = []
     for g, idx in sorted(members.items()):
-        group = Group(spaces[g], [eqns[i] for i in idx])
+        group = Group(spaces[g][0], spaces[g][1], [eqns[i] for i in idx])
         inside = set(idx)
         for i in idx:
             for v in eqns[i].outvars:
@@ -262,6 +327,8 @@ def _not_worth_it(group: Group) -> str | None:
         return "scalar computation: left to XLA"
     if group.size == 0:
         return None
+    if group.axes is not None:
+        return None  # a reduction kernel reads its input once, however short the chain
     work = [e for e in group.eqns if e.name not in _MOVEMENT_ONLY]
     if not work and not group.recomputed:
         return "only data movement: left to XLA"

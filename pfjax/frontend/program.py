@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import jax
+import numpy as np
 from jax.extend import core as jcore
 
 _INLINED_CALLS = {"jit", "pjit", "closed_call", "core_call"}
@@ -101,12 +102,31 @@ def _inline(jaxpr, env: dict, out: list[Eqn]) -> None:
             for outer, inner_out in zip(eqn.outvars, inner_jaxpr.outvars):
                 env[outer] = _read(sub, inner_out)
             continue
+        folded = _fold_scalar(eqn, ins)
+        if folded is not None:
+            env.update(zip(eqn.outvars, folded))
+            continue
         outs = [Var(v.aval) for v in eqn.outvars]
         env.update(zip(eqn.outvars, outs))
         body = None
         if name in _COMPOSITE_CALLS and "call_jaxpr" in eqn.params:
             body = _composite_body(eqn.params["call_jaxpr"], eqn.params.get("num_consts", 0), ins, outs)
         out.append(Eqn(eqn.primitive, dict(eqn.params), ins, outs, eqn, body))
+
+
+def _fold_scalar(eqn, ins: list[Atom]) -> list[Lit] | None:
+    """Scalar arithmetic on literals (jnp.var's ddof handling, dtype juggling) is folded
+    now, as XLA would fold it, so that it does not stay behind as an unfused equation."""
+    from pfjax.frontend.rules import REDUCTIONS, RULES
+    name = eqn.primitive.name
+    if name not in RULES or name in REDUCTIONS or eqn.effects or not ins \
+            or eqn.primitive.multiple_results \
+            or not all(isinstance(a, Lit) and np.ndim(a.val) == 0 for a in ins) \
+            or any(v.aval.shape != () for v in eqn.outvars):
+        return None
+    with jax.ensure_compile_time_eval():
+        value = eqn.primitive.bind(*[a.val for a in ins], **eqn.primitive.get_bind_params(eqn.params))
+    return [Lit(np.asarray(value), eqn.outvars[0].aval)]
 
 
 def _open(inner):

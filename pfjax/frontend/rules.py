@@ -61,7 +61,7 @@ for _prim, _op in {**_UNARY, **_BINARY}.items():
         TRANSCENDENTAL.add(_prim)
 
 
-@rule("copy", "copy_p")
+@rule("copy", "copy_p", "stop_gradient")
 def _copy(lw, eqn, imap):
     return _operands(lw, eqn, imap)
 
@@ -121,6 +121,39 @@ def _broadcast_in_dim(lw, eqn, imap):
     (x,) = eqn.invars
     inner = imap.broadcast_operand(x.aval.shape, eqn.params["shape"], eqn.params["broadcast_dimensions"])
     return [lw.read(x, inner)]
+
+
+# Reductions: a group's iteration space is their input's shape, reduced over `axes`.
+REDUCTIONS = {"reduce_sum": "sum", "reduce_prod": "prod", "reduce_max": "max",
+              "reduce_min": "min", "reduce_and": "and", "reduce_or": "or",
+              "argmax": "max", "argmin": "min"}
+
+
+def _reduce_rule(op: str):
+    def lower(lw, eqn, imap):
+        (x,) = eqn.invars
+        return [gir.reduce(op, lw.read(x, lw.reduction_input_map(eqn, imap)), lw.rdims)]
+    return lower
+
+
+for _prim in ("reduce_sum", "reduce_prod", "reduce_max", "reduce_min", "reduce_and", "reduce_or"):
+    RULES[_prim] = _reduce_rule(REDUCTIONS[_prim])
+
+
+@rule("argmax", "argmin")
+def _argmax(lw, eqn, imap):
+    # Two reductions: the extreme value, then the first index holding it (or holding a
+    # NaN, which is the extreme when there is one), as XLA's argmax does.
+    (x,) = eqn.invars
+    (axis,) = eqn.params["axes"]
+    v = lw.read(x, lw.reduction_input_map(eqn, imap))
+    best = gir.reduce(REDUCTIONS[eqn.name], v, lw.rdims)
+    hit = gir.alu("eq", DType.BOOL, v, best)
+    if v.dtype.is_float:
+        hit = gir.alu("or", DType.BOOL, hit, gir.alu("ne", DType.BOOL, v, v))
+    where = gir.select(hit, [gir.const(2**62, DType.I64), gir.index(axis)])
+    first = gir.reduce("min", where, lw.rdims)
+    return [gir.cast(first, gir_dtype(eqn.outvars[0].aval))]
 
 
 # Equations that are free or nearly so when recomputed inside a consumer's loop.

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 from pfjax.gir.dtypes import DType
-from pfjax.gir.target import GLOBAL, REG
+from pfjax.gir.target import GLOBAL, LOCAL, REG
 
 
 class Op(enum.Enum):
@@ -30,10 +30,13 @@ class Op(enum.Enum):
     CAST = "cast"          # src: (x,); the node's dtype is the result type
     ALU = "alu"            # src: operands; arg: operation name (gir.ops.ALU_OPS)
     SELECT = "select"      # src: (which, case0, case1, ...): case[which]
+    INDEX = "index"        # arg: space dimension; the iteration index along it (int64)
+    REDUCE = "reduce"      # src: (value,); arg: Reduction; constant along the reduced dims
 
 
 MOVEMENT = {Op.BUFFER, Op.LOAD, Op.STORE}
-COMPUTATION = {Op.CONST, Op.CAST, Op.ALU, Op.SELECT}
+COMPUTATION = {Op.CONST, Op.CAST, Op.ALU, Op.SELECT, Op.INDEX, Op.REDUCE}
+REDUCE_OPS = ("sum", "prod", "max", "min", "and", "or")
 
 
 @dataclass(frozen=True)
@@ -62,8 +65,8 @@ def contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
 
 @dataclass(frozen=True)
 class Buffer:
-    index: int      # position among the kernel's inputs or outputs
-    role: str       # "in" or "out"
+    index: int      # position among the kernel's inputs, outputs or tiles
+    role: str       # "in", "out" or "tile"
     shape: tuple[int, ...]
 
     def __str__(self) -> str:
@@ -78,14 +81,44 @@ class Move:
 
 
 @dataclass(frozen=True)
+class Reduction:
+    op: str                 # one of REDUCE_OPS
+    dims: tuple[int, ...]   # space dimensions it reduces over
+
+
+@dataclass(frozen=True)
 class Parallel:
     """for chunk in parallel(groups): for step in range(loop): body(vector lanes).
     `space` is the iteration space; `chunk` elements go to one parallel task; the
-    innermost dimension is processed `vector` lanes at a time."""
+    innermost dimension is processed `vector` lanes at a time.
+
+    A kernel with reductions has `rdims`: the space dimensions its reductions run over,
+    consecutive, followed by at most one kept dimension. Its parallel units are then the
+    kept indices (rows), and `chunk` counts units rather than elements. When a kept
+    dimension follows the reduced ones, a unit covers `block` indices of it (vector lanes
+    of a column reduction)."""
     space: tuple[int, ...]
     chunk: int = 0
     vector: int = 1
     nontemporal: bool = False
+    rdims: tuple[int, ...] = ()
+    block: int = 1
+
+    @property
+    def column_style(self) -> bool:
+        return bool(self.rdims) and self.rdims[-1] < len(self.space) - 1
+
+    @property
+    def units(self) -> int:
+        """Parallel units: kept indices, with the trailing kept dimension in blocks."""
+        if not self.rdims:
+            return self.size
+        n = 1
+        for d, extent in enumerate(self.space):
+            if d in self.rdims:
+                continue
+            n *= -(-extent // max(1, self.block)) if d == len(self.space) - 1 else extent
+        return n
 
     @property
     def size(self) -> int:
@@ -146,6 +179,18 @@ def load(buf: Node, view: View, level: str = REG) -> Node:
     return Node(Op.LOAD, buf.dtype, (buf,), Move(buf.level, level, view), level)
 
 
+def tile(index: int, dtype: DType, shape: tuple[int, ...]) -> Node:
+    """A scratch buffer at the local level, private to one parallel unit (a row)."""
+    return Node(Op.BUFFER, dtype, (), Buffer(index, "tile", tuple(shape)), LOCAL)
+
+
+def load_tile(written: Node, view: View) -> Node:
+    """Read back what the store `written` put in a tile; the store is a source so that
+    the order between the two is part of the graph."""
+    buf = written.src[0]
+    return Node(Op.LOAD, buf.dtype, (buf, written), Move(buf.level, REG, view), REG)
+
+
 def store(buf: Node, value: Node, view: View) -> Node:
     return Node(Op.STORE, buf.dtype, (buf, value), Move(value.level, buf.level, view), buf.level)
 
@@ -164,6 +209,16 @@ def alu(name: str, dtype: DType, *operands: Node) -> Node:
 
 def select(which: Node, cases: list[Node]) -> Node:
     return Node(Op.SELECT, cases[0].dtype, (which, *cases), None, cases[0].level)
+
+
+def index(dim: int) -> Node:
+    return Node(Op.INDEX, DType.I64, (), dim)
+
+
+def reduce(op: str, value: Node, dims: tuple[int, ...]) -> Node:
+    if op not in REDUCE_OPS:
+        raise ValueError(f"unknown reduction {op!r}")
+    return Node(Op.REDUCE, value.dtype, (value,), Reduction(op, tuple(dims)), value.level)
 
 
 def parallel(spec: Parallel, stores: Iterable[Node]) -> Node:

@@ -40,6 +40,27 @@ def _as_type(x: np.ndarray, dtype: DType) -> np.ndarray:
     return x.astype(_NP[dtype.compute])
 
 
+def _reduce(op: str, x: np.ndarray, dims: tuple[int, ...], dtype: DType) -> np.ndarray:
+    x = np.asarray(x)
+    if op in ("and", "or"):
+        fn = np.all if op == "and" else np.any
+        out = fn(x.astype(bool), axis=dims, keepdims=True)
+    elif op in ("max", "min"):
+        if x.dtype.kind == "f":
+            init = -np.inf if op == "max" else np.inf
+        elif x.dtype.kind == "b":
+            init = op == "min"
+        else:
+            info = np.iinfo(x.dtype)
+            init = info.min if op == "max" else info.max
+        fn = np.max if op == "max" else np.min
+        out = fn(x, axis=dims, keepdims=True, initial=init)
+    else:
+        fn = np.sum if op == "sum" else np.prod
+        out = fn(x, axis=dims, keepdims=True, dtype=x.dtype)
+    return np.broadcast_to(out, x.shape).astype(x.dtype)
+
+
 def run(kernel: Kernel, inputs: list[np.ndarray]) -> list[np.ndarray]:
     """Run the kernel on numpy inputs; returns numpy outputs (bfloat16 as float32)."""
     space = kernel.parallel.space
@@ -61,10 +82,14 @@ def run(kernel: Kernel, inputs: list[np.ndarray]) -> list[np.ndarray]:
             if node.op in (Op.BUFFER, Op.PARALLEL):
                 continue
             src = [values[id(s)] for s in node.src if s.op is not Op.BUFFER]
-            if node.op is Op.LOAD:
+            if node.op is Op.LOAD and len(node.src) == 2:  # tile: what its store wrote
+                values[id(node)] = values[id(node.src[1].src[1])]
+            elif node.op is Op.LOAD:
                 flat = flat_in[id(node.src[0])]
                 v = flat[gather(flat, node.arg.view)] if flat.size else np.zeros(space, flat.dtype)
                 values[id(node)] = _as_type(v, node.dtype)
+            elif node.op is Op.STORE and node.src[0].arg.role == "tile":
+                continue
             elif node.op is Op.STORE:
                 flat = outs[id(node.src[0])]
                 if flat.size:
@@ -78,6 +103,13 @@ def run(kernel: Kernel, inputs: list[np.ndarray]) -> list[np.ndarray]:
                 # excess precision does); rounding happens at casts and stores.
                 out = np.asarray(alu_op(node.arg).numpy_impl(*src))
                 values[id(node)] = out.astype(_NP[node.dtype.compute])
+            elif node.op is Op.INDEX:
+                shape = [1] * len(space)
+                shape[node.arg] = space[node.arg]
+                values[id(node)] = np.broadcast_to(
+                    np.arange(space[node.arg], dtype=np.int64).reshape(shape), space)
+            elif node.op is Op.REDUCE:
+                values[id(node)] = _reduce(node.arg.op, src[0], node.arg.dims, node.dtype)
             elif node.op is Op.SELECT:
                 which = src[0].astype(np.int64)
                 values[id(node)] = np.choose(np.clip(which, 0, len(src) - 2), src[1:])

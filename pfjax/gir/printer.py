@@ -8,7 +8,8 @@ def format_kernel(kernel: Kernel) -> str:
     par = kernel.parallel
     lines = [f"kernel {kernel.name}",
              f"  parallel space=({','.join(map(str, par.space))}) chunk={par.chunk} "
-             f"vector={par.vector}" + (" nontemporal" if par.nontemporal else "")]
+             f"vector={par.vector}" + (" nontemporal" if par.nontemporal else "")
+             + (f" reduce_dims={par.rdims}" if par.rdims else "")]
     names: dict[int, str] = {}
     for node in toposort(kernel.root):
         if node.op is Op.PARALLEL:
@@ -20,11 +21,14 @@ def format_kernel(kernel: Kernel) -> str:
         srcs = " ".join(names[id(s)] for s in node.src)
         if node.op is Op.STORE:
             buf, val = (names[id(s)] for s in node.src)
+            names[id(node)] = f"{buf}!"
             lines.append(f"  store.{node.arg.src_level}.{node.arg.dst_level} {buf}{node.arg.view} <- {val}")
             continue
         name = f"%{len(names)}"
         names[id(node)] = name
-        if node.op is Op.LOAD:
+        if node.op is Op.LOAD and len(node.src) == 2:
+            text = f"load.{node.arg.src_level}.{node.arg.dst_level} {names[id(node.src[0])]}"
+        elif node.op is Op.LOAD:
             text = f"load.{node.arg.src_level}.{node.arg.dst_level} {srcs}{node.arg.view}"
         elif node.op is Op.CONST:
             text = f"const {node.arg!r}"
@@ -34,6 +38,10 @@ def format_kernel(kernel: Kernel) -> str:
             text = f"{node.arg} {srcs}"
         elif node.op is Op.SELECT:
             text = f"select {srcs}"
+        elif node.op is Op.REDUCE:
+            text = f"reduce.{node.arg.op} {srcs} dims={node.arg.dims}"
+        elif node.op is Op.INDEX:
+            text = f"index {node.arg}"
         else:
             text = f"{node.op.value} {srcs} {node.arg!r}"
         lines.append(f"  {name} = {text} : {node.dtype} @{node.level}")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pfjax.gir.graph import Kernel, Op, toposort
+from pfjax.gir.loops import loop_nest
 from pfjax.gir.ops import alu_op
 
 
@@ -14,7 +15,16 @@ def verify(kernel: Kernel) -> None:
     if root.op is not Op.PARALLEL:
         raise GirError(f"kernel root must be parallel, got {root.op}")
     space = root.arg.space
+    rdims = root.arg.rdims
+    if any(not 0 <= d < len(space) for d in rdims) or list(rdims) != sorted(set(rdims)):
+        raise GirError(f"reduced dimensions {rdims} do not fit space {space}")
+    nest = loop_nest(kernel) if rdims else None
     for node in toposort(root):
+        if node.op is Op.REDUCE and set(node.arg.dims) != set(rdims):
+            raise GirError(f"reduction over {node.arg.dims}, kernel reduces over {rdims}")
+        if node.op is Op.STORE and nest is not None and nest.full[id(node.src[1])] \
+                and any(node.arg.view.strides[d] == 0 and space[d] > 1 for d in rdims):
+            raise GirError(f"store {node.arg.view} writes a varying value to one element")
         if node.op is Op.PARALLEL:
             if node is not root:
                 raise GirError("nested parallel nodes are not supported")

@@ -1,5 +1,9 @@
 """Layout: merge iteration dimensions that every access walks contiguously, and drop
-dimensions of extent 1, so that loops are as long and as few as possible."""
+dimensions of extent 1, so that loops are as long and as few as possible.
+
+In a reduction kernel, reduced and kept dimensions never merge with each other, and the
+reduced dimensions are kept even at extent 1 (the loop structure needs one).
+"""
 from __future__ import annotations
 
 from pfjax import gir
@@ -11,21 +15,27 @@ def _accesses(root: gir.Node) -> list[gir.Node]:
 
 
 def collapse_dims(kernel: gir.Kernel) -> gir.Kernel:
-    space = list(kernel.parallel.space)
+    par = kernel.parallel
+    space = list(par.space)
     if 0 in space or not space:
         return kernel
-    views = {id(n): list(n.arg.view.strides) for n in _accesses(kernel.root)}
-    # keep[d] is False for a dimension folded into the one after it
-    dims = [d for d in range(len(space)) if space[d] != 1] or [len(space) - 1]
+    nodes = gir.toposort(kernel.root)
+    if any(n.op is Op.INDEX for n in nodes):
+        return kernel  # an index names its dimension: keep them all
+    rdims = set(par.rdims)
+    views = [list(n.arg.view.strides) for n in nodes
+             if n.op in (Op.LOAD, Op.STORE) and n.src[0].arg.role != "tile"]
+    dims = [d for d in range(len(space)) if space[d] != 1 or d in rdims] or [len(space) - 1]
     groups: list[list[int]] = [[dims[0]]]
     for d in dims[1:]:
         prev = groups[-1][-1]
         # prev merges with d when stride[prev] == stride[d] * extent(d) for every access
-        if all(s[prev] == s[d] * space[d] for s in views.values()):
+        if (prev in rdims) == (d in rdims) and all(s[prev] == s[d] * space[d] for s in views):
             groups[-1].append(d)
         else:
             groups.append([d])
     new_space = tuple(_prod(space[d] for d in g) for g in groups)
+    new_rdims = tuple(i for i, g in enumerate(groups) if g[0] in rdims)
     if new_space == tuple(space):
         return kernel
 
@@ -36,10 +46,16 @@ def collapse_dims(kernel: gir.Kernel) -> gir.Kernel:
     def fix(node: gir.Node) -> gir.Node | None:
         if node.op in (Op.LOAD, Op.STORE):
             move = node.arg
-            return node.replace(arg=gir.Move(move.src_level, move.dst_level, new_view(move.view)))
+            if node.src[0].arg.role == "tile":
+                view = gir.View(new_space, gir.contiguous_strides(new_space))
+            else:
+                view = new_view(move.view)
+            return node.replace(arg=gir.Move(move.src_level, move.dst_level, view))
+        if node.op is Op.REDUCE:
+            return node.replace(arg=gir.Reduction(node.arg.op, new_rdims))
         if node.op is Op.PARALLEL:
-            par = node.arg
-            return node.replace(arg=gir.Parallel(new_space, par.chunk, par.vector, par.nontemporal))
+            return node.replace(arg=gir.Parallel(new_space, par.chunk, par.vector, par.nontemporal,
+                                                 new_rdims, par.block))
         return None
 
     return kernel.with_root(gir.rewrite(kernel.root, fix))

@@ -5,22 +5,25 @@ from typing import Callable
 
 from pfjax import gir
 from pfjax.passes.collapse import collapse_dims
+from pfjax.passes.reuse import keep_reused
 from pfjax.passes.simplify import simplify
 
-Pass = Callable[[gir.Kernel], gir.Kernel]
+Pass = Callable[[gir.Kernel, gir.Target], gir.Kernel]
 
 # Loads of the same data are already one node (hash-consing), and values that reach no
 # store are never visited: CSE and dead-code elimination come with the graph itself.
 PIPELINE: list[tuple[str, Pass]] = [
-    ("simplify", simplify),
-    ("collapse_dims", collapse_dims),
+    ("simplify", lambda k, t: simplify(k)),
+    ("collapse_dims", lambda k, t: collapse_dims(k)),
+    ("reuse", keep_reused),
 ]
 
 
-def run_passes(kernel: gir.Kernel, debug: bool = False,
+def run_passes(kernel: gir.Kernel, target: gir.Target | None = None, debug: bool = False,
                trace: list[tuple[str, gir.Kernel]] | None = None) -> gir.Kernel:
+    target = target or gir.cpu_target({})
     for name, fn in PIPELINE:
-        kernel = fn(kernel)
+        kernel = fn(kernel, target)
         if debug:
             try:
                 gir.verify(kernel)

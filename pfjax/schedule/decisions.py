@@ -20,6 +20,7 @@ class Schedule:
     vector: int        # SIMD lanes per loop step
     chunk: int         # elements per parallel task
     nontemporal: bool  # stream stores past the cache
+    block: int = 1     # columns per unit in a column reduction
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -29,8 +30,32 @@ class Schedule:
         return Schedule(**json.loads(text))
 
 
+def _choose_reduction(kernel: gir.Kernel, target: gir.Target) -> Schedule:
+    """Units are rows (or column blocks); a column block is as wide as 4 vectors, or 1
+    when a multi-loop block would not stay at the local level between its loops."""
+    par = kernel.parallel
+    lanes = target.lanes
+    block = 1
+    if par.column_style:
+        cols = par.space[-1]
+        block = min(-(-cols // lanes) * lanes, 4 * lanes)
+        rows = 1
+        for d in par.rdims:
+            rows *= par.space[d]
+        elem_bytes = sum(b.dtype.itemsize for b in kernel.inputs) or 4
+        while block > lanes and rows * block * elem_bytes > target.level(gir.LOCAL).capacity_bytes:
+            block //= 2
+    units = max(1, gir.Parallel(par.space, rdims=par.rdims, block=block).units)
+    cost = estimate(kernel, target)
+    per_unit = max(1, cost.global_bytes // units)
+    chunk = max(-(-MIN_TASK_BYTES // per_unit), -(-units // (target.groups * 4)))
+    return Schedule(vector=lanes, chunk=min(chunk, units), nontemporal=False, block=block)
+
+
 def choose(kernel: gir.Kernel, target: gir.Target) -> Schedule:
     par = kernel.parallel
+    if par.rdims:
+        return _choose_reduction(kernel, target)
     size = max(1, par.size)
     cost = estimate(kernel, target)
     bytes_per_elem = max(1, cost.global_bytes // size)
@@ -47,6 +72,7 @@ def choose(kernel: gir.Kernel, target: gir.Target) -> Schedule:
 
 def apply(kernel: gir.Kernel, schedule: Schedule) -> gir.Kernel:
     par = kernel.parallel
-    spec = gir.Parallel(par.space, schedule.chunk, schedule.vector, schedule.nontemporal)
+    spec = gir.Parallel(par.space, schedule.chunk, schedule.vector, schedule.nontemporal,
+                        par.rdims, schedule.block)
     assert kernel.root.op is Op.PARALLEL
     return kernel.with_root(kernel.root.replace(arg=spec))

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 
@@ -77,6 +78,19 @@ static inline void stream_copy(T* __restrict dst, const T* __restrict src, int64
 #endif
   std::memcpy(d, s, bytes);
 }
+
+// Per-task scratch at the local level (tiles of a reduction kernel): one allocation per
+// body call, reused by every unit of the task, 64-byte aligned for vector access.
+template <typename T>
+struct Scratch {
+  T* data;
+  explicit Scratch(int64_t n)
+      : data(static_cast<T*>(std::aligned_alloc(
+            64, static_cast<size_t>((std::max<int64_t>(n, 1) * sizeof(T) + 63) / 64 * 64)))) {}
+  ~Scratch() { std::free(data); }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+};
 
 static inline void stream_fence() {
 #if defined(__SSE2__)

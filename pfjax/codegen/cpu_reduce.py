@@ -1,0 +1,369 @@
+"""CPU codegen for kernels with reductions (gir.loop_nest explains the loop structure).
+
+Each parallel unit is one index of the kept dimensions. For it the kernel runs the loop
+nest's loops over the reduced dimensions, one after another; values that do not vary
+along them are computed once per unit between loops.
+
+Row style (the innermost dimension is reduced): the innermost loop is a SIMD loop along
+the row with OpenMP reduction clauses, in blocks whose partial results are added into the
+unit's accumulator (blocked summation: long rows lose less precision than one running
+sum). Column style (a kept dimension is innermost): a unit is a block of columns, every
+value is a vector of them, and accumulators are arrays updated lane-wise.
+"""
+from __future__ import annotations
+
+from pfjax import gir
+from pfjax.codegen.ctypes_table import (STORAGE, alu_expr, cast_expr, literal, load_expr,
+                                        register_type, store_expr)
+from pfjax.codegen.cpu import _Writer, _elems
+from pfjax.gir import Op
+from pfjax.gir.loops import LoopNest, is_tile_load, loop_nest
+
+ROW_BLOCK = 2048  # elements per partial accumulation in row style
+
+
+def _init(op: str, dtype: gir.DType) -> str:
+    rt = register_type(dtype)
+    if op == "sum":
+        return literal(0, dtype if dtype is not gir.DType.BOOL else dtype)
+    if op == "prod":
+        return literal(1, dtype)
+    if op in ("and", "or"):
+        return "1" if op == "and" else "0"
+    if dtype is gir.DType.BOOL:
+        return "false" if op == "max" else "true"
+    if dtype.is_float:
+        return f"{'-' if op == 'max' else ''}std::numeric_limits<{rt}>::infinity()"
+    return f"std::numeric_limits<{rt}>::{'lowest' if op == 'max' else 'max'}()"
+
+
+def _acc_type(node: gir.Node) -> str:
+    # and/or accumulate in int so that OpenMP's bitwise reductions apply
+    return "int" if node.arg.op in ("and", "or") else register_type(node.dtype)
+
+
+def _combine(op: str, dtype: gir.DType, acc: str, v: str) -> str:
+    """acc <- acc (op) v, with XLA's NaN propagation for float max / min."""
+    if op == "sum":
+        return f"{acc} + {v}" if dtype is not gir.DType.BOOL else f"({acc} || {v})"
+    if op == "prod":
+        return f"{acc} * {v}" if dtype is not gir.DType.BOOL else f"({acc} && {v})"
+    if op == "and":
+        return f"{acc} & static_cast<int>({v})"
+    if op == "or":
+        return f"{acc} | static_cast<int>({v})"
+    cmp = ">" if op == "max" else "<"
+    if dtype.is_float:
+        return f"(({v}) {cmp} ({acc}) || ({v}) != ({v})) ? ({v}) : ({acc})"
+    return f"(({v}) {cmp} ({acc})) ? ({v}) : ({acc})"
+
+
+class _Emitter:
+    def __init__(self, kernel: gir.Kernel):
+        self.kernel = kernel
+        self.par = kernel.parallel
+        self.space = self.par.space
+        self.nest: LoopNest = loop_nest(kernel)
+        self.rdims = self.par.rdims
+        self.column = self.par.column_style
+        self.lane = len(self.space) - 1
+        self.nodes = gir.toposort(kernel.root)
+        self.names: dict[int, str] = {}      # per-unit values and accumulators
+        self.w = _Writer()
+        self.tiles = sorted({n.src[0].arg.index: n.src[0] for n in self.nodes
+                             if n.op is Op.STORE and n.src[0].arg.role == "tile"}.items())
+
+    # -- indexing ---------------------------------------------------------------------
+
+    def idx(self, d: int) -> str:
+        if d == self.lane:
+            return "(c0 + j)" if self.column else "j"
+        return f"i{d}"
+
+    def address(self, node: gir.Node) -> str:
+        buf = node.src[0]
+        if buf.arg.role == "tile":
+            flat = "0"
+            for d in self.rdims:
+                flat = f"({flat}) * {self.space[d]} + {self.idx(d)}" if flat != "0" else self.idx(d)
+            if self.column:
+                flat = f"({flat}) * {self.par.block} + j"
+            return f"tile{buf.arg.index}[{flat}]"
+        view = node.arg.view
+        terms = [str(view.offset)] + [f"{self.idx(d)} * {s}" for d, s in enumerate(view.strides) if s]
+        base = f"{'in' if buf.arg.role == 'in' else 'out'}{buf.arg.index}"
+        return f"{base}[{' + '.join(terms)}]"
+
+    # -- values -----------------------------------------------------------------------
+
+    def ref(self, node: gir.Node, local: dict[int, str]) -> str:
+        if id(node) in local:
+            return local[id(node)]
+        name = self.names[id(node)]
+        return f"{name}[j]" if self.column else name
+
+    def expr(self, n: gir.Node, local: dict[int, str]) -> str:
+        src = [self.ref(s, local) for s in n.src if s.op is not Op.BUFFER and s.op is not Op.STORE]
+        if n.op is Op.LOAD:
+            if is_tile_load(n):
+                return self.address(n)
+            return load_expr(self.address(n), n.dtype)
+        if n.op is Op.CONST:
+            return literal(n.arg, n.dtype.compute if n.dtype is not gir.DType.BOOL else n.dtype)
+        if n.op is Op.INDEX:
+            return f"static_cast<int64_t>({self.idx(n.arg)})"
+        if n.op is Op.CAST:
+            return cast_expr(src[0], n.src[0].dtype, n.dtype)
+        if n.op is Op.ALU:
+            return alu_expr(n.arg, n.src[0].dtype, src)
+        if n.op is Op.SELECT:
+            which, *cases = src
+            if n.src[0].dtype is gir.DType.BOOL:
+                return f"({which} ? {cases[1]} : {cases[0]})"
+            expr = cases[-1]
+            for k in reversed(range(len(cases) - 1)):
+                expr = f"({which} == {k} ? {cases[k]} : {expr})"
+            return expr
+        raise NotImplementedError(f"reduction codegen has no rule for {n.op}")
+
+    def cone(self, roots: list[gir.Node], full: bool) -> list[gir.Node]:
+        """Nodes that `roots` need, in order: the full ones (inside a loop) when `full`,
+        else the per-unit ones not yet computed."""
+        want: set[int] = set()
+        stack = list(roots)
+        while stack:
+            n = stack.pop()
+            if id(n) in want or n.op in (Op.BUFFER, Op.PARALLEL):
+                continue
+            if n.op is Op.STORE and n not in roots:
+                continue  # a tile load's ordering edge, not a value
+            if not full and id(n) in self.names:
+                continue
+            if full and n not in roots and not self.nest.full.get(id(n), False):
+                continue  # per-unit value, computed before the loop
+            want.add(id(n))
+            if n.op is not Op.REDUCE or n in roots:
+                stack.extend(n.src)
+        return [n for n in self.nodes if id(n) in want]
+
+    # -- per-unit values --------------------------------------------------------------
+
+    def emit_unit_values(self, roots: list[gir.Node]) -> None:
+        """Compute the per-unit values `roots` need (scalars, or arrays of columns)."""
+        needed = []
+        for r in roots:
+            if r.op is Op.REDUCE:
+                deps = [s for s in self.cone([r], full=True) if s is not r]
+                if not self.nest.full.get(id(r.src[0]), True) and id(r.src[0]) not in self.names:
+                    needed.append(r.src[0])  # constant along the row, still counted per element
+            else:
+                deps = self.cone([r], full=True)
+            for n in deps:
+                for s in n.src:
+                    if s.op not in (Op.BUFFER, Op.STORE) and not self.nest.full.get(id(s), True) \
+                            and id(s) not in self.names:
+                        needed.append(s)
+            if not self.nest.full.get(id(r), True) and r.op is not Op.REDUCE:
+                needed.append(r)
+        nodes = [n for n in self.cone(needed, full=False) if n.op is not Op.REDUCE]
+        nodes = [n for n in nodes if n.op is not Op.STORE]
+        if not nodes:
+            return
+        w = self.w
+        if self.column:
+            for n in nodes:
+                self.names[id(n)] = f"h{len(self.names)}"
+                w(f"{register_type(n.dtype)} {self.names[id(n)]}[{self.par.block}];")
+            w(f"#pragma omp simd simdlen({self.par.vector})")
+            w("for (int64_t j = 0; j < cn; ++j) {")
+            w.indent()
+            for n in nodes:
+                w(f"{self.names[id(n)]}[j] = {self.expr(n, {})};")
+            w.indent(-1)
+            w("}")
+        else:
+            for n in nodes:
+                self.names[id(n)] = f"h{len(self.names)}"
+                w(f"const {register_type(n.dtype)} {self.names[id(n)]} = {self.expr(n, {})};")
+
+    # -- loops ------------------------------------------------------------------------
+
+    def emit_loop(self, roots: list[gir.Node]) -> None:
+        w = self.w
+        reduces = [r for r in roots if r.op is Op.REDUCE]
+        stores = [r for r in roots if r.op is Op.STORE]
+        self.emit_unit_values(roots)
+        for r in reduces:
+            name = f"a{len(self.names)}"
+            self.names[id(r)] = name
+            init = _init(r.arg.op, r.dtype)
+            if self.column:
+                w(f"{_acc_type(r)} {name}[{self.par.block}];")
+                w(f"for (int64_t j = 0; j < cn; ++j) {name}[j] = {init};")
+            else:
+                w(f"{_acc_type(r)} {name} = {init};")
+                if r.arg.op in ("max", "min") and r.dtype.is_float:
+                    w(f"int {name}_nan = 0;")
+        outer = [d for d in self.rdims if self.column or d != self.lane]
+        for d in outer:
+            w(f"for (int64_t i{d} = 0; i{d} < {self.space[d]}; ++i{d}) {{")
+            w.indent()
+        body = self.cone(roots, full=True)
+        if self.column:
+            w(f"#pragma omp simd simdlen({self.par.vector})")
+            w("for (int64_t j = 0; j < cn; ++j) {")
+            w.indent()
+            local = self.emit_body(body)
+            for r in reduces:
+                acc = f"{self.names[id(r)]}[j]"
+                w(f"{acc} = {_combine(r.arg.op, r.dtype, acc, self.ref(r.src[0], local))};")
+            w.indent(-1)
+            w("}")
+        else:
+            n_lane = self.space[self.lane]
+            w(f"for (int64_t t0 = 0; t0 < {n_lane}; t0 += {ROW_BLOCK}) {{")
+            w.indent()
+            w(f"const int64_t t1 = std::min<int64_t>(t0 + {ROW_BLOCK}, {n_lane});")
+            clauses = []
+            for r in reduces:
+                p = self.names[id(r)] + "_p"
+                w(f"{_acc_type(r)} {p} = {_init(r.arg.op, r.dtype)};")
+                clauses.append(_clause(r, p))
+                if r.arg.op in ("max", "min") and r.dtype.is_float:
+                    w(f"int {p}_nan = 0;")
+                    clauses.append(f"reduction(|:{p}_nan)")
+            w(f"#pragma omp simd simdlen({self.par.vector}) {' '.join(clauses)}".rstrip())
+            w("for (int64_t j = t0; j < t1; ++j) {")
+            w.indent()
+            local = self.emit_body(body)
+            for r in reduces:
+                p = self.names[id(r)] + "_p"
+                v = self.ref(r.src[0], local)
+                if r.arg.op in ("max", "min"):
+                    cmp = ">" if r.arg.op == "max" else "<"
+                    w(f"{p} = ({v}) {cmp} {p} ? ({v}) : {p};")
+                    if r.dtype.is_float:
+                        w(f"{p}_nan |= ({v}) != ({v});")
+                else:
+                    w(f"{p} = {_combine(r.arg.op, r.dtype, p, v)};")
+            w.indent(-1)
+            w("}")
+            for r in reduces:
+                a, p = self.names[id(r)], self.names[id(r)] + "_p"
+                w(f"{a} = {_combine(r.arg.op, r.dtype, a, p)};")
+                if r.arg.op in ("max", "min") and r.dtype.is_float:
+                    w(f"{a}_nan |= {p}_nan;")
+            w.indent(-1)
+            w("}")
+        for _ in outer:
+            w.indent(-1)
+            w("}")
+        if not self.column:
+            for r in reduces:
+                if r.arg.op in ("max", "min") and r.dtype.is_float:
+                    a = self.names[id(r)]
+                    w(f"if ({a}_nan) {a} = std::numeric_limits<{register_type(r.dtype)}>::quiet_NaN();")
+        del stores
+
+    def emit_body(self, body: list[gir.Node]) -> dict[int, str]:
+        local: dict[int, str] = {}
+        for n in body:
+            if n.op is Op.REDUCE:
+                continue
+            if n.op is Op.STORE:
+                value = self.ref(n.src[1], local)
+                if n.src[0].arg.role == "tile":
+                    self.w(f"{self.address(n)} = {value};")
+                else:
+                    self.w(f"{self.address(n)} = {store_expr(value, n.dtype)};")
+                continue
+            v = f"v{len(local)}"
+            local[id(n)] = v
+            self.w(f"const {register_type(n.dtype)} {v} = {self.expr(n, local)};")
+        return local
+
+    def emit_epilogue(self, stores: list[gir.Node]) -> None:
+        if not stores:
+            return
+        self.emit_unit_values(stores)
+        w = self.w
+        if self.column:
+            w("for (int64_t j = 0; j < cn; ++j) {")
+            w.indent()
+        for s in stores:
+            w(f"{self.address(s)} = {store_expr(self.ref(s.src[1], {}), s.dtype)};")
+        if self.column:
+            w.indent(-1)
+            w("}")
+
+    # -- the kernel -------------------------------------------------------------------
+
+    def emit(self) -> str:
+        k, w, par = self.kernel, self.w, self.par
+        name = k.name
+        w(f"// Generated by pfjax from GIR kernel {name} (reduction). Do not edit.")
+        w('#include "pfjax/kernel.h"')
+        w()
+        w("namespace {")
+        w()
+        w(f"void {name}_body(void* const* in_, void* const* out_, int64_t begin, int64_t end, "
+          f"int32_t) {{")
+        w.indent()
+        for buf in k.inputs:
+            t = STORAGE[buf.dtype]
+            w(f"const {t}* __restrict in{buf.arg.index} = static_cast<const {t}*>(in_[{buf.arg.index}]);")
+        for buf in k.outputs:
+            t = STORAGE[buf.dtype]
+            w(f"{t}* __restrict out{buf.arg.index} = static_cast<{t}*>(out_[{buf.arg.index}]);")
+        rsize = 1
+        for d in self.rdims:
+            rsize *= self.space[d]
+        for index, buf in self.tiles:
+            t = register_type(buf.dtype)
+            w(f"pfjax::rt::Scratch<{t}> tile{index}_({rsize * (par.block if self.column else 1)});")
+            w(f"{t}* __restrict tile{index} = tile{index}_.data;")
+        w("for (int64_t u = begin; u < end; ++u) {")
+        w.indent()
+        w("int64_t r = u;")
+        kept = [d for d in range(len(self.space)) if d not in self.rdims]
+        if self.column:
+            c = self.space[self.lane]
+            blocks = -(-c // par.block)
+            w(f"const int64_t c0 = (r % {blocks}) * {par.block}; r /= {blocks};")
+            w(f"const int64_t cn = std::min<int64_t>({par.block}, {c} - c0);")
+            kept = kept[:-1]
+        for d in reversed(kept):
+            w(f"const int64_t i{d} = r % {self.space[d]}; r /= {self.space[d]};")
+        w("(void)r;")
+        roots = self.nest.roots(self.nodes)
+        for loop in range(self.nest.num_loops):
+            w(f"// loop {loop}")
+            self.emit_loop([r for r in roots if self.nest.loop_of(r) == loop])
+        w("// per-unit results")
+        self.emit_epilogue([r for r in roots if r.op is Op.STORE and self.nest.loop_of(r) is None])
+        w.indent(-1)
+        w("}")
+        w.indent(-1)
+        w("}")
+        w()
+        in_sizes = ", ".join(str(_elems(b)) for b in k.inputs)
+        out_sizes = ", ".join(str(_elems(b)) for b in k.outputs)
+        w(f"constexpr int64_t {name}_in_sizes[] = {{{in_sizes + ', ' if in_sizes else ''}0}};")
+        w(f"constexpr int64_t {name}_out_sizes[] = {{{out_sizes + ', ' if out_sizes else ''}0}};")
+        w()
+        w("}  // namespace")
+        w()
+        w(f"PFJAX_EXPORT_KERNEL({name}, {name}_body, {len(k.inputs)}, {name}_in_sizes, "
+          f"{len(k.outputs)}, {name}_out_sizes, {par.units}, {max(1, par.chunk)}, 0);")
+        return "\n".join(w.lines) + "\n"
+
+
+def _clause(r: gir.Node, var: str) -> str:
+    op = {"sum": "+", "prod": "*", "max": "max", "min": "min", "and": "&", "or": "|"}[r.arg.op]
+    if r.dtype is gir.DType.BOOL and op in "+*":
+        op = "||" if op == "+" else "&&"
+    return f"reduction({op}:{var})"
+
+
+def emit_reduce_kernel(kernel: gir.Kernel) -> str:
+    return _Emitter(kernel).emit()

@@ -1,0 +1,71 @@
+"""Loop structure of a kernel with reductions.
+
+Per parallel unit (one index of the kept dimensions) a reduction kernel runs a sequence
+of loops over the reduced dimensions. A value's *phase* is the first loop that can
+compute it: loads and constants are available in loop 0, a reduction's result after the
+loop that consumed its input. Values that vary along the reduced dimensions ("full"
+values) are computed inside a loop; the others are per-unit values computed between
+loops. A full value needed by two loops is either recomputed in the later one or kept in
+a tile at the local level (the reuse pass decides).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pfjax.gir.graph import Kernel, Node, Op, toposort
+
+
+@dataclass
+class LoopNest:
+    rdims: tuple[int, ...]
+    phase: dict[int, int]    # id(node) -> first loop that can compute it
+    full: dict[int, bool]    # id(node) -> varies along the reduced dimensions
+    num_loops: int
+
+    def loop_of(self, node: Node) -> int | None:
+        """The loop a root runs in: a reduction where its input is computed, a store of a
+        full value where the value is; None for stores after the last loop."""
+        if node.op is Op.REDUCE:
+            return self.phase[id(node.src[0])]
+        if node.op is Op.STORE:
+            return self.phase[id(node)] if self.full[id(node)] else None
+        raise ValueError(f"{node.op} is not a loop root")
+
+    def roots(self, nodes: list[Node]) -> list[Node]:
+        return [n for n in nodes if n.op is Op.REDUCE or n.op is Op.STORE]
+
+
+def is_tile_load(node: Node) -> bool:
+    return node.op is Op.LOAD and len(node.src) == 2
+
+
+def loop_nest(kernel: Kernel) -> LoopNest:
+    rdims = kernel.parallel.rdims
+    phase: dict[int, int] = {}
+    full: dict[int, bool] = {}
+    num_loops = 0
+    for n in toposort(kernel.root):
+        src = [s for s in n.src if s.op is not Op.BUFFER]
+        if n.op in (Op.BUFFER, Op.PARALLEL):
+            continue
+        if n.op is Op.LOAD:
+            if is_tile_load(n):
+                phase[id(n)], full[id(n)] = phase[id(n.src[1])] + 1, True
+            else:
+                phase[id(n)] = 0
+                full[id(n)] = any(n.arg.view.strides[d] for d in rdims)
+        elif n.op is Op.CONST:
+            phase[id(n)], full[id(n)] = 0, False
+        elif n.op is Op.INDEX:
+            phase[id(n)], full[id(n)] = 0, n.arg in rdims
+        elif n.op is Op.REDUCE:
+            phase[id(n)], full[id(n)] = phase[id(src[0])] + 1, False
+            num_loops = max(num_loops, phase[id(src[0])] + 1)
+        else:
+            phase[id(n)] = max((phase[id(s)] for s in src), default=0)
+            full[id(n)] = any(full[id(s)] for s in src)
+            if n.op is Op.STORE:
+                full[id(n)] = full[id(n)] or any(n.arg.view.strides[d] for d in rdims)
+                if full[id(n)]:
+                    num_loops = max(num_loops, phase[id(n)] + 1)
+    return LoopNest(rdims, phase, full, num_loops)

@@ -1,0 +1,161 @@
+"""Reuse: decide where a value that several loops of a reduction kernel need lives.
+
+A reduction kernel runs several loops over the same row (gir.loops). A computed value
+that a later loop needs again is either recomputed there from its inputs (registers:
+free when it is a few cheap ops) or written to a tile at the local level in the loop
+that first computes it and read back later (when recomputing would cost more than a store
+and a load, e.g. the exp of a softmax). Inputs are re-read: when the row fits the local
+level the re-read hits the cache, else it comes from global memory again. `describe`
+reports these decisions for `pfjax.explain`.
+"""
+from __future__ import annotations
+
+from pfjax import gir
+from pfjax.gir import Op
+from pfjax.gir.loops import LoopNest, is_tile_load, loop_nest
+
+# Recomputing a value costs its ALU ops (a transcendental ~16); a tile costs a store and
+# a load at the local level, about as much as this many simple ops.
+TILE_COST = 4
+
+
+def _weight(n: gir.Node) -> int:
+    if n.op is Op.ALU:
+        return 16 if gir.alu_op(n.arg).transcendental else 1
+    return 1 if n.op in (Op.CAST, Op.SELECT) else 0
+
+
+def _loop_cones(kernel: gir.Kernel, nest: LoopNest) -> list[list[gir.Node]]:
+    """Full nodes each loop computes."""
+    nodes = gir.toposort(kernel.root)
+    cones = []
+    for loop in range(nest.num_loops):
+        roots = [r for r in nest.roots(nodes) if nest.loop_of(r) == loop]
+        want: set[int] = set()
+        stack = [s for r in roots for s in r.src]
+        while stack:
+            n = stack.pop()
+            if id(n) in want or not nest.full.get(id(n), False) or n.op is Op.STORE:
+                continue
+            want.add(id(n))
+            stack.extend(n.src)
+        cones.append([n for n in nodes if id(n) in want])
+    return cones
+
+
+def _recompute_cost(node: gir.Node, nest: LoopNest) -> int:
+    seen: set[int] = set()
+    stack, cost = [node], 0
+    while stack:
+        n = stack.pop()
+        if id(n) in seen or not nest.full.get(id(n), False) or is_tile_load(n):
+            continue
+        seen.add(id(n))
+        cost += _weight(n)
+        stack.extend(n.src)
+    return cost
+
+
+def _row_elems(kernel: gir.Kernel, target: gir.Target) -> int:
+    par = kernel.parallel
+    n = 1
+    for d in par.rdims:
+        n *= par.space[d]
+    return n * (4 * target.lanes if par.column_style else 1)
+
+
+def _input_row_bytes(kernel: gir.Kernel, nest: LoopNest, rows: int) -> int:
+    loaded = {id(n.src[0]): n.src[0] for n in gir.toposort(kernel.root)
+              if n.op is Op.LOAD and not is_tile_load(n) and nest.full[id(n)]}
+    return sum(b.dtype.itemsize for b in loaded.values()) * rows
+
+
+def keep_reused(kernel: gir.Kernel, target: gir.Target) -> gir.Kernel:
+    if not kernel.parallel.rdims:
+        return kernel
+    nest = loop_nest(kernel)
+    if nest.num_loops < 2:
+        return kernel
+    rows = _row_elems(kernel, target)
+    budget = target.level(gir.LOCAL).capacity_bytes - _input_row_bytes(kernel, nest, rows)
+    chosen: list[gir.Node] = []
+    for loop, cone in enumerate(_loop_cones(kernel, nest)):
+        in_cone = {id(n) for n in cone}
+        for n in cone:
+            if nest.phase[id(n)] != loop:
+                continue
+            for s in n.src:  # s is computed in an earlier loop and needed in this one
+                if id(s) in in_cone and nest.phase[id(s)] < loop and s.op is not Op.LOAD \
+                        and s not in chosen and _recompute_cost(s, nest) > TILE_COST \
+                        and rows * 4 <= budget:
+                    chosen.append(s)
+                    budget -= rows * 4
+    if not chosen:
+        return kernel
+    return _tile(kernel, nest, chosen)
+
+
+def _tile(kernel: gir.Kernel, nest: LoopNest, chosen: list[gir.Node]) -> gir.Kernel:
+    space = kernel.parallel.space
+    view = gir.View(space, gir.contiguous_strides(space))
+    new: dict[int, gir.Node] = {}
+    tile_store: dict[int, gir.Node] = {}
+    for n in gir.toposort(kernel.root):
+        if n.op is Op.PARALLEL:
+            continue
+        src = []
+        for s in n.src:
+            runs_in = nest.phase[id(n.src[0])] if n.op is Op.REDUCE else nest.phase.get(id(n), 0)
+            if id(s) in tile_store and runs_in > nest.phase[id(s)]:
+                src.append(gir.load_tile(tile_store[id(s)], view))
+            else:
+                src.append(new[id(s)])
+        new[id(n)] = n.replace(src=tuple(src))
+        if any(n is c for c in chosen):
+            k = len(tile_store)
+            buf = gir.tile(k, n.dtype.compute, space)
+            tile_store[id(n)] = gir.store(buf, new[id(n)], view)
+    root = kernel.root
+    stores = [*tile_store.values(), *(new[id(s)] for s in root.src)]
+    return kernel.with_root(gir.parallel(root.arg, stores))
+
+
+def describe(kernel: gir.Kernel, target: gir.Target) -> list[str]:
+    """One line per value that several loops of the kernel use: where it lives."""
+    if not kernel.parallel.rdims:
+        return []
+    nest = loop_nest(kernel)
+    if nest.num_loops < 2:
+        return [f"one loop over the reduced dimensions: every input is read once"]
+    rows = _row_elems(kernel, target)
+    local = target.level(gir.LOCAL).capacity_bytes
+    fits = _input_row_bytes(kernel, nest, rows) <= local
+    cones = _loop_cones(kernel, nest)
+    lines = []
+    loops_of: dict[int, list[int]] = {}
+    by_id: dict[int, gir.Node] = {}
+    for loop, cone in enumerate(cones):
+        for n in cone:
+            loops_of.setdefault(id(n), []).append(loop)
+            by_id[id(n)] = n
+    buffers: dict[str, list[int]] = {}
+    for key, loops in loops_of.items():
+        n = by_id[key]
+        if n.op is Op.LOAD and not is_tile_load(n):
+            name = f"{n.src[0].arg.role}{n.src[0].arg.index}"
+            buffers[name] = sorted(set(buffers.get(name, []) + loops))
+        elif is_tile_load(n):
+            lines.append(f"tile{n.src[0].arg.index} ({n.src[1].src[1].arg or n.src[1].src[1].op.value}): "
+                         f"written in loop {nest.phase[id(n.src[1])]}, kept at the local level "
+                         f"({rows * n.dtype.itemsize} B per unit), read in loop(s) {loops}")
+        elif len(loops) > 1 and n.op is not Op.CONST and _weight(n):
+            lines.append(f"{n.arg if n.op is Op.ALU else n.op.value}: recomputed in registers "
+                         f"in loops {loops}")
+    for name, loops in sorted(buffers.items()):
+        if len(loops) > 1:
+            where = (f"stays at the local level ({local // 1024} KiB): later loops re-read it "
+                     f"from cache" if fits else "does not fit the local level: later loops "
+                     f"re-read it from global memory")
+            lines.append(f"{name}: read in loops {loops}; the unit's rows of all inputs "
+                         f"({_input_row_bytes(kernel, nest, rows)} B) {where}")
+    return lines
