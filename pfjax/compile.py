@@ -176,15 +176,18 @@ def _group_step(gp: GroupPlan) -> Callable:
 
 def plan(fun: Callable, avals: list) -> Plan:
     program, consts = trace(fun, avals)
-    part = partition(program)
     tgt = target()
-    plans = []
-    for group in part.groups:
-        in_avals = [a.aval for a in group.inputs]
-        jaxpr = jaxext.make_closed_jaxpr(lambda *xs, g=group: run_group_eqns(g, list(xs)), in_avals)
-        gp = GroupPlan(group, jaxpr)
-        _lower_and_generate(gp, tgt)
-        plans.append(gp)
+    for absorb in (True, False):
+        part = partition(program, absorb=absorb)
+        plans = []
+        for group in part.groups:
+            in_avals = [a.aval for a in group.inputs]
+            jaxpr = jaxext.make_closed_jaxpr(lambda *xs, g=group: run_group_eqns(g, list(xs)), in_avals)
+            gp = GroupPlan(group, jaxpr)
+            _lower_and_generate(gp, tgt)
+            plans.append(gp)
+        if all(gp.kernel is not None for gp in plans):
+            break
     _build_all(plans, tgt)
     return Plan(program, consts, part, plans, _schedule_steps(program, plans))
 

@@ -184,6 +184,16 @@ def group_norm(x, g, b, groups=4):
     return y * g + b
 
 
+def cross_entropy(logits, labels):
+    logp = jax.nn.log_softmax(logits)
+    return -jnp.mean(jnp.take_along_axis(logp, labels[:, None], axis=-1))
+
+
+def cross_entropy_one_hot(logits, labels):
+    onehot = jax.nn.one_hot(labels, logits.shape[-1])
+    return -jnp.mean(jnp.sum(onehot * jax.nn.log_softmax(logits), -1))
+
+
 def logsumexp_rows(x):
     return jax.nn.logsumexp(x, axis=-1)
 
@@ -212,6 +222,32 @@ def test_softmax_family(rng):
     one_kernel(jax.nn.logsumexp, x)
 
 
+@pytest.mark.parametrize("shape", [(37, 1000), (1, 7), (300, 64)])
+def test_cross_entropy_is_one_kernel(shape, rng):
+    logits = randn(rng, *shape) * 3
+    labels = rng.integers(0, shape[1], size=shape[0]).astype(np.int32)
+    one_kernel(cross_entropy, logits, labels, tol=dict(rtol=1e-5, atol=1e-5))
+
+
+def test_cross_entropy_bad_labels_and_grad(rng):
+    logits = randn(rng, 16, 50)
+    labels = rng.integers(0, 50, size=16).astype(np.int32)
+    labels[3] = 50  # out of range: take_along_axis fills NaN
+    labels[5] = -2  # negative: counts from the end
+    assert_tree_close(pfjax.fuse(cross_entropy)(logits, labels),
+                      jax.jit(cross_entropy)(logits, labels), equal_nan=True)
+    labels[3] = 7
+    assert_tree_close(jax.grad(pfjax.fuse(cross_entropy))(logits, labels),
+                      jax.grad(cross_entropy)(logits, labels), rtol=1e-5, atol=1e-6)
+
+
+def test_reduction_over_all_rows_of_a_row_reduction(rng):
+    x = randn(rng, 33, 70)
+    one_kernel(lambda x: jnp.mean(jax.nn.logsumexp(x, -1)), x)
+    one_kernel(lambda x: jnp.max(jnp.sum(x * x, -1)) + 1.0, x)
+    one_kernel(lambda x: jnp.sum(jnp.exp(x)), x)
+
+
 def test_scale_mask_softmax(rng):
     x = randn(rng, 8, 64, 64)
     mask = np.tril(np.ones((64, 64), bool))[None]
@@ -235,7 +271,6 @@ def test_column_statistics_and_batchnorm(rng):
     one_kernel(batchnorm_train, x, randn(rng, 48), randn(rng, 48), tol=dict(rtol=1e-4, atol=1e-4))
 
 
-@pytest.mark.xfail(reason="reshape inside a fusion group is not supported yet", strict=True)
 def test_group_norm(rng):
     x = randn(rng, 2, 6, 5, 16)
     one_kernel(group_norm, x, randn(rng, 16), randn(rng, 16), tol=dict(rtol=1e-4, atol=1e-4))
@@ -303,3 +338,29 @@ def test_explain_reports_reuse_levels(rng):
     assert "recomputed in registers" in text and "re-read it from cache" in text
     big = jax.ShapeDtypeStruct((4, 1 << 20), jnp.float32)
     assert "re-read it from global memory" in str(pfjax.explain(layernorm_plain, big))
+
+
+def flax_group_norm(x, scale, bias, groups=4, eps=1e-6):
+    # flax.linen.GroupNorm: statistics over the grouped view, repeated back to channels
+    n, h, w, c = x.shape
+    xg = x.reshape(n, h, w, groups, c // groups)
+    mean = jnp.mean(xg, (1, 2, 4))
+    mean2 = jnp.mean(jax.lax.square(xg), (1, 2, 4))
+    var = jnp.maximum(0.0, mean2 - jax.lax.square(mean))
+    mean = jnp.repeat(mean, c // groups, axis=-1)[:, None, None, :]
+    var = jnp.repeat(var, c // groups, axis=-1)[:, None, None, :]
+    return (x - mean) * jax.lax.rsqrt(var + eps) * scale + bias
+
+
+def test_flax_style_group_norm(rng):
+    x = randn(rng, 2, 6, 5, 16)
+    one_kernel(flax_group_norm, x, randn(rng, 16), randn(rng, 16), tol=dict(rtol=1e-4, atol=1e-4))
+
+
+def test_reshape_between_elementwise_and_reductions(rng):
+    x = randn(rng, 6, 20)
+    one_kernel(lambda x: jnp.tanh(x).reshape(3, 2, 4, 5).sum(-1) * 2, x)
+    one_kernel(lambda x: (x.reshape(120) * 2).reshape(12, 10).max(0), x)
+    # (6, 20) -> (4, 30) is no split or merge: two kernels, still the right answer
+    f = lambda x: (x.reshape(120) * 2).reshape(4, 30).max(0)
+    assert_tree_close(pfjax.fuse(f)(x), jax.jit(f)(x))

@@ -85,6 +85,21 @@ def _torch_logsumexp(x):
     return x.logsumexp(-1)
 
 
+def cross_entropy(logits, labels):
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    return -jnp.mean(jnp.take_along_axis(logp, labels[:, None], axis=-1))
+
+
+def _torch_cross_entropy(logits, labels):
+    import torch.nn.functional as F
+    return F.cross_entropy(logits, labels.long())
+
+
+def _build_ce(shape, key):
+    kx, kl = jax.random.split(key)
+    return _normal(kx, shape, 2.0), jax.random.randint(kl, shape[:1], 0, shape[1], jnp.int32)
+
+
 def column_sum(x):
     return jnp.sum(x, 0)
 
@@ -164,6 +179,8 @@ register(Workload("log_softmax", "log-softmax", "reduction", _VOCAB, _build_x, l
                   _torch_log_softmax, rtol=1e-4, atol=1e-4))
 register(Workload("logsumexp", "logsumexp", "reduction", _VOCAB, _build_x, logsumexp,
                   _torch_logsumexp, rtol=1e-4, atol=1e-4))
+register(Workload("cross_entropy", "cross-entropy (mean over rows)", "reduction", _VOCAB,
+                  _build_ce, cross_entropy, _torch_cross_entropy, rtol=1e-4, atol=1e-4))
 register(Workload("column_sum", "column sum", "reduction", _COLS, _build_x, column_sum,
                   _torch_column_sum, rtol=1e-4, atol=1e-3))
 register(Workload("column_mean_var", "column mean + var", "reduction", _COLS, _build_x,

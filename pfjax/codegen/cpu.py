@@ -109,7 +109,7 @@ def emit_kernel(kernel: gir.Kernel) -> str:
     w()
     w(f"PFJAX_EXPORT_KERNEL({name}, {name}_body, {len(kernel.inputs)}, {name}_in_sizes, "
       f"{len(kernel.outputs)}, {name}_out_sizes, {par.size}, {max(1, par.chunk)}, "
-      f"{int(bool(streamed))});")
+      f"{int(bool(streamed))}, nullptr, 0);")
     return "\n".join(w.lines) + "\n"
 
 

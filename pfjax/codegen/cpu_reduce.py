@@ -69,6 +69,8 @@ class _Emitter:
         self.lane = len(self.space) - 1
         self.nodes = gir.toposort(kernel.root)
         self.names: dict[int, str] = {}      # per-unit values and accumulators
+        self.lane_var = "j"
+        self.streamed: set[int] = set()      # stores that go through a tile, non-temporally
         self.w = _Writer()
         self.tiles = sorted({n.src[0].arg.index: n.src[0] for n in self.nodes
                              if n.op is Op.STORE and n.src[0].arg.role == "tile"}.items())
@@ -77,7 +79,7 @@ class _Emitter:
 
     def idx(self, d: int) -> str:
         if d == self.lane:
-            return "(c0 + j)" if self.column else "j"
+            return "(c0 + j)" if self.column else self.lane_var
         return f"i{d}"
 
     def address(self, node: gir.Node) -> str:
@@ -188,7 +190,35 @@ class _Emitter:
 
     # -- loops ------------------------------------------------------------------------
 
+    def streamable(self, roots: list[gir.Node]) -> list[gir.Node]:
+        """Output stores of a store-only row-style loop that can stream past the cache."""
+        if not self.par.nontemporal or self.column or any(r.op is Op.REDUCE for r in roots):
+            return []
+        stores = [r for r in roots if r.op is Op.STORE and r.src[0].arg.role == "out"]
+        if len(stores) != len(roots):
+            return []
+        return [r for r in stores if r.arg.view.strides[self.lane] == 1]
+
     def emit_loop(self, roots: list[gir.Node]) -> None:
+        streamed = self.streamable(roots)
+        if not streamed:
+            self._emit_loop(roots)
+            return
+        # Streaming pays only on output pages already mapped: the dispatcher decides.
+        self.emit_unit_values(roots)
+        self.w("if (stream) {")
+        self.w.indent()
+        self.streamed = {id(r) for r in streamed}
+        self._emit_loop(roots)
+        self.streamed = set()
+        self.w.indent(-1)
+        self.w("} else {")
+        self.w.indent()
+        self._emit_loop(roots)
+        self.w.indent(-1)
+        self.w("}")
+
+    def _emit_loop(self, roots: list[gir.Node]) -> None:
         w = self.w
         reduces = [r for r in roots if r.op is Op.REDUCE]
         stores = [r for r in roots if r.op is Op.STORE]
@@ -224,6 +254,8 @@ class _Emitter:
             w(f"for (int64_t t0 = 0; t0 < {n_lane}; t0 += {ROW_BLOCK}) {{")
             w.indent()
             w(f"const int64_t t1 = std::min<int64_t>(t0 + {ROW_BLOCK}, {n_lane});")
+            for k, st in enumerate(r for r in roots if id(r) in self.streamed):
+                w(f"alignas(64) {STORAGE[st.dtype]} stile{k}[{ROW_BLOCK}];")
             clauses = []
             for r in reduces:
                 p = self.names[id(r)] + "_p"
@@ -248,6 +280,10 @@ class _Emitter:
                     w(f"{p} = {_combine(r.arg.op, r.dtype, p, v)};")
             w.indent(-1)
             w("}")
+            self.lane_var = "t0"
+            for k, st in enumerate(r for r in roots if id(r) in self.streamed):
+                w(f"pfjax::rt::stream_copy(&{self.address(st)}, stile{k}, t1 - t0);")
+            self.lane_var = "j"
             for r in reduces:
                 a, p = self.names[id(r)], self.names[id(r)] + "_p"
                 w(f"{a} = {_combine(r.arg.op, r.dtype, a, p)};")
@@ -267,12 +303,15 @@ class _Emitter:
 
     def emit_body(self, body: list[gir.Node]) -> dict[int, str]:
         local: dict[int, str] = {}
+        streamed = [n for n in body if id(n) in self.streamed]
         for n in body:
             if n.op is Op.REDUCE:
                 continue
             if n.op is Op.STORE:
                 value = self.ref(n.src[1], local)
-                if n.src[0].arg.role == "tile":
+                if id(n) in self.streamed:
+                    self.w(f"stile{streamed.index(n)}[j - t0] = {store_expr(value, n.dtype)};")
+                elif n.src[0].arg.role == "tile":
                     self.w(f"{self.address(n)} = {value};")
                 else:
                     self.w(f"{self.address(n)} = {store_expr(value, n.dtype)};")
@@ -296,6 +335,51 @@ class _Emitter:
             w.indent(-1)
             w("}")
 
+    # -- reductions over the units ----------------------------------------------------
+
+    def emit_pointers(self) -> None:
+        for buf in self.kernel.inputs:
+            t = STORAGE[buf.dtype]
+            self.w(f"const {t}* __restrict in{buf.arg.index} = static_cast<const {t}*>(in_[{buf.arg.index}]);")
+        for buf in self.kernel.outputs:
+            t = STORAGE[buf.dtype]
+            self.w(f"{t}* __restrict out{buf.arg.index} = static_cast<{t}*>(out_[{buf.arg.index}]);")
+
+    def emit_scratch(self, finals: list[gir.Node]) -> None:
+        """Per-unit partial results of each final reduction: 8 bytes per unit, in order."""
+        for k, f in enumerate(finals):
+            t = register_type(f.dtype) if f.dtype is not gir.DType.BOOL else "uint8_t"
+            self.w(f"{t}* __restrict scratch{k} = reinterpret_cast<{t}*>(static_cast<char*>("
+                   f"out_[{len(self.kernel.outputs)}]) + {8 * k * self.par.units});")
+
+    def emit_finish(self, finals: list[gir.Node]) -> None:
+        """Combine the units' partials in unit order (deterministic for any thread count;
+        float sums in double), then compute and store what depends on them."""
+        w, name = self.w, self.kernel.name
+        w(f"void {name}_finish(void* const* in_, void* const* out_) {{")
+        w.indent()
+        self.emit_pointers()
+        self.emit_scratch(finals)
+        self.names = {}
+        for k, f in enumerate(finals):
+            acc_t = "double" if f.dtype.is_float and f.arg.op in ("sum", "prod") else _acc_type(f)
+            w(f"{acc_t} f{k} = {_init(f.arg.op, f.dtype)};")
+            w(f"for (int64_t u = 0; u < {self.par.units}; ++u) "
+              f"f{k} = {_combine(f.arg.op, f.dtype, f'f{k}', f'scratch{k}[u]')};")
+            w(f"const {register_type(f.dtype)} fin{k} = static_cast<{register_type(f.dtype)}>(f{k});")
+            self.names[id(f)] = f"fin{k}"
+        stores = [n for n in self.nodes if n.op is Op.STORE and self.nest.final[id(n)]]
+        for n in self.cone([s.src[1] for s in stores], full=False):
+            if id(n) in self.names or n.op in (Op.STORE, Op.REDUCE):
+                continue
+            self.names[id(n)] = f"h{len(self.names)}"
+            w(f"const {register_type(n.dtype)} {self.names[id(n)]} = {self.expr(n, {})};")
+        for st in stores:
+            w(f"{self.address(st)} = {store_expr(self.ref(st.src[1], {}), st.dtype)};")
+        w.indent(-1)
+        w("}")
+        w()
+
     # -- the kernel -------------------------------------------------------------------
 
     def emit(self) -> str:
@@ -307,14 +391,13 @@ class _Emitter:
         w("namespace {")
         w()
         w(f"void {name}_body(void* const* in_, void* const* out_, int64_t begin, int64_t end, "
-          f"int32_t) {{")
+          f"int32_t stream) {{")
         w.indent()
-        for buf in k.inputs:
-            t = STORAGE[buf.dtype]
-            w(f"const {t}* __restrict in{buf.arg.index} = static_cast<const {t}*>(in_[{buf.arg.index}]);")
-        for buf in k.outputs:
-            t = STORAGE[buf.dtype]
-            w(f"{t}* __restrict out{buf.arg.index} = static_cast<{t}*>(out_[{buf.arg.index}]);")
+        self.emit_pointers()
+        finals = self.nest.finals(self.nodes)
+        if finals and self.column:
+            raise NotImplementedError("a reduction over the units of a column reduction")
+        self.emit_scratch(finals)
         rsize = 1
         for d in self.rdims:
             rsize *= self.space[d]
@@ -330,7 +413,10 @@ class _Emitter:
             c = self.space[self.lane]
             blocks = -(-c // par.block)
             w(f"const int64_t c0 = (r % {blocks}) * {par.block}; r /= {blocks};")
-            w(f"const int64_t cn = std::min<int64_t>({par.block}, {c} - c0);")
+            if c % par.block == 0:  # a constant trip count keeps accumulators in registers
+                w(f"constexpr int64_t cn = {par.block};")
+            else:
+                w(f"const int64_t cn = std::min<int64_t>({par.block}, {c} - c0);")
             kept = kept[:-1]
         for d in reversed(kept):
             w(f"const int64_t i{d} = r % {self.space[d]}; r /= {self.space[d]};")
@@ -341,11 +427,19 @@ class _Emitter:
             self.emit_loop([r for r in roots if self.nest.loop_of(r) == loop])
         w("// per-unit results")
         self.emit_epilogue([r for r in roots if r.op is Op.STORE and self.nest.loop_of(r) is None])
+        for slot, f in enumerate(finals):
+            self.emit_unit_values([f.src[0]])
+            w(f"scratch{slot}[u] = {self.ref(f.src[0], {})};")
         w.indent(-1)
         w("}")
+        can_stream = self.nest.num_loops > 0 and bool(self.streamable(
+            [r for r in roots if self.nest.loop_of(r) == self.nest.num_loops - 1]))
+        w("if (stream) pfjax::rt::stream_fence();" if can_stream else "(void)stream;")
         w.indent(-1)
         w("}")
         w()
+        if finals:
+            self.emit_finish(finals)
         in_sizes = ", ".join(str(_elems(b)) for b in k.inputs)
         out_sizes = ", ".join(str(_elems(b)) for b in k.outputs)
         w(f"constexpr int64_t {name}_in_sizes[] = {{{in_sizes + ', ' if in_sizes else ''}0}};")
@@ -354,7 +448,8 @@ class _Emitter:
         w("}  // namespace")
         w()
         w(f"PFJAX_EXPORT_KERNEL({name}, {name}_body, {len(k.inputs)}, {name}_in_sizes, "
-          f"{len(k.outputs)}, {name}_out_sizes, {par.units}, {max(1, par.chunk)}, 0);")
+          f"{len(k.outputs)}, {name}_out_sizes, {par.units}, {max(1, par.chunk)}, {int(can_stream)}, "
+          f"{name + '_finish' if finals else 'nullptr'}, {8 * par.units * len(finals)});")
         return "\n".join(w.lines) + "\n"
 
 

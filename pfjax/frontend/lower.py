@@ -5,6 +5,7 @@ import numpy as np
 
 from pfjax import gir
 from pfjax.frontend.indexing import IndexMap
+from pfjax.frontend.shapes import groups, natural_rows
 from pfjax.frontend.partition import Group
 from pfjax.frontend.program import Atom, Eqn, Lit, Var
 from pfjax.frontend.rules import RULES, gir_dtype
@@ -53,32 +54,64 @@ class Lowerer:
         dimensions at imap, the reduced ones along the kernel's reduced dimensions."""
         (x,) = eqn.invars
         axes = tuple(sorted(eqn.params["axes"]))
-        if tuple(x.aval.shape) != self.space or axes != self.rdims:
-            raise LoweringError(f"reduction over {axes} of {x.aval.shape} in a kernel reducing "
+        if self.is_final(eqn):
+            return self.output_map(tuple(x.aval.shape))
+        shape = tuple(x.aval.shape)
+        spans = groups(shape, self.space)
+        if spans is None or tuple(sorted(k for d in axes for k in spans[d])) != tuple(
+                d for d in self.rdims if self.space[d] != 1):
+            raise LoweringError(f"reduction over {axes} of {shape} in a kernel reducing "
                                 f"{self.rdims} of {self.space}")
         for coeffs, _ in imap.rows:
             if any(coeffs[d] for d in self.rdims):
                 raise LoweringError("a reduced value is read along the dimensions it reduces")
+        natural = natural_rows(shape, self.space)
         kept = iter(imap.rows)
-        rows = tuple(IndexMap.identity(len(self.space)).rows[d] if d in axes else next(kept)
-                     for d in range(len(self.space)))
+        rows = tuple(natural[d] if d in axes else next(kept) for d in range(len(shape)))
         return IndexMap(rows, len(self.space))
 
+    def axis_index(self, shape: tuple[int, ...], axis: int) -> gir.Node:
+        """The index along `axis` of a value of `shape` laid over the space, as GIR."""
+        coeffs, _ = natural_rows(shape, self.space)[axis]
+        terms = [gir.index(d) if c == 1 else gir.alu("mul", gir.DType.I64, gir.index(d),
+                                                     gir.const(c, gir.DType.I64))
+                 for d, c in enumerate(coeffs) if c]
+        out = terms[0] if terms else gir.const(0, gir.DType.I64)
+        for t in terms[1:]:
+            out = gir.alu("add", gir.DType.I64, out, t)
+        return out
+
+    def is_final(self, eqn: Eqn) -> bool:
+        """A reduction of a per-unit value over every parallel unit (the kernel's rows)."""
+        shape = tuple(eqn.invars[0].aval.shape)
+        if not self.rdims or groups(shape, self.space) is not None:
+            return False
+        return set(eqn.params["axes"]) >= {d for d, n in enumerate(shape) if n != 1}
+
+    def reduction_dims(self, eqn: Eqn) -> tuple[int, ...]:
+        if self.is_final(eqn):
+            return tuple(d for d in range(len(self.space)) if d not in self.rdims)
+        return self.rdims
+
     def output_map(self, shape: tuple[int, ...]) -> IndexMap:
-        """Map from the space to an output: the space itself, or the space with the reduced
-        dimensions dropped or kept as 1 (a reduced value written once per unit)."""
+        """Map from the space to a value of `shape` laid over it in row-major order: the
+        space itself or a coarsening of it, or a per-unit value (the kept dimensions, the
+        reduced ones dropped or kept as 1), written once per unit."""
         rank = len(self.space)
-        identity = IndexMap.identity(rank)
         if shape == self.space:
-            return identity
-        kept = tuple(d for d in range(rank) if d not in self.rdims)
-        if self.rdims and shape == tuple(self.space[d] for d in kept):
-            return IndexMap(tuple(identity.rows[d] for d in kept), rank)
-        if self.rdims and len(shape) == rank and all(
-                shape[d] == (1 if d in self.rdims else self.space[d]) for d in range(rank)):
-            return IndexMap(tuple(identity._zero() if d in self.rdims else identity.rows[d]
-                                  for d in range(rank)), rank)
-        raise LoweringError(f"output of shape {shape} does not fit the space {self.space}")
+            return IndexMap.identity(rank)
+        if all(n == 1 for n in shape):
+            return IndexMap(tuple(((0,) * rank, 0) for _ in shape), rank)
+        rows = natural_rows(shape, self.space)
+        if rows is None and self.rdims:
+            kept = [d for d in range(rank) if d not in self.rdims and self.space[d] != 1]
+            sub = natural_rows(tuple(n for n in shape if n != 1), self.space, kept)
+            if sub is not None:
+                it = iter(sub)
+                rows = [next(it) if n != 1 else ((0,) * rank, 0) for n in shape]
+        if rows is None:
+            raise LoweringError(f"output of shape {shape} does not fit the space {self.space}")
+        return IndexMap(tuple(rows), rank)
 
     def evaluate(self, eqn: Eqn, imap: IndexMap) -> list[gir.Node]:
         memo_key = (id(eqn), imap)
@@ -134,7 +167,8 @@ def _reduction_layout(kernel: gir.Kernel) -> gir.Kernel:
         if node.op is gir.Op.INDEX:
             return node.replace(arg=where[node.arg])
         if node.op is gir.Op.REDUCE:
-            return node.replace(arg=gir.Reduction(node.arg.op, rdims))
+            return node.replace(arg=gir.Reduction(node.arg.op,
+                                                  tuple(sorted(where[d] for d in node.arg.dims))))
         if node.op is gir.Op.PARALLEL:
             return node.replace(arg=gir.Parallel(space, rdims=rdims))
         return None

@@ -14,10 +14,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pfjax.frontend.program import Atom, Eqn, Lit, Program, Var
-from pfjax.frontend.rules import CHEAP_TO_RECOMPUTE, REDUCTIONS, RULES, TRANSCENDENTAL
+from pfjax.frontend.shapes import groups, refine
+from pfjax.frontend.rules import (CHEAP_TO_RECOMPUTE, REDUCTIONS, RULES, TRANSCENDENTAL,
+                                  cannot_lower, take_along_axis, unit_reshape)
 from pfjax.gir.dtypes import BY_NAME
 
-_MOVEMENT_ONLY = {"broadcast_in_dim", "convert_element_type", "copy", "copy_p"}
+_MOVEMENT_ONLY = {"broadcast_in_dim", "convert_element_type", "copy", "copy_p", "reshape",
+                  "squeeze"}
 
 
 # A group's iteration space: a shape, and the axes its reductions run over (None: none).
@@ -27,27 +30,56 @@ Space = tuple[tuple[int, ...], "tuple[int, ...] | None"]
 def eqn_space(eqn: Eqn) -> Space:
     if eqn.body is None and eqn.name in REDUCTIONS:
         return tuple(eqn.invars[0].aval.shape), tuple(sorted(eqn.params["axes"]))
+    if eqn.body is None and eqn.name == "gather":  # picks along a row: reduces over it
+        return tuple(eqn.invars[0].aval.shape), (take_along_axis(eqn),)
+    if eqn.body is None and eqn.name in ("reshape", "squeeze"):  # must fit both shapes
+        fine = refine(eqn.invars[0].aval.shape, eqn.outvars[0].aval.shape)
+        return (fine if fine is not None else tuple(eqn.outvars[0].aval.shape)), None
     return tuple(eqn.outvars[0].aval.shape), None
 
 
-def reduced_shapes(space: Space) -> list[tuple[int, ...]]:
-    """Shapes of the per-unit values of a reduction space: reduced axes dropped or kept as 1."""
-    shape, axes = space
+def is_unit_shape(shape: tuple[int, ...], space: Space) -> bool:
+    """A per-unit value of a reduction space: its kept dimensions (coarsened or not),
+    with the reduced ones dropped or kept as 1."""
+    full, axes = space
     if not axes:
-        return []
-    return [tuple(n for d, n in enumerate(shape) if d not in axes),
-            tuple(1 if d in axes else n for d, n in enumerate(shape))]
+        return False
+    kept = tuple(n for d, n in enumerate(full) if d not in axes and n != 1)
+    return groups(tuple(n for n in shape if n != 1), kept) is not None
+
+
+def _axes_in(space: Space, fine: tuple[int, ...]) -> tuple[int, ...] | None:
+    shape, axes = space
+    if axes is None or tuple(shape) == fine:
+        return axes
+    spans = groups(shape, fine)
+    return tuple(sorted(k for d in axes for k in spans[d]))
+
+
+def _is_final(a: Space, b: Space) -> bool:
+    """b reduces a per-unit value of row-style reduction space a over all its units (the
+    mean of per-row losses): one kernel combines it after its units are done."""
+    shape, axes = b
+    return bool(a[1]) and axes is not None and len(a[0]) - 1 in a[1] \
+        and is_unit_shape(shape, a) and set(axes) >= {d for d, n in enumerate(shape) if n != 1}
 
 
 def join(a: Space, b: Space) -> Space | None:
     """The space of a group holding work over both spaces, if one kernel can."""
     if a[0] == b[0] and (a[1] is None or b[1] is None or a[1] == b[1]):
         return a[0], a[1] if a[1] is not None else b[1]
-    if b[1] is None and b[0] in reduced_shapes(a):
-        return a
-    if a[1] is None and a[0] in reduced_shapes(b):
-        return b
-    return None
+    for x, y in ((a, b), (b, a)):
+        if y[1] is None and (is_unit_shape(y[0], x) or (x[1] and y[0] == ())):
+            return x
+        if _is_final(x, y):
+            return x
+    fine = refine(a[0], b[0])  # a reshape between the two: iterate over the finer space
+    if fine is None:
+        return None
+    ax, bx = _axes_in(a, fine), _axes_in(b, fine)
+    if ax is not None and bx is not None and ax != bx or ax == () or bx == ():
+        return None
+    return fine, ax if ax is not None else bx
 
 
 @dataclass(eq=False)
@@ -82,6 +114,8 @@ def why_not_fusable(eqn: Eqn) -> str | None:
                 return f"{eqn.name} body: {reason}"
     elif eqn.name not in RULES:
         return f"no fusion rule for primitive '{eqn.name}'"
+    elif cannot_lower(eqn):
+        return cannot_lower(eqn)
     for atom in [*eqn.invars, *eqn.outvars]:
         dtype = getattr(atom.aval, "dtype", None)
         if dtype is None or not hasattr(atom.aval, "shape"):
@@ -100,7 +134,10 @@ def _is_transcendental(eqn: Eqn) -> bool:
     return eqn.name in TRANSCENDENTAL
 
 
-def partition(program: Program) -> Partition:
+def partition(program: Program, absorb: bool = True) -> Partition:
+    """Fusion groups of `program`. With `absorb`, small groups feeding one larger group are
+    computed inside it (through broadcasts and reshapes); the caller retries without when
+    that makes a group impossible to lower."""
     eqns = program.eqns
     reasons: dict[int, str] = {}
     producer: dict[int, int] = {}
@@ -152,7 +189,7 @@ def partition(program: Program) -> Partition:
             dep[v.id] = m
 
     program_outs = {a.id for a in program.outvars if isinstance(a, Var)}
-    group_of = _merge_siblings(eqns, group_of, spaces, producer, program_outs)
+    group_of = _merge_siblings(eqns, group_of, spaces, producer, program_outs, absorb)
     return _finish(program, eqns, group_of, spaces, reasons, producer)
 
 
@@ -212,7 +249,7 @@ def _absorb(x: int, y: int, spaces, feeds) -> Space | None:
     return None
 
 
-def _merge_siblings(eqns, group_of, spaces, producer, program_outs) -> dict[int, int]:
+def _merge_siblings(eqns, group_of, spaces, producer, program_outs, absorb) -> dict[int, int]:
     """Merge groups over the same space that feed each other (an equation can join only
     one producer's group in the first pass) or read a common input, when legal."""
     while True:
@@ -235,7 +272,7 @@ def _merge_siblings(eqns, group_of, spaces, producer, program_outs) -> dict[int,
             gs = sorted(gs)
             pairs += [(x, y) for k, x in enumerate(gs) for y in gs[k + 1:]]
         feeds = _feeds_only(eqns, group_of, producer, program_outs)
-        feeds = {g: h for g, h in feeds.items() if h is not None}
+        feeds = {g: h for g, h in feeds.items() if h is not None and absorb}
         pairs += [(min(g, h), max(g, h)) for g, h in feeds.items()]
         for x, y in dict.fromkeys(pairs):
             joined = join(spaces[x], spaces[y]) or _absorb(x, y, spaces, feeds)
@@ -319,6 +356,8 @@ def _collect_inputs(group: Group, eqns, inside: set[int], producer, blocked: set
 
 
 def _cheap(eqn: Eqn) -> bool:
+    if eqn.name in ("reshape", "squeeze"):
+        return unit_reshape(eqn)  # other reshapes need a matching iteration space
     return eqn.body is None and eqn.name in CHEAP_TO_RECOMPUTE
 
 

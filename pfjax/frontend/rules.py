@@ -11,6 +11,8 @@ from jax import lax
 
 from pfjax import gir
 from pfjax.gir import DType
+from pfjax.frontend.indexing import IndexMap
+from pfjax.frontend.shapes import refine, split_flat, suffix_products
 
 # rule(lowerer, eqn, index_map) -> list of GIR nodes, one per output
 Rule = Callable[..., list]
@@ -132,7 +134,8 @@ REDUCTIONS = {"reduce_sum": "sum", "reduce_prod": "prod", "reduce_max": "max",
 def _reduce_rule(op: str):
     def lower(lw, eqn, imap):
         (x,) = eqn.invars
-        return [gir.reduce(op, lw.read(x, lw.reduction_input_map(eqn, imap)), lw.rdims)]
+        return [gir.reduce(op, lw.read(x, lw.reduction_input_map(eqn, imap)),
+                           lw.reduction_dims(eqn))]
     return lower
 
 
@@ -151,11 +154,101 @@ def _argmax(lw, eqn, imap):
     hit = gir.alu("eq", DType.BOOL, v, best)
     if v.dtype.is_float:
         hit = gir.alu("or", DType.BOOL, hit, gir.alu("ne", DType.BOOL, v, v))
-    where = gir.select(hit, [gir.const(2**62, DType.I64), gir.index(axis)])
+    where = gir.select(hit, [gir.const(2**62, DType.I64), lw.axis_index(x.aval.shape, axis)])
     first = gir.reduce("min", where, lw.rdims)
     return [gir.cast(first, gir_dtype(eqn.outvars[0].aval))]
 
 
+def take_along_axis(eqn) -> int | None:
+    """The axis of a gather that picks one element per row along it, with an index per
+    row (jnp.take_along_axis, as in cross-entropy with integer labels); else None."""
+    if eqn.name != "gather":
+        return None
+    dn = eqn.params["dimension_numbers"]
+    operand, indices = eqn.invars
+    shape = operand.aval.shape
+    if len(dn.collapsed_slice_dims) != 1 or tuple(dn.start_index_map) != tuple(dn.collapsed_slice_dims) \
+            or any(n != 1 for n in eqn.params["slice_sizes"]) \
+            or indices.aval.shape[-1:] != (1,) or not np.issubdtype(operand.aval.dtype, np.floating):
+        return None
+    (axis,) = dn.collapsed_slice_dims
+    rest = [d for d in range(len(shape)) if d != axis and d not in dn.operand_batching_dims]
+    if any(shape[d] != 1 for d in rest) or len(rest) != len(dn.offset_dims):
+        return None
+    mode = str(eqn.params["mode"])
+    return axis if "FILL_OR_DROP" in mode or "CLIP" in mode or "PROMISE" in mode else None
+
+
+@rule("gather")
+def _gather(lw, eqn, imap):
+    # One element per row: a max over the row of the element where the row index equals
+    # the label (-inf elsewhere), read in the same loop as the row's other reductions.
+    axis = take_along_axis(eqn)
+    operand, indices = eqn.invars
+    dn = eqn.params["dimension_numbers"]
+    if tuple(operand.aval.shape) != lw.space or lw.rdims != (axis,):
+        raise ValueError("the gathered axis is not the kernel's reduced axis")
+    # output dims: offset dims (operand dims of extent 1), then the indices' batch dims
+    batch_out = [d for d in range(len(eqn.outvars[0].aval.shape)) if d not in dn.offset_dims]
+    idx_rows = [imap.rows[d] for d in batch_out] + [imap._zero()]
+    rows = [imap._zero()] * len(operand.aval.shape)
+    for od, sd in zip(dn.operand_batching_dims, dn.start_indices_batching_dims):
+        rows[od] = idx_rows[sd]
+    rows[axis] = IndexMap.identity(len(lw.space)).rows[axis]
+    v = lw.read(operand, IndexMap(tuple(rows), imap.space_rank))
+    idx_map = IndexMap(tuple(idx_rows), imap.space_rank)
+    idx = gir.cast(lw.read(indices, idx_map), DType.I64)
+    n = operand.aval.shape[axis]
+    mode = str(eqn.params["mode"])
+    if "CLIP" in mode:
+        idx = gir.alu("min", DType.I64, gir.alu("max", DType.I64, idx, gir.const(0, DType.I64)),
+                      gir.const(n - 1, DType.I64))
+    hit = gir.alu("eq", DType.BOOL, gir.index(axis), idx)
+    picked = gir.reduce("max", gir.select(hit, [gir.const(-np.inf, v.dtype), v]), lw.rdims)
+    if "FILL_OR_DROP" in mode:
+        fill = eqn.params.get("fill_value")
+        fill = np.nan if fill is None else fill
+        out = gir.alu("or", DType.BOOL, gir.alu("lt", DType.BOOL, idx, gir.const(0, DType.I64)),
+                      gir.alu("ge", DType.BOOL, idx, gir.const(n, DType.I64)))
+        picked = gir.select(out, [picked, gir.const(fill, picked.dtype)])
+    return [gir.cast(picked, gir_dtype(eqn.outvars[0].aval))]
+
+
+@rule("reshape", "squeeze")
+def _reshape(lw, eqn, imap):
+    # Row-major order is kept: read the operand at the same flat position, which is
+    # affine in the space when both shapes coarsen it (frontend/shapes.py).
+    (x,) = eqn.invars[:1]
+    out_shape = eqn.outvars[0].aval.shape
+    strides = suffix_products(out_shape)[1:]
+    terms = [0] * imap.space_rank
+    offset = 0
+    for (coeffs, off), s in zip(imap.rows, strides):
+        offset += off * s
+        for d, c in enumerate(coeffs):
+            terms[d] += c * s
+    rows = split_flat(terms, offset, x.aval.shape, lw.space)
+    if rows is None:
+        raise ValueError(f"reshape {x.aval.shape} -> {out_shape} is not affine in {lw.space}")
+    return [lw.read(x, IndexMap(tuple(rows), imap.space_rank))]
+
+
+def unit_reshape(eqn) -> bool:
+    x, out = eqn.invars[0].aval.shape, eqn.outvars[0].aval.shape
+    return [n for n in x if n != 1] == [n for n in out if n != 1] and (
+        eqn.name == "squeeze" or eqn.params.get("dimensions") is None)
+
+
+def cannot_lower(eqn) -> str | None:
+    """Why a primitive with a rule still cannot lower this equation (None: it can)."""
+    if eqn.name == "gather" and take_along_axis(eqn) is None:
+        return "gather other than one element per row (take_along_axis)"
+    if eqn.name == "reshape" and (eqn.params.get("dimensions") is not None or refine(
+            eqn.invars[0].aval.shape, eqn.outvars[0].aval.shape) is None):
+        return "reshape that is not a split or merge of dimensions"
+    return None
+
+
 # Equations that are free or nearly so when recomputed inside a consumer's loop.
-CHEAP_TO_RECOMPUTE = {"broadcast_in_dim", "convert_element_type", "copy", "copy_p", "neg",
+CHEAP_TO_RECOMPUTE = {"broadcast_in_dim", "convert_element_type", "copy", "copy_p", "neg", "reshape", "squeeze",
                       "add", "sub", "mul", "max", "min", "select_n", "abs"}

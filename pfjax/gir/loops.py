@@ -6,7 +6,9 @@ compute it: loads and constants are available in loop 0, a reduction's result af
 loop that consumed its input. Values that vary along the reduced dimensions ("full"
 values) are computed inside a loop; the others are per-unit values computed between
 loops. A full value needed by two loops is either recomputed in the later one or kept in
-a tile at the local level (the reuse pass decides).
+a tile at the local level (the reuse pass decides). A reduction over the parallel units
+themselves ("final", e.g. the mean of per-row losses) is combined once all units are
+done, from per-unit partial results left in a scratch buffer.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ class LoopNest:
     phase: dict[int, int]    # id(node) -> first loop that can compute it
     full: dict[int, bool]    # id(node) -> varies along the reduced dimensions
     num_loops: int
+    final: dict[int, bool]   # id(node) -> depends on a reduction over the parallel units
 
     def loop_of(self, node: Node) -> int | None:
         """The loop a root runs in: a reduction where its input is computed, a store of a
@@ -28,11 +31,20 @@ class LoopNest:
         if node.op is Op.REDUCE:
             return self.phase[id(node.src[0])]
         if node.op is Op.STORE:
+            if self.final[id(node)]:
+                return None
             return self.phase[id(node)] if self.full[id(node)] else None
         raise ValueError(f"{node.op} is not a loop root")
 
     def roots(self, nodes: list[Node]) -> list[Node]:
-        return [n for n in nodes if n.op is Op.REDUCE or n.op is Op.STORE]
+        """Reductions over the reduced dimensions and stores done per unit."""
+        return [n for n in nodes if (n.op is Op.REDUCE or n.op is Op.STORE)
+                and not self.final[id(n)]]
+
+    def finals(self, nodes: list[Node]) -> list[Node]:
+        """Reductions over the parallel units (combined after all units are done)."""
+        return [n for n in nodes if n.op is Op.REDUCE and self.final[id(n)]
+                and not any(self.final[id(s)] for s in n.src)]
 
 
 def is_tile_load(node: Node) -> bool:
@@ -43,10 +55,16 @@ def loop_nest(kernel: Kernel) -> LoopNest:
     rdims = kernel.parallel.rdims
     phase: dict[int, int] = {}
     full: dict[int, bool] = {}
+    final: dict[int, bool] = {}
     num_loops = 0
     for n in toposort(kernel.root):
         src = [s for s in n.src if s.op is not Op.BUFFER]
         if n.op in (Op.BUFFER, Op.PARALLEL):
+            continue
+        final[id(n)] = any(final[id(s)] for s in src) or (
+            n.op is Op.REDUCE and set(n.arg.dims) != set(rdims))
+        if final[id(n)]:
+            phase[id(n)], full[id(n)] = max((phase[id(s)] for s in src), default=0), False
             continue
         if n.op is Op.LOAD:
             if is_tile_load(n):
@@ -68,4 +86,4 @@ def loop_nest(kernel: Kernel) -> LoopNest:
                 full[id(n)] = full[id(n)] or any(n.arg.view.strides[d] for d in rdims)
                 if full[id(n)]:
                     num_loops = max(num_loops, phase[id(n)] + 1)
-    return LoopNest(rdims, phase, full, num_loops)
+    return LoopNest(rdims, phase, full, num_loops, final)

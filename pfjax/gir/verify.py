@@ -20,7 +20,8 @@ def verify(kernel: Kernel) -> None:
         raise GirError(f"reduced dimensions {rdims} do not fit space {space}")
     nest = loop_nest(kernel) if rdims else None
     for node in toposort(root):
-        if node.op is Op.REDUCE and set(node.arg.dims) != set(rdims):
+        kept = set(range(len(space))) - set(rdims)
+        if node.op is Op.REDUCE and set(node.arg.dims) not in (set(rdims), kept):
             raise GirError(f"reduction over {node.arg.dims}, kernel reduces over {rdims}")
         if node.op is Op.STORE and nest is not None and nest.full[id(node.src[1])] \
                 and any(node.arg.view.strides[d] == 0 and space[d] > 1 for d in rdims):

@@ -52,7 +52,10 @@ def collapse_dims(kernel: gir.Kernel) -> gir.Kernel:
                 view = new_view(move.view)
             return node.replace(arg=gir.Move(move.src_level, move.dst_level, view))
         if node.op is Op.REDUCE:
-            return node.replace(arg=gir.Reduction(node.arg.op, new_rdims))
+            if set(node.arg.dims) == rdims:
+                return node.replace(arg=gir.Reduction(node.arg.op, new_rdims))
+            kept = tuple(i for i in range(len(new_space)) if i not in new_rdims)
+            return node.replace(arg=gir.Reduction(node.arg.op, kept))
         if node.op is Op.PARALLEL:
             return node.replace(arg=gir.Parallel(new_space, par.chunk, par.vector, par.nontemporal,
                                                  new_rdims, par.block))

@@ -5,6 +5,7 @@ from typing import Callable
 
 from pfjax import gir
 from pfjax.passes.collapse import collapse_dims
+from pfjax.passes.reciprocal import per_unit_reciprocal
 from pfjax.passes.reuse import keep_reused
 from pfjax.passes.simplify import simplify
 
@@ -15,6 +16,7 @@ Pass = Callable[[gir.Kernel, gir.Target], gir.Kernel]
 PIPELINE: list[tuple[str, Pass]] = [
     ("simplify", lambda k, t: simplify(k)),
     ("collapse_dims", lambda k, t: collapse_dims(k)),
+    ("reciprocal", lambda k, t: per_unit_reciprocal(k)),
     ("reuse", keep_reused),
 ]
 

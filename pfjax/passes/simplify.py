@@ -9,6 +9,9 @@ from pfjax.gir.interp import numpy_dtype
 
 
 def _fold(node: gir.Node) -> gir.Node | None:
+    if node.op is Op.SELECT and node.src[0].op is Op.CONST:
+        cases = node.src[1:]
+        return cases[min(max(int(node.src[0].arg), 0), len(cases) - 1)]
     if node.op is Op.CAST and node.src[0].op is Op.CONST:
         value = np.asarray(node.src[0].arg, numpy_dtype(node.src[0].dtype))
         if node.dtype.is_int and np.issubdtype(value.dtype, np.floating):

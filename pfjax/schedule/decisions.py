@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 
 from pfjax import config, gir
@@ -43,13 +44,19 @@ def _choose_reduction(kernel: gir.Kernel, target: gir.Target) -> Schedule:
         for d in par.rdims:
             rows *= par.space[d]
         elem_bytes = sum(b.dtype.itemsize for b in kernel.inputs) or 4
-        while block > lanes and rows * block * elem_bytes > target.level(gir.LOCAL).capacity_bytes:
-            block //= 2
+        # Only a kernel that reads its block again (several loops) wants it to stay at the
+        # local level; narrow blocks make short strided reads, so never below 2 vectors.
+        if gir.loop_nest(kernel).num_loops > 1:
+            while block > 2 * lanes and rows * block * elem_bytes > target.level(gir.LOCAL).capacity_bytes:
+                block //= 2
     units = max(1, gir.Parallel(par.space, rdims=par.rdims, block=block).units)
     cost = estimate(kernel, target)
     per_unit = max(1, cost.global_bytes // units)
     chunk = max(-(-MIN_TASK_BYTES // per_unit), -(-units // (target.groups * 4)))
-    return Schedule(vector=lanes, chunk=min(chunk, units), nontemporal=False, block=block)
+    out_bytes = sum(b.dtype.itemsize * math.prod(b.arg.shape) for b in kernel.outputs)
+    mode = config.nontemporal()
+    stream = mode == "always" or (mode == "auto" and out_bytes >= NONTEMPORAL_MIN_BYTES)
+    return Schedule(vector=lanes, chunk=min(chunk, units), nontemporal=stream, block=block)
 
 
 def choose(kernel: gir.Kernel, target: gir.Target) -> Schedule:

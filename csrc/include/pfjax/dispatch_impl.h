@@ -36,7 +36,7 @@ struct ParallelState {
   int32_t stream = 0;
   int64_t total, chunk, num_chunks;
   void* in[64];
-  void* out[64];
+  void* out[65];  // results, then the scratch
   std::atomic<int64_t> next{0};
   std::atomic<int64_t> done{0};
   std::mutex mu;
@@ -119,7 +119,16 @@ inline ffi::Error Launch(ffi::ThreadPool& pool, ffi::RemainingArgs& args,
     }
     state->stream = resident ? 1 : 0;
   }
-  if (total <= 0) return ffi::Error::Success();
+  std::unique_ptr<char, decltype(&std::free)> scratch(nullptr, &std::free);
+  if (k.scratch_bytes > 0) {
+    scratch.reset(static_cast<char*>(std::aligned_alloc(64, (k.scratch_bytes + 63) / 64 * 64)));
+    if (!scratch) return ffi::Error::Internal(name + ": out of memory for scratch");
+    state->out[num_out] = scratch.get();
+  }
+  if (total <= 0) {
+    if (k.finish) k.finish(state->in, state->out);
+    return ffi::Error::Success();
+  }
   chunk = std::max<int64_t>(1, std::min(chunk, total));
   state->body = body;
   state->total = total;
@@ -136,6 +145,7 @@ inline ffi::Error Launch(ffi::ThreadPool& pool, ffi::RemainingArgs& args,
   state->cv.wait(lock, [&] {
     return state->done.load(std::memory_order_acquire) == state->num_chunks;
   });
+  if (k.finish) k.finish(state->in, state->out);
   return ffi::Error::Success();
 }
 

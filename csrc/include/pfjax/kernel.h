@@ -22,8 +22,12 @@ namespace pfjax::rt {
 
 // Body of a kernel: processes elements [begin, end) of the flattened iteration space;
 // `stream` selects the non-temporal store path (when the kernel has one).
+// `out` holds the results, then the kernel's scratch (when it asks for some).
 using BodyFn = void (*)(void* const* in, void* const* out, int64_t begin, int64_t end,
                         int32_t stream);
+// Runs once on the calling thread after every unit is done: combines what the units left
+// in the scratch (a reduction over the parallel units, in unit order) into the results.
+using FinishFn = void (*)(void* const* in, void* const* out);
 
 struct KernelInfo {
   int32_t abi_version;  // kAbiVersion of the header the kernel was built with
@@ -34,9 +38,11 @@ struct KernelInfo {
   int64_t total;  // elements of the iteration space
   int64_t chunk;  // elements per parallel task
   int32_t can_stream;  // has a non-temporal store path
+  FinishFn finish;     // nullptr when there is nothing to combine
+  int64_t scratch_bytes;
 };
 
-constexpr int32_t kAbiVersion = 2;
+constexpr int32_t kAbiVersion = 3;
 
 // Float to integer with XLA's semantics: NaN -> 0, out of range saturates.
 template <typename I, typename F>
@@ -101,10 +107,11 @@ static inline void stream_fence() {
 }  // namespace pfjax::rt
 
 #define PFJAX_EXPORT_KERNEL(NAME, BODY, NUM_IN, IN_SIZES, NUM_OUT, OUT_SIZES, TOTAL, CHUNK, \
-                            CAN_STREAM)                                                    \
+                            CAN_STREAM, FINISH, SCRATCH_BYTES)                             \
   extern "C" __attribute__((visibility("default"))) const pfjax::rt::KernelInfo*           \
   NAME##_info() {                                                                           \
     static const pfjax::rt::KernelInfo info{pfjax::rt::kAbiVersion, BODY, NUM_IN, NUM_OUT,  \
-                                            IN_SIZES, OUT_SIZES, TOTAL, CHUNK, CAN_STREAM}; \
+                                            IN_SIZES, OUT_SIZES, TOTAL, CHUNK, CAN_STREAM,  \
+                                            FINISH, SCRATCH_BYTES};                         \
     return &info;                                                                           \
   }
