@@ -364,3 +364,27 @@ def test_reshape_between_elementwise_and_reductions(rng):
     # (6, 20) -> (4, 30) is no split or merge: two kernels, still the right answer
     f = lambda x: (x.reshape(120) * 2).reshape(4, 30).max(0)
     assert_tree_close(pfjax.fuse(f)(x), jax.jit(f)(x))
+
+
+def ln_ce_loss(x, w, b, labels):
+    return cross_entropy(jax.nn.gelu(layernorm(x, w, b)), labels)
+
+
+def test_grad_of_layernorm_cross_entropy_is_all_kernels(rng):
+    x, w, b = randn(rng, 32, 96), randn(rng, 96), randn(rng, 96)
+    labels = rng.integers(0, 96, size=32).astype(np.int32)
+    step = jax.jit(jax.value_and_grad(pfjax.fuse(ln_ce_loss), argnums=(0, 1, 2)))
+    hlo = step.lower(x, w, b, labels).compile().as_text()
+    assert re.search(r'custom_call_target="pfjax_', hlo)
+    assert not re.search(r"= \S+ (reduce|fusion|scatter|gather)\(", hlo), hlo
+    want = jax.jit(jax.value_and_grad(ln_ce_loss, argnums=(0, 1, 2)))(x, w, b, labels)
+    assert_tree_close(step(x, w, b, labels), want, rtol=1e-4, atol=1e-5)
+
+
+def test_check_grads_of_layernorm_cross_entropy(rng):
+    from jax.test_util import check_grads
+    with jax.enable_x64(True):
+        x, w = rng.standard_normal((5, 11)), rng.standard_normal(11)
+        labels = rng.integers(0, 11, size=5).astype(np.int32)
+        f = pfjax.fuse(lambda x, w: ln_ce_loss(x, w, w * 0.5, labels))
+        check_grads(f, (x, w), order=2, modes=("fwd", "rev"))

@@ -151,7 +151,7 @@ def run_workload(w: Workload, size: str, fuse, timing: Timing, torch=None) -> Re
     cands = {"ref": (ref, inputs, jax.block_until_ready)}
     try:
         log(f"{label}: compiling + running pfjax.fuse")
-        fused = jax.jit(fuse(w.fn))
+        fused = jax.jit(w.pfjax_version(fuse))
         out = jax.block_until_ready(fused(*inputs))
         res.check = compare(ref_out, out, w.rtol, w.atol)
         del out

@@ -187,3 +187,41 @@ register(Workload("column_mean_var", "column mean + var", "reduction", _COLS, _b
                   column_mean_var, _torch_column_mean_var, rtol=1e-4, atol=1e-4))
 register(Workload("batchnorm_apply", "batchnorm apply", "reduction", _COLS, _build_bn,
                   batchnorm_apply, _torch_batchnorm_apply, rtol=1e-4, atol=1e-4))
+
+
+# ---------------------------------------------------------------- training step
+
+def _train_loss(x, r, w, b, labels):
+    h = jax.nn.gelu(layernorm(x + r, w, b))
+    return cross_entropy(h, labels)
+
+
+def train_step(x, r, w, b, labels):
+    """value_and_grad of residual + layernorm + GELU + softmax cross-entropy."""
+    return jax.value_and_grad(_train_loss, argnums=(0, 2, 3))(x, r, w, b, labels)
+
+
+def _torch_train_step(x, r, w, b, labels):
+    import torch
+    x, w, b = (t.detach().requires_grad_() for t in (x, w, b))
+    h = torch.nn.functional.gelu(_torch_layernorm(x + r, w, b))
+    loss = _torch_cross_entropy(h, labels)
+    gx, gw, gb = torch.autograd.grad(loss, (x, w, b))
+    return loss, (gx, gw, gb)
+
+
+def _build_train(shape, key):
+    k1, k2 = jax.random.split(key)
+    x, r, w, b = _build_residual(shape, k1)
+    return x, r, w, b, jax.random.randint(k2, shape[:1], 0, shape[1], jnp.int32)
+
+
+def _fused_train_step(fuse):
+    # As users write it: the loss is fused, the training step differentiates it.
+    return lambda *args: jax.value_and_grad(fuse(_train_loss), argnums=(0, 2, 3))(*args)
+
+
+register(Workload("train_step", "training step: value_and_grad(residual+LN+GELU+CE)",
+                  "training", {"tiny": (32, 128), "cache": (1024, 4096), "dram": (8192, 4096)},
+                  _build_train, train_step, _torch_train_step, rtol=1e-4, atol=1e-5,
+                  fused=_fused_train_step))

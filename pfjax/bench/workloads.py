@@ -49,6 +49,8 @@ class Workload:
     torch_fn    optional torch twin, called as torch_fn(*tensors)
     bytes_moved (inputs, outputs) -> minimal bytes for the roofline
     rtol, atol  tolerance of the fused result against jax.jit
+    fused       optional (fuse) -> the pfjax version of fn, when pfjax is applied inside
+                it (a training step differentiates the fused loss); default fuse(fn)
     """
     name: str
     title: str
@@ -60,6 +62,10 @@ class Workload:
     bytes_moved: Callable = minimal_bytes
     rtol: float = 1e-5
     atol: float = 1e-5
+    fused: Optional[Callable] = None
+
+    def pfjax_version(self, fuse) -> Callable:
+        return self.fused(fuse) if self.fused is not None else fuse(self.fn)
 
     def make_inputs(self, size: str, seed: int = SEED) -> tuple:
         return tuple(self.build(self.dims[size], jax.random.key(seed)))

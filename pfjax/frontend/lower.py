@@ -72,12 +72,16 @@ class Lowerer:
 
     def axis_index(self, shape: tuple[int, ...], axis: int) -> gir.Node:
         """The index along `axis` of a value of `shape` laid over the space, as GIR."""
-        coeffs, _ = natural_rows(shape, self.space)[axis]
+        return self.index_expr(natural_rows(shape, self.space)[axis])
+
+    def index_expr(self, row) -> gir.Node:
+        """An index-map row (coefficients over the space, offset) as a GIR int64 value."""
+        coeffs, offset = row
         terms = [gir.index(d) if c == 1 else gir.alu("mul", gir.DType.I64, gir.index(d),
                                                      gir.const(c, gir.DType.I64))
                  for d, c in enumerate(coeffs) if c]
         out = terms[0] if terms else gir.const(0, gir.DType.I64)
-        for t in terms[1:]:
+        for t in terms[1:] + ([gir.const(offset, gir.DType.I64)] if offset else []):
             out = gir.alu("add", gir.DType.I64, out, t)
         return out
 

@@ -150,7 +150,10 @@ def partition(program: Program, absorb: bool = True) -> Partition:
 
     group_of: dict[int, int] = {}
     spaces: list[tuple[int, ...]] = []
-    dep: dict[int, int] = {}  # var id -> bitmask of groups it depends on
+    # var id -> bitmask of the groups it depends on. A group runs as one kernel, so what
+    # it produces depends on everything any of its members reads.
+    dep: dict[int, int] = {}
+    gdep: dict[int, int] = {}
 
     def deps_of(eqn):
         m = 0
@@ -185,8 +188,14 @@ def partition(program: Program, absorb: bool = True) -> Partition:
         spaces[chosen] = join(spaces[chosen], space)
         group_of[i] = chosen
         m = deps_of(eqn) | (1 << chosen)
-        for v in eqn.outvars:
-            dep[v.id] = m
+        if m & ~gdep.get(chosen, 0) and gdep.get(chosen):
+            # The group now waits on more: what it produced earlier does too.
+            gdep[chosen] = gdep[chosen] | m
+            dep = _var_deps(eqns[:i + 1], group_of)
+        else:
+            gdep[chosen] = gdep.get(chosen, 0) | m
+            for v in eqn.outvars:
+                dep[v.id] = gdep[chosen]
 
     program_outs = {a.id for a in program.outvars if isinstance(a, Var)}
     group_of = _merge_siblings(eqns, group_of, spaces, producer, program_outs, absorb)
@@ -195,18 +204,28 @@ def partition(program: Program, absorb: bool = True) -> Partition:
 
 
 def _var_deps(eqns, group_of) -> dict[int, int]:
-    """var id -> bitmask of the groups it depends on, through any path."""
-    dep: dict[int, int] = {}
-    for i, eqn in enumerate(eqns):
-        m = 0
-        for a in eqn.invars:
-            if isinstance(a, Var):
-                m |= dep.get(a.id, 0)
-        if i in group_of:
-            m |= 1 << group_of[i]
-        for v in eqn.outvars:
-            dep[v.id] = m
-    return dep
+    """var id -> bitmask of the groups it depends on, through any path; a group's results
+    depend on everything its members read (it runs as one kernel)."""
+    gdep: dict[int, int] = {}
+    while True:
+        dep: dict[int, int] = {}
+        changed = False
+        for i, eqn in enumerate(eqns):
+            m = 0
+            for a in eqn.invars:
+                if isinstance(a, Var):
+                    m |= dep.get(a.id, 0)
+            if i in group_of:
+                g = group_of[i]
+                m |= 1 << g
+                if m & ~gdep.get(g, 0):
+                    gdep[g] = gdep.get(g, 0) | m
+                    changed = True
+                m = gdep[g]
+            for v in eqn.outvars:
+                dep[v.id] = m
+        if not changed:
+            return dep
 
 
 def _can_merge(a: int, b: int, eqns, group_of, producer, dep) -> bool:
@@ -317,15 +336,19 @@ def _finish(program, eqns, group_of, spaces, reasons, producer) -> Partition:
         kept.append((group, inside))
     kept_members = set().union(*(inside for _, inside in kept)) if kept else set()
     groups: list[Group] = []
-    for group, inside in kept:
+    # A value that depends on a group (through anything) cannot be recomputed inside it.
+    dep = _var_deps(eqns, {i: k for k, (_, inside) in enumerate(kept) for i in inside})
+    for k, (group, inside) in enumerate(kept):
         group.inputs, group.recomputed = [], []
-        _collect_inputs(group, eqns, inside, producer, unfusable | kept_members)
+        _collect_inputs(group, eqns, inside, producer, unfusable | kept_members,
+                        lambda atom, k=k: not dep.get(atom.id, 0) >> k & 1)
         groups.append(group)
     left_out = [(eqns[i], reasons[i]) for i in sorted(reasons)]
     return Partition(groups, left_out)
 
 
-def _collect_inputs(group: Group, eqns, inside: set[int], producer, blocked: set[int]) -> None:
+def _collect_inputs(group: Group, eqns, inside: set[int], producer, blocked: set[int],
+                    acyclic=lambda atom: True) -> None:
     """Inputs of the group; small cheap producers outside it are recomputed instead."""
     seen: set[int] = set()
     recomputed: set[int] = set()
@@ -340,7 +363,7 @@ def _collect_inputs(group: Group, eqns, inside: set[int], producer, blocked: set
         seen.add(atom.id)
         i = producer.get(atom.id)
         if i is not None and i not in inside and i not in blocked and _cheap(eqns[i]) \
-                and math.prod(atom.aval.shape) < group.size:
+                and math.prod(atom.aval.shape) < group.size and acyclic(atom):
             if i not in recomputed:
                 recomputed.add(i)
                 for a in eqns[i].invars:
@@ -366,7 +389,7 @@ def _not_worth_it(group: Group) -> str | None:
         return "scalar computation: left to XLA"
     if group.size == 0:
         return None
-    if group.axes is not None:
+    if group.axes is not None and any(group.space[d] != 1 for d in group.axes):
         return None  # a reduction kernel reads its input once, however short the chain
     work = [e for e in group.eqns if e.name not in _MOVEMENT_ONLY]
     if not work and not group.recomputed:

@@ -233,6 +233,44 @@ def _reshape(lw, eqn, imap):
     return [lw.read(x, IndexMap(tuple(rows), imap.space_rank))]
 
 
+def put_along_axis(eqn) -> int | None:
+    """The axis of a scatter-add that adds one update per row at an index along it (the
+    transpose of take_along_axis, in the gradient of cross-entropy); else None."""
+    if eqn.name != "scatter-add":
+        return None
+    dn = eqn.params["dimension_numbers"]
+    operand, indices, updates = eqn.invars
+    shape = operand.aval.shape
+    if len(dn.inserted_window_dims) != 1 or tuple(dn.scatter_dims_to_operand_dims) != tuple(
+            dn.inserted_window_dims) or indices.aval.shape[-1:] != (1,):
+        return None
+    (axis,) = dn.inserted_window_dims
+    rest = [d for d in range(len(shape)) if d != axis and d not in dn.operand_batching_dims]
+    if any(shape[d] != 1 for d in rest) or len(rest) != len(dn.update_window_dims):
+        return None
+    return axis if "CLIP" not in str(eqn.params["mode"]) else None
+
+
+@rule("scatter-add")
+def _scatter_add(lw, eqn, imap):
+    axis = put_along_axis(eqn)
+    operand, indices, updates = eqn.invars
+    dn = eqn.params["dimension_numbers"]
+    base = lw.read(operand, imap)
+    rank = len(updates.aval.shape)
+    batch_upd = [d for d in range(rank) if d not in dn.update_window_dims]
+    upd_rows = [imap._zero()] * rank
+    for od, sd in zip(dn.operand_batching_dims, dn.scatter_indices_batching_dims):
+        upd_rows[batch_upd[sd]] = imap.rows[od]
+    idx_rows = [upd_rows[d] for d in batch_upd] + [imap._zero()]
+    upd = lw.read(updates, IndexMap(tuple(upd_rows), imap.space_rank))
+    idx = gir.cast(lw.read(indices, IndexMap(tuple(idx_rows), imap.space_rank)), DType.I64)
+    where = lw.index_expr(imap.rows[axis])
+    hit = gir.alu("eq", DType.BOOL, where, idx)
+    added = gir.select(hit, [gir.const(0, upd.dtype), upd])
+    return [gir.alu("add", base.dtype, base, added)]
+
+
 def unit_reshape(eqn) -> bool:
     x, out = eqn.invars[0].aval.shape, eqn.outvars[0].aval.shape
     return [n for n in x if n != 1] == [n for n in out if n != 1] and (
@@ -241,6 +279,8 @@ def unit_reshape(eqn) -> bool:
 
 def cannot_lower(eqn) -> str | None:
     """Why a primitive with a rule still cannot lower this equation (None: it can)."""
+    if eqn.name == "scatter-add" and put_along_axis(eqn) is None:
+        return "scatter-add other than one update per row (the transpose of take_along_axis)"
     if eqn.name == "gather" and take_along_axis(eqn) is None:
         return "gather other than one element per row (take_along_axis)"
     if eqn.name == "reshape" and (eqn.params.get("dimensions") is not None or refine(
