@@ -388,3 +388,11 @@ def test_check_grads_of_layernorm_cross_entropy(rng):
         labels = rng.integers(0, 11, size=5).astype(np.int32)
         f = pfjax.fuse(lambda x, w: ln_ce_loss(x, w, w * 0.5, labels))
         check_grads(f, (x, w), order=2, modes=("fwd", "rev"))
+
+
+def test_long_column_sum_is_as_accurate_as_xla(rng):
+    x = (rng.random((200000, 32)) * 2 + 1).astype(np.float32)
+    exact = x.astype(np.float64).sum(0)
+    want = np.asarray(jax.jit(lambda x: jnp.sum(x, 0))(x), np.float64)
+    got = np.asarray(pfjax.fuse(lambda x: jnp.sum(x * 1.0, 0))(x), np.float64)
+    assert np.abs(got - exact).max() <= max(np.abs(want - exact).max(), 1e-7 * exact.max())

@@ -20,6 +20,7 @@ from pfjax.gir import Op
 from pfjax.gir.loops import LoopNest, is_tile_load, loop_nest
 
 ROW_BLOCK = 2048  # elements per partial accumulation in row style
+COL_BLOCK = 64    # rows per partial accumulation of a column sum
 
 
 def _init(op: str, dtype: gir.DType) -> str:
@@ -35,6 +36,12 @@ def _init(op: str, dtype: gir.DType) -> str:
     if dtype.is_float:
         return f"{'-' if op == 'max' else ''}std::numeric_limits<{rt}>::infinity()"
     return f"std::numeric_limits<{rt}>::{'lowest' if op == 'max' else 'max'}()"
+
+
+def _wide(r: gir.Node) -> bool:
+    """A float sum whose blocks' partial sums add up in double: long rows and columns
+    then lose no more precision than a pairwise sum (XLA's accuracy or better)."""
+    return r.arg.op == "sum" and r.dtype.is_float and r.dtype is not gir.DType.F64
 
 
 def _acc_type(node: gir.Node) -> str:
@@ -227,7 +234,13 @@ class _Emitter:
             name = f"a{len(self.names)}"
             self.names[id(r)] = name
             init = _init(r.arg.op, r.dtype)
-            if self.column:
+            if _wide(r):  # the running total of a float sum is a double
+                if self.column:
+                    w(f"double {name}_t[{self.par.block}];")
+                    w(f"for (int64_t j = 0; j < cn; ++j) {name}_t[j] = 0.0;")
+                else:
+                    w(f"double {name}_t = 0.0;")
+            elif self.column:
                 w(f"{_acc_type(r)} {name}[{self.par.block}];")
                 w(f"for (int64_t j = 0; j < cn; ++j) {name}[j] = {init};")
             else:
@@ -235,8 +248,20 @@ class _Emitter:
                 if r.arg.op in ("max", "min") and r.dtype.is_float:
                     w(f"int {name}_nan = 0;")
         outer = [d for d in self.rdims if self.column or d != self.lane]
-        for d in outer:
-            w(f"for (int64_t i{d} = 0; i{d} < {self.space[d]}; ++i{d}) {{")
+        # Column float sums accumulate in blocks of rows too (blocked summation).
+        blocked = [r for r in reduces if self.column and _wide(r)]
+        if blocked:
+            d0 = outer[0]
+            w(f"for (int64_t b0 = 0; b0 < {self.space[d0]}; b0 += {COL_BLOCK}) {{")
+            w.indent()
+            for r in blocked:
+                a = self.names[id(r)]
+                w(f"{_acc_type(r)} {a}_p[{self.par.block}];")
+                w(f"for (int64_t j = 0; j < cn; ++j) {a}_p[j] = {_init('sum', r.dtype)};")
+        for k, d in enumerate(outer):
+            lo, hi = ("b0", f"std::min<int64_t>(b0 + {COL_BLOCK}, {self.space[d]})") \
+                if blocked and k == 0 else ("0", str(self.space[d]))
+            w(f"for (int64_t i{d} = {lo}; i{d} < {hi}; ++i{d}) {{")
             w.indent()
         body = self.cone(roots, full=True)
         if self.column:
@@ -245,7 +270,7 @@ class _Emitter:
             w.indent()
             local = self.emit_body(body)
             for r in reduces:
-                acc = f"{self.names[id(r)]}[j]"
+                acc = f"{self.names[id(r)]}{'_p' if r in blocked else ''}[j]"
                 w(f"{acc} = {_combine(r.arg.op, r.dtype, acc, self.ref(r.src[0], local))};")
             w.indent(-1)
             w("}")
@@ -286,7 +311,10 @@ class _Emitter:
             self.lane_var = "j"
             for r in reduces:
                 a, p = self.names[id(r)], self.names[id(r)] + "_p"
-                w(f"{a} = {_combine(r.arg.op, r.dtype, a, p)};")
+                if _wide(r):
+                    w(f"{a}_t += {p};")
+                else:
+                    w(f"{a} = {_combine(r.arg.op, r.dtype, a, p)};")
                 if r.arg.op in ("max", "min") and r.dtype.is_float:
                     w(f"{a}_nan |= {p}_nan;")
             w.indent(-1)
@@ -294,6 +322,20 @@ class _Emitter:
         for _ in outer:
             w.indent(-1)
             w("}")
+        if blocked:
+            for r in blocked:
+                a = self.names[id(r)]
+                w(f"for (int64_t j = 0; j < cn; ++j) {a}_t[j] += {a}_p[j];")
+            w.indent(-1)
+            w("}")
+        for r in reduces:
+            if _wide(r):
+                a, t = self.names[id(r)], register_type(r.dtype)
+                if self.column:
+                    w(f"{t} {a}[{self.par.block}];")
+                    w(f"for (int64_t j = 0; j < cn; ++j) {a}[j] = static_cast<{t}>({a}_t[j]);")
+                else:
+                    w(f"const {t} {a} = static_cast<{t}>({a}_t);")
         if not self.column:
             for r in reduces:
                 if r.arg.op in ("max", "min") and r.dtype.is_float:

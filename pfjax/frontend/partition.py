@@ -176,6 +176,9 @@ def partition(program: Program, absorb: bool = True) -> Partition:
                 if join(spaces[g], space) and g not in candidates:
                     candidates.append(g)
         chosen = None
+        for g in list(candidates):
+            if _column_style(space) and spaces[g][1] is None:
+                candidates.remove(g)  # see _merge_siblings: only sole producers join
         for g in candidates:
             cyclic = any(isinstance(a, Var) and dep.get(a.id, 0) >> g & 1
                          and group_of.get(producer.get(a.id, -1)) != g for a in eqn.invars)
@@ -268,6 +271,22 @@ def _absorb(x: int, y: int, spaces, feeds) -> Space | None:
     return None
 
 
+def _column_style(space: Space) -> bool:
+    shape, axes = space
+    return bool(axes) and len(shape) - 1 not in axes
+
+
+def _column_blocked(x: int, y: int, spaces, feeds) -> bool:
+    """A column reduction walks its rows with strided, column-block accesses: good for
+    reading, poor for heavy elementwise work with results of its own. An elementwise group
+    joins it only when the reduction is the sole reader of its results."""
+    for col, other in ((x, y), (y, x)):
+        if _column_style(spaces[col]) and spaces[other][1] is None \
+                and spaces[other][0] == spaces[col][0] and feeds.get(other) != col:
+            return True
+    return False
+
+
 def _merge_siblings(eqns, group_of, spaces, producer, program_outs, absorb) -> dict[int, int]:
     """Merge groups over the same space that feed each other (an equation can join only
     one producer's group in the first pass) or read a common input, when legal."""
@@ -290,10 +309,12 @@ def _merge_siblings(eqns, group_of, spaces, producer, program_outs, absorb) -> d
         for gs in readers.values():
             gs = sorted(gs)
             pairs += [(x, y) for k, x in enumerate(gs) for y in gs[k + 1:]]
-        feeds = _feeds_only(eqns, group_of, producer, program_outs)
-        feeds = {g: h for g, h in feeds.items() if h is not None and absorb}
+        sole_reader = _feeds_only(eqns, group_of, producer, program_outs)
+        feeds = {g: h for g, h in sole_reader.items() if h is not None and absorb}
         pairs += [(min(g, h), max(g, h)) for g, h in feeds.items()]
         for x, y in dict.fromkeys(pairs):
+            if _column_blocked(x, y, spaces, sole_reader):
+                continue
             joined = join(spaces[x], spaces[y]) or _absorb(x, y, spaces, feeds)
             if joined and _can_merge(x, y, eqns, group_of, producer, dep):
                 group_of = {i: (x if g == y else g) for i, g in group_of.items()}

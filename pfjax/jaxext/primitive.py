@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Callable
 
 import jax
-import numpy as np
 from jax.extend import core as jcore
 from jax._src import sharding_impls
 from jax._src.interpreters import ad, partial_eval as pe
@@ -88,10 +87,6 @@ def _lower_cpu(ctx, *args, jaxpr, kernel):
     return mlir.lower_fun(lambda *a: call(*a, kernel=kernel.target), multiple_results=True)(ctx, *args)
 
 
-def _nbytes(avals) -> int:
-    return sum(int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize for a in avals)
-
-
 def _fused_call(closed: jcore.ClosedJaxpr, args):
     """Evaluate a jaxpr with its memory-bound chains fused again (unfused if no hook)."""
     fun = jcore.jaxpr_as_fun(closed)
@@ -110,27 +105,9 @@ def _jvp(primals, tangents, *, jaxpr, kernel):
         jvp_jaxpr, unknowns, instantiate=[False] * n_out + [True] * sum(out_nonzero))
     num_res = len(res_avals)
     tangent_in = [t for t in tangents if type(t) is not ad.Zero]
-    if _nbytes(res_avals) > _nbytes(jaxpr.in_avals):
-        # Rematerialise: writing the residuals and reading them back would move more
-        # bytes than re-reading the inputs, so the tangent part recomputes them (fused
-        # into its kernels) and the primal part writes only its outputs.
-        known_fun = jcore.jaxpr_as_fun(known)
-        unknown_fun = jcore.jaxpr_as_fun(unknown)
-        n_known = len(known.out_avals) - num_res
-
-        def primal_part(*xs):
-            return known_fun(*xs)[:n_known]
-
-        def tangent_part(xs, ts):
-            return unknown_fun(*known_fun(*xs)[n_known:], *ts)
-
-        fuse = _refuse if _refuse is not None else (lambda f: f)
-        known_vals = fuse(primal_part)(*primals)
-        unknown_vals = fuse(tangent_part)(list(primals), tangent_in)
-    else:
-        known_outs = _fused_call(known, list(primals))
-        known_vals, residuals = known_outs[:len(known_outs) - num_res], known_outs[len(known_outs) - num_res:]
-        unknown_vals = _fused_call(unknown, [*residuals, *tangent_in])
+    known_outs = _fused_call(known, list(primals))
+    known_vals, residuals = known_outs[:len(known_outs) - num_res], known_outs[len(known_outs) - num_res:]
+    unknown_vals = _fused_call(unknown, [*residuals, *tangent_in])
     known_it, unknown_it = iter(known_vals), iter(unknown_vals)
     outs = [next(unknown_it) if u else next(known_it) for u in out_unknowns]
     primal_out, tangent_nz = outs[:n_out], iter(outs[n_out:])

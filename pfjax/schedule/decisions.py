@@ -39,7 +39,10 @@ def _choose_reduction(kernel: gir.Kernel, target: gir.Target) -> Schedule:
     block = 1
     if par.column_style:
         cols = par.space[-1]
-        block = min(-(-cols // lanes) * lanes, 4 * lanes)
+        # Wide blocks read longer contiguous runs of each row (DRAM and the prefetchers
+        # like that), but every thread needs a few blocks: 4 vectors up to 512 columns.
+        per_thread = -(-cols // (2 * target.groups))
+        block = min(-(-cols // lanes) * lanes, max(4 * lanes, min(512, -(-per_thread // lanes) * lanes)))
         rows = 1
         for d in par.rdims:
             rows *= par.space[d]
