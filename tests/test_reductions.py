@@ -396,3 +396,18 @@ def test_long_column_sum_is_as_accurate_as_xla(rng):
     want = np.asarray(jax.jit(lambda x: jnp.sum(x, 0))(x), np.float64)
     got = np.asarray(pfjax.fuse(lambda x: jnp.sum(x * 1.0, 0))(x), np.float64)
     assert np.abs(got - exact).max() <= max(np.abs(want - exact).max(), 1e-7 * exact.max())
+
+
+@pytest.mark.parametrize("rows", [40000, 40001])
+def test_column_reduction_split_into_row_segments(rows, rng):
+    # few columns, many rows: the rows are reduced in segments, combined in order
+    x = randn(rng, rows, 24)
+    f = lambda x: (jnp.sum(x * 2, 0), jnp.max(x, 0), jnp.min(x, 0) + jnp.mean(x, 0))
+    text = str(pfjax.explain(f, x))
+    assert "split=" in text
+    assert_tree_close(pfjax.fuse(f)(x), jax.jit(f)(x), rtol=1e-5, atol=1e-4)
+    # NaN propagates through the segments' combination (as numpy and lax.max define it;
+    # XLA's own vectorised column max on CPU drops it at this size)
+    x[rows - 3, 3] = np.nan
+    got = np.asarray(pfjax.fuse(f)(x)[1])
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(x.max(0)))

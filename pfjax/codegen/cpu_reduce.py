@@ -251,16 +251,17 @@ class _Emitter:
         # Column float sums accumulate in blocks of rows too (blocked summation).
         blocked = [r for r in reduces if self.column and _wide(r)]
         if blocked:
-            d0 = outer[0]
-            w(f"for (int64_t b0 = 0; b0 < {self.space[d0]}; b0 += {COL_BLOCK}) {{")
+            lo, hi = self.first_range(outer)
+            w(f"for (int64_t b0 = {lo}; b0 < {hi}; b0 += {COL_BLOCK}) {{")
             w.indent()
             for r in blocked:
                 a = self.names[id(r)]
                 w(f"{_acc_type(r)} {a}_p[{self.par.block}];")
                 w(f"for (int64_t j = 0; j < cn; ++j) {a}_p[j] = {_init('sum', r.dtype)};")
+        first_lo, first_hi = self.first_range(outer)
         for k, d in enumerate(outer):
-            lo, hi = ("b0", f"std::min<int64_t>(b0 + {COL_BLOCK}, {self.space[d]})") \
-                if blocked and k == 0 else ("0", str(self.space[d]))
+            lo, hi = ("b0", f"std::min<int64_t>(b0 + {COL_BLOCK}, {first_hi})") \
+                if blocked and k == 0 else (first_lo, first_hi) if k == 0 else ("0", str(self.space[d]))
             w(f"for (int64_t i{d} = {lo}; i{d} < {hi}; ++i{d}) {{")
             w.indent()
         body = self.cone(roots, full=True)
@@ -343,6 +344,16 @@ class _Emitter:
                     w(f"if ({a}_nan) {a} = std::numeric_limits<{register_type(r.dtype)}>::quiet_NaN();")
         del stores
 
+    def first_range(self, outer: list[int]) -> tuple[str, str]:
+        """Bounds of the outermost reduced loop: a unit's row segment when split."""
+        if not outer:
+            return "0", "0"  # unused: the only reduced dimension is the row itself
+        d = outer[0]
+        if self.par.split <= 1:
+            return "0", str(self.space[d])
+        seg = -(-self.space[d] // self.par.split)
+        return f"seg * {seg}", f"std::min<int64_t>(seg * {seg} + {seg}, {self.space[d]})"
+
     def emit_body(self, body: list[gir.Node]) -> dict[int, str]:
         local: dict[int, str] = {}
         streamed = [n for n in body if id(n) in self.streamed]
@@ -422,6 +433,49 @@ class _Emitter:
         w("}")
         w()
 
+    # -- column reductions split into row segments -------------------------------------
+
+    def split_bytes(self, reduces: list[gir.Node]) -> int:
+        return 8 * self.par.split * self.space[self.lane] * len(reduces)
+
+    def emit_split_scratch(self, reduces: list[gir.Node]) -> None:
+        per = 8 * self.par.split * self.space[self.lane]
+        for slot, r in enumerate(reduces):
+            t = "double" if _wide(r) else _acc_type(r)
+            self.w(f"{t}* __restrict split{slot} = reinterpret_cast<{t}*>(static_cast<char*>("
+                   f"out_[{len(self.kernel.outputs)}]) + {slot * per});")
+
+    def emit_split_finish(self, reduces: list[gir.Node], epilogue: list[gir.Node]) -> None:
+        """Add the segments' partials up in segment order, then the per-column results."""
+        w, par, name = self.w, self.par, self.kernel.name
+        cols = self.space[self.lane]
+        w(f"void {name}_finish(void* const* in_, void* const* out_) {{")
+        w.indent()
+        self.emit_pointers()
+        self.emit_split_scratch(reduces)
+        w(f"for (int64_t c0 = 0; c0 < {cols}; c0 += {par.block}) {{")
+        w.indent()
+        w(f"const int64_t cn = std::min<int64_t>({par.block}, {cols} - c0);")
+        self.names = {}
+        for slot, r in enumerate(reduces):
+            a = f"a{slot}"
+            t = "double" if _wide(r) else _acc_type(r)
+            w(f"{t} {a}_t[{par.block}];")
+            w(f"for (int64_t j = 0; j < cn; ++j) {a}_t[j] = {'0.0' if _wide(r) else _init(r.arg.op, r.dtype)};")
+            w(f"for (int64_t s = 0; s < {par.split}; ++s)")
+            w(f"  for (int64_t j = 0; j < cn; ++j) {a}_t[j] = "
+              f"{_combine(r.arg.op, r.dtype, f'{a}_t[j]', f'split{slot}[s * {cols} + c0 + j]')};")
+            rt = register_type(r.dtype)
+            w(f"{rt} {a}[{par.block}];")
+            w(f"for (int64_t j = 0; j < cn; ++j) {a}[j] = static_cast<{rt}>({a}_t[j]);")
+            self.names[id(r)] = a
+        self.emit_epilogue(epilogue)
+        w.indent(-1)
+        w("}")
+        w.indent(-1)
+        w("}")
+        w()
+
     # -- the kernel -------------------------------------------------------------------
 
     def emit(self) -> str:
@@ -440,6 +494,9 @@ class _Emitter:
         if finals and self.column:
             raise NotImplementedError("a reduction over the units of a column reduction")
         self.emit_scratch(finals)
+        split_reduces = [r for r in self.nest.roots(self.nodes) if r.op is Op.REDUCE] \
+            if par.split > 1 else []
+        self.emit_split_scratch(split_reduces)
         rsize = 1
         for d in self.rdims:
             rsize *= self.space[d]
@@ -455,6 +512,8 @@ class _Emitter:
             c = self.space[self.lane]
             blocks = -(-c // par.block)
             w(f"const int64_t c0 = (r % {blocks}) * {par.block}; r /= {blocks};")
+            if par.split > 1:
+                w("const int64_t seg = r; r = 0;")
             if c % par.block == 0:  # a constant trip count keeps accumulators in registers
                 w(f"constexpr int64_t cn = {par.block};")
             else:
@@ -467,8 +526,17 @@ class _Emitter:
         for loop in range(self.nest.num_loops):
             w(f"// loop {loop}")
             self.emit_loop([r for r in roots if self.nest.loop_of(r) == loop])
-        w("// per-unit results")
-        self.emit_epilogue([r for r in roots if r.op is Op.STORE and self.nest.loop_of(r) is None])
+        epilogue = [r for r in roots if r.op is Op.STORE and self.nest.loop_of(r) is None]
+        split_reduces = [r for r in roots if r.op is Op.REDUCE] if par.split > 1 else []
+        if split_reduces:
+            w("// this segment's partial results, combined by the finish step")
+            for slot, r in enumerate(split_reduces):
+                a = self.names[id(r)] + ("_t" if _wide(r) else "")
+                w(f"for (int64_t j = 0; j < cn; ++j) "
+                  f"split{slot}[seg * {self.space[self.lane]} + c0 + j] = {a}[j];")
+        else:
+            w("// per-unit results")
+            self.emit_epilogue(epilogue)
         for slot, f in enumerate(finals):
             self.emit_unit_values([f.src[0]])
             w(f"scratch{slot}[u] = {self.ref(f.src[0], {})};")
@@ -482,6 +550,8 @@ class _Emitter:
         w()
         if finals:
             self.emit_finish(finals)
+        if split_reduces:
+            self.emit_split_finish(split_reduces, epilogue)
         in_sizes = ", ".join(str(_elems(b)) for b in k.inputs)
         out_sizes = ", ".join(str(_elems(b)) for b in k.outputs)
         w(f"constexpr int64_t {name}_in_sizes[] = {{{in_sizes + ', ' if in_sizes else ''}0}};")
@@ -491,7 +561,8 @@ class _Emitter:
         w()
         w(f"PFJAX_EXPORT_KERNEL({name}, {name}_body, {len(k.inputs)}, {name}_in_sizes, "
           f"{len(k.outputs)}, {name}_out_sizes, {par.units}, {max(1, par.chunk)}, {int(can_stream)}, "
-          f"{name + '_finish' if finals else 'nullptr'}, {8 * par.units * len(finals)});")
+          f"{name + '_finish' if finals or split_reduces else 'nullptr'}, "
+          f"{8 * par.units * len(finals) + self.split_bytes(split_reduces)});")
         return "\n".join(w.lines) + "\n"
 
 

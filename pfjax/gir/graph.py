@@ -103,6 +103,7 @@ class Parallel:
     nontemporal: bool = False
     rdims: tuple[int, ...] = ()
     block: int = 1
+    split: int = 1   # column reductions: row segments reduced apart, then combined
 
     @property
     def column_style(self) -> bool:
@@ -118,7 +119,7 @@ class Parallel:
             if d in self.rdims:
                 continue
             n *= -(-extent // max(1, self.block)) if d == len(self.space) - 1 else extent
-        return n
+        return n * max(1, self.split)
 
     @property
     def size(self) -> int:

@@ -9,7 +9,9 @@ def format_kernel(kernel: Kernel) -> str:
     lines = [f"kernel {kernel.name}",
              f"  parallel space=({','.join(map(str, par.space))}) chunk={par.chunk} "
              f"vector={par.vector}" + (" nontemporal" if par.nontemporal else "")
-             + (f" reduce_dims={par.rdims}" if par.rdims else "")]
+             + (f" reduce_dims={par.rdims}" if par.rdims else "")
+             + (f" block={par.block}" if par.block > 1 else "")
+             + (f" split={par.split}" if par.split > 1 else "")]
     names: dict[int, str] = {}
     for node in toposort(kernel.root):
         if node.op is Op.PARALLEL:

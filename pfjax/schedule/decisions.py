@@ -22,6 +22,7 @@ class Schedule:
     chunk: int         # elements per parallel task
     nontemporal: bool  # stream stores past the cache
     block: int = 1     # columns per unit in a column reduction
+    split: int = 1     # row segments of a column reduction, combined after the units
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -29,6 +30,26 @@ class Schedule:
     @staticmethod
     def from_json(text: str) -> "Schedule":
         return Schedule(**json.loads(text))
+
+
+SPLIT_MIN_ROWS = 4096  # rows per segment of a split column reduction, at least
+
+
+def _split(kernel: gir.Kernel, target: gir.Target, block: int) -> int:
+    """Row segments for a column reduction that has too few column blocks to keep every
+    thread busy: each segment reduces its rows (long contiguous reads), a finish step adds
+    the segments up in order. Only single-loop kernels whose results are all per column."""
+    par = kernel.parallel
+    if not par.column_style or par.rdims[0] != 0:
+        return 1
+    nest = gir.loop_nest(kernel)
+    nodes = gir.toposort(kernel.root)
+    if nest.num_loops != 1 or any(n.op is Op.STORE and nest.full[id(n)] for n in nodes) \
+            or nest.finals(nodes) or any(n.op is Op.STORE and n.src[0].arg.role == "tile" for n in nodes):
+        return 1
+    blocks = -(-par.space[-1] // block)
+    want = -(-4 * target.groups // blocks)
+    return max(1, min(want, par.space[0] // SPLIT_MIN_ROWS))
 
 
 def _choose_reduction(kernel: gir.Kernel, target: gir.Target) -> Schedule:
@@ -52,14 +73,19 @@ def _choose_reduction(kernel: gir.Kernel, target: gir.Target) -> Schedule:
         if gir.loop_nest(kernel).num_loops > 1:
             while block > 2 * lanes and rows * block * elem_bytes > target.level(gir.LOCAL).capacity_bytes:
                 block //= 2
-    units = max(1, gir.Parallel(par.space, rdims=par.rdims, block=block).units)
+    split = _split(kernel, target, block)
+    if split > 1:
+        block = min(-(-par.space[-1] // lanes) * lanes, 512)
+        split = _split(kernel, target, block)
+    units = max(1, gir.Parallel(par.space, rdims=par.rdims, block=block, split=split).units)
     cost = estimate(kernel, target)
     per_unit = max(1, cost.global_bytes // units)
     chunk = max(-(-MIN_TASK_BYTES // per_unit), -(-units // (target.groups * 4)))
     out_bytes = sum(b.dtype.itemsize * math.prod(b.arg.shape) for b in kernel.outputs)
     mode = config.nontemporal()
     stream = mode == "always" or (mode == "auto" and out_bytes >= NONTEMPORAL_MIN_BYTES)
-    return Schedule(vector=lanes, chunk=min(chunk, units), nontemporal=stream, block=block)
+    return Schedule(vector=lanes, chunk=min(chunk, units), nontemporal=stream, block=block,
+                    split=split)
 
 
 def choose(kernel: gir.Kernel, target: gir.Target) -> Schedule:
@@ -83,6 +109,6 @@ def choose(kernel: gir.Kernel, target: gir.Target) -> Schedule:
 def apply(kernel: gir.Kernel, schedule: Schedule) -> gir.Kernel:
     par = kernel.parallel
     spec = gir.Parallel(par.space, schedule.chunk, schedule.vector, schedule.nontemporal,
-                        par.rdims, schedule.block)
+                        par.rdims, schedule.block, schedule.split)
     assert kernel.root.op is Op.PARALLEL
     return kernel.with_root(kernel.root.replace(arg=spec))
