@@ -277,9 +277,15 @@ class _Emitter:
             w("}")
         else:
             n_lane = self.space[self.lane]
-            w(f"for (int64_t t0 = 0; t0 < {n_lane}; t0 += {ROW_BLOCK}) {{")
-            w.indent()
-            w(f"const int64_t t1 = std::min<int64_t>(t0 + {ROW_BLOCK}, {n_lane});")
+            if n_lane <= ROW_BLOCK:  # one block: constant bounds
+                w("{")
+                w.indent()
+                w("constexpr int64_t t0 = 0;")
+                w(f"constexpr int64_t t1 = {n_lane};")
+            else:
+                w(f"for (int64_t t0 = 0; t0 < {n_lane}; t0 += {ROW_BLOCK}) {{")
+                w.indent()
+                w(f"const int64_t t1 = std::min<int64_t>(t0 + {ROW_BLOCK}, {n_lane});")
             for k, st in enumerate(r for r in roots if id(r) in self.streamed):
                 w(f"alignas(64) {STORAGE[st.dtype]} stile{k}[{ROW_BLOCK}];")
             clauses = []
@@ -290,7 +296,10 @@ class _Emitter:
                 if r.arg.op in ("max", "min") and r.dtype.is_float:
                     w(f"int {p}_nan = 0;")
                     clauses.append(f"reduction(|:{p}_nan)")
-            w(f"#pragma omp simd simdlen({self.par.vector}) {' '.join(clauses)}".rstrip())
+            if n_lane >= self.par.vector:
+                # Rows shorter than a vector are left to the compiler's straight-line code:
+                # mostly-masked vectors and horizontal reductions cost more there.
+                w(f"#pragma omp simd simdlen({self.par.vector}) {' '.join(clauses)}".rstrip())
             w("for (int64_t j = t0; j < t1; ++j) {")
             w.indent()
             local = self.emit_body(body)
