@@ -86,3 +86,41 @@ def test_special_values(lib):
     np.testing.assert_array_equal(erfc[1:4], [0, 2, 1])
     np.testing.assert_array_equal(sig[1:4], [1, 0, 0.5])
     assert np.isnan(erf[0]) and np.isnan(erfc[0]) and np.isnan(sig[0])
+
+
+EXP_SOURCE = r"""
+#include "pfjax/fastmath.h"
+#include <cstdint>
+extern "C" __attribute__((visibility("default"))) void apply_exp(const float* x, float* y, int64_t n) {
+  #pragma omp simd simdlen(16)
+  for (int64_t i = 0; i < n; ++i) y[i] = pfjax::math::exp_v(x[i]);
+}
+"""
+
+
+def test_exp_v_through_the_vector_abi(tmp_path):
+    """exp_v (the vector-function-ABI exp kernels call): 1 ulp on normal results, exact
+    specials, denormal results within one denormal step; on the SIMD path and the tail."""
+    if shutil.which("g++") is None:
+        pytest.skip("g++ not available")
+    (tmp_path / "e.cc").write_text(EXP_SOURCE)
+    subprocess.run(["g++", "-O3", "-march=native", "-std=c++17", "-fopenmp-simd",
+                    "-fno-math-errno", "-fno-trapping-math", "-fwrapv", "-shared", "-fPIC",
+                    "-fvisibility=hidden", f"-I{INCLUDE}", str(tmp_path / "e.cc"), "-o",
+                    str(tmp_path / "e.so")], check=True)
+    lib = ctypes.CDLL(str(tmp_path / "e.so"))
+    specials = np.array([np.nan, np.inf, -np.inf, 0, -0.0, 88.72283, 88.7229, -87.3, -103.97,
+                         -150, 1e-8], np.float32)
+    x = np.concatenate([np.linspace(-110, 95, 1_000_003, dtype=np.float32), specials])
+    y = np.empty_like(x)
+    lib.apply_exp(x.ctypes.data_as(ctypes.c_void_p), y.ctypes.data_as(ctypes.c_void_p),
+                  ctypes.c_int64(x.size))
+    ref = np.exp(x.astype(np.float64))
+    with np.errstate(over="ignore"):
+        r32 = ref.astype(np.float32)
+    normal = np.isfinite(r32) & (r32 >= np.finfo(np.float32).tiny)
+    assert _ulps(y[normal], ref[normal]).max() <= 1
+    tiny = r32 < np.finfo(np.float32).tiny
+    assert np.abs(y[tiny].astype(np.float64) - ref[tiny]).max() <= 1.5e-45
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(x))
+    assert y[np.isposinf(x)][0] == np.inf and y[np.isneginf(x)][0] == 0.0

@@ -83,7 +83,7 @@ ALU = {
     "sqrt": ("std::sqrt({0})", "std::sqrt({0})", None, None),
     "rsqrt": (_M + "rsqrt_f32({0})", "(1.0 / std::sqrt({0}))", None, None),
     "cbrt": (_M + "cbrt_f32({0})", "std::cbrt({0})", None, None),
-    "exp": (_M + "exp_f32({0})", "std::exp({0})", None, None),
+    "exp": (_M + "exp_v({0})", "std::exp({0})", None, None),
     "exp2": (_M + "exp2_f32({0})", "std::exp2({0})", None, None),
     "expm1": (_M + "expm1_f32({0})", "std::expm1({0})", None, None),
     "log": (_M + "log_f32({0})", "std::log({0})", None, None),

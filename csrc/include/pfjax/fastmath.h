@@ -13,6 +13,10 @@
 
 #include "pfjax/math.h"
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
 namespace pfjax {
 namespace math {
 
@@ -37,6 +41,57 @@ PFJAX_MATH_INLINE float exp_lean_sum(float a, float b) {
 }
 
 PFJAX_MATH_INLINE float exp_lean(float x) { return exp_lean_sum(x, 0.0f); }
+
+// exp through the vector-function ABI: in a `#pragma omp simd simdlen(16)` loop GCC calls
+// the AVX-512 variant below on whole vectors (`vscalefps` scales by 2^n with correct
+// overflow, underflow and denormal results in one instruction, so it needs about half the
+// work of exp_f32), and the scalar exp_f32 on the remainder. <= 2 ulp, like exp_f32
+// special values: NaN propagates, +inf -> inf, -inf -> 0. Without AVX-512 it is exp_f32.
+#if defined(__AVX512F__)
+}  // namespace math
+}  // namespace pfjax
+#pragma omp declare simd simdlen(16) notinbranch
+extern "C" __attribute__((const, nothrow)) float pfjax_exp_v(float x);
+// Defined here under the ABI's names (weak: every kernel library has its own copy).
+#define PFJAX_VECTOR_ABI __attribute__((weak, visibility("hidden")))
+extern "C" PFJAX_VECTOR_ABI float pfjax_exp_v_scalar(float x) asm("pfjax_exp_v");
+extern "C" PFJAX_VECTOR_ABI float pfjax_exp_v_scalar(float x) { return pfjax::math::exp_f32(x); }
+extern "C" PFJAX_VECTOR_ABI __m512 pfjax_exp_v16(__m512 x) asm("_ZGVeN16v_pfjax_exp_v");
+static inline __m512 pfjax_exp_core16(__m512 x) {
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500E-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507E-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073E-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894E-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459E-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201E-1f));
+  p = _mm512_fmadd_ps(_mm512_mul_ps(r, r), p, r);
+  return _mm512_scalef_ps(_mm512_add_ps(p, _mm512_set1_ps(1.0f)), n);
+}
+extern "C" PFJAX_VECTOR_ABI __m512 pfjax_exp_v16(__m512 x) {
+  // Results below FLT_MIN are computed apart: producing a denormal (or an underflow) costs
+  // a microcode assist per instruction, which a masked softmax's exp(-1e9) would pay on
+  // every vector. min/max return their second operand when it is NaN: NaN survives.
+  const __m512 lo = _mm512_set1_ps(-87.3365402f);  // log(FLT_MIN)
+  __m512 y = pfjax_exp_core16(_mm512_max_ps(lo, _mm512_min_ps(_mm512_set1_ps(89.0f), x)));
+  const __mmask16 tiny = _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ);
+  if (tiny) {
+    const __mmask16 denormal = tiny & _mm512_cmp_ps_mask(x, _mm512_set1_ps(-104.0f), _CMP_GE_OQ);
+    y = _mm512_mask_mov_ps(y, tiny, _mm512_setzero_ps());
+    if (denormal)
+      y = _mm512_mask_mov_ps(y, denormal, pfjax_exp_core16(_mm512_max_ps(_mm512_set1_ps(-104.0f), x)));
+  }
+  return y;
+}
+namespace pfjax {
+namespace math {
+PFJAX_MATH_INLINE float exp_v(float x) { return pfjax_exp_v(x); }
+#else
+PFJAX_MATH_INLINE float exp_v(float x) { return exp_f32(x); }
+#endif
 
 PFJAX_MATH_INLINE float tanh_fast(float x) {
   const float c = 7.90531110763549805f;  // tanh rounds to +-1 beyond this
