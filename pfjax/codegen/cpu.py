@@ -7,8 +7,8 @@ stride is a vector access and the whole value graph is vectorised by the compile
 from __future__ import annotations
 
 from pfjax import gir
-from pfjax.codegen.ctypes_table import (STORAGE, alu_expr, cast_expr, literal, load_expr,
-                                        register_type, store_expr)
+from pfjax.codegen.ctypes_table import (STORAGE, compute_expr, load_expr, register_type,
+                                        store_expr)
 from pfjax.gir import Op
 
 
@@ -171,18 +171,7 @@ def _expr(n: gir.Node, values: dict[int, str], ptrs: dict[int, str], offset: str
     src = [values.get(id(s)) for s in n.src]
     if n.op is Op.LOAD:
         return load_expr(f"{ptrs[id(n)]}[{_index(n, offset)}]", n.dtype)
-    if n.op is Op.CONST:
-        return literal(n.arg, n.dtype.compute if n.dtype is not gir.DType.BOOL else n.dtype)
-    if n.op is Op.CAST:
-        return cast_expr(src[0], n.src[0].dtype, n.dtype)
-    if n.op is Op.ALU:
-        return alu_expr(n.arg, n.src[0].dtype, src)
-    if n.op is Op.SELECT:
-        which, *cases = src
-        if n.src[0].dtype is gir.DType.BOOL:
-            return f"({which} ? {cases[1]} : {cases[0]})"
-        expr = cases[-1]
-        for k in reversed(range(len(cases) - 1)):
-            expr = f"({which} == {k} ? {cases[k]} : {expr})"
+    expr = compute_expr(n.op, n, src)
+    if expr is not None:
         return expr
     raise NotImplementedError(f"CPU codegen has no rule for {n.op}")

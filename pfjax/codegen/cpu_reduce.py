@@ -13,7 +13,7 @@ value is a vector of them, and accumulators are arrays updated lane-wise.
 from __future__ import annotations
 
 from pfjax import gir
-from pfjax.codegen.ctypes_table import (STORAGE, alu_expr, cast_expr, literal, load_expr,
+from pfjax.codegen.ctypes_table import (STORAGE, compute_expr, literal, load_expr,
                                         register_type, store_expr)
 from pfjax.codegen.cpu import _Writer, _elems
 from pfjax.gir import Op
@@ -26,7 +26,7 @@ COL_BLOCK = 64    # rows per partial accumulation of a column sum
 def _init(op: str, dtype: gir.DType) -> str:
     rt = register_type(dtype)
     if op == "sum":
-        return literal(0, dtype if dtype is not gir.DType.BOOL else dtype)
+        return literal(0, dtype)
     if op == "prod":
         return literal(1, dtype)
     if op in ("and", "or"):
@@ -117,21 +117,10 @@ class _Emitter:
             if is_tile_load(n):
                 return self.address(n)
             return load_expr(self.address(n), n.dtype)
-        if n.op is Op.CONST:
-            return literal(n.arg, n.dtype.compute if n.dtype is not gir.DType.BOOL else n.dtype)
         if n.op is Op.INDEX:
             return f"static_cast<int64_t>({self.idx(n.arg)})"
-        if n.op is Op.CAST:
-            return cast_expr(src[0], n.src[0].dtype, n.dtype)
-        if n.op is Op.ALU:
-            return alu_expr(n.arg, n.src[0].dtype, src)
-        if n.op is Op.SELECT:
-            which, *cases = src
-            if n.src[0].dtype is gir.DType.BOOL:
-                return f"({which} ? {cases[1]} : {cases[0]})"
-            expr = cases[-1]
-            for k in reversed(range(len(cases) - 1)):
-                expr = f"({which} == {k} ? {cases[k]} : {expr})"
+        expr = compute_expr(n.op, n, src)
+        if expr is not None:
             return expr
         raise NotImplementedError(f"reduction codegen has no rule for {n.op}")
 
@@ -228,7 +217,6 @@ class _Emitter:
     def _emit_loop(self, roots: list[gir.Node]) -> None:
         w = self.w
         reduces = [r for r in roots if r.op is Op.REDUCE]
-        stores = [r for r in roots if r.op is Op.STORE]
         self.emit_unit_values(roots)
         for r in reduces:
             name = f"a{len(self.names)}"
@@ -351,7 +339,6 @@ class _Emitter:
                 if r.arg.op in ("max", "min") and r.dtype.is_float:
                     a = self.names[id(r)]
                     w(f"if ({a}_nan) {a} = std::numeric_limits<{register_type(r.dtype)}>::quiet_NaN();")
-        del stores
 
     def first_range(self, outer: list[int]) -> tuple[str, str]:
         """Bounds of the outermost reduced loop: a unit's row segment when split."""

@@ -135,3 +135,24 @@ def alu_expr(name: str, operand_dtype: DType, operands: list[str]) -> str:
     if template is None:
         raise NotImplementedError(f"no C++ form of {name} for {operand_dtype}")
     return template.format(*operands)
+
+
+def compute_expr(op, node, src: list[str]) -> str | None:
+    """C++ for a computation node (CONST, CAST, ALU, SELECT) given its operands' names;
+    None for other ops (loads, indices: each emitter addresses memory its own way)."""
+    from pfjax.gir import Op
+    if op is Op.CONST:
+        return literal(node.arg, node.dtype.compute if node.dtype is not DType.BOOL else node.dtype)
+    if op is Op.CAST:
+        return cast_expr(src[0], node.src[0].dtype, node.dtype)
+    if op is Op.ALU:
+        return alu_expr(node.arg, node.src[0].dtype, src)
+    if op is Op.SELECT:
+        which, *cases = src
+        if node.src[0].dtype is DType.BOOL:
+            return f"({which} ? {cases[1]} : {cases[0]})"
+        expr = cases[-1]
+        for k in reversed(range(len(cases) - 1)):
+            expr = f"({which} == {k} ? {cases[k]} : {expr})"
+        return expr
+    return None

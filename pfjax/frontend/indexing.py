@@ -37,19 +37,25 @@ class IndexMap:
             rows.append(self._zero() if broadcast else self.rows[d])
         return IndexMap(tuple(rows), self.space_rank)
 
-    def view(self, shape, space) -> View:
-        """Strided view of a row-major buffer of `shape` read at this map over `space`."""
+    def flat(self, shape) -> tuple[list[int], int]:
+        """The row-major position in a value of `shape` read at this map, as coefficients
+        over the space dimensions and an offset."""
         strides, acc = [], 1
         for n in reversed(shape):
             strides.append(acc)
             acc *= n
         strides.reverse()
-        view_strides = [0] * self.space_rank
+        terms = [0] * self.space_rank
         offset = 0
         for (coeffs, off), s in zip(self.rows, strides):
             offset += off * s
             for j, c in enumerate(coeffs):
-                view_strides[j] += c * s
+                terms[j] += c * s
+        return terms, offset
+
+    def view(self, shape, space) -> View:
+        """Strided view of a row-major buffer of `shape` read at this map over `space`."""
+        view_strides, offset = self.flat(shape)
         # A stride along a space dimension of extent 1 is never used: normalise it away.
         view_strides = [0 if n == 1 else s for s, n in zip(view_strides, space)]
         return View(tuple(space), tuple(view_strides), offset)

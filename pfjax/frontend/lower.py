@@ -7,7 +7,7 @@ from pfjax import gir
 from pfjax.frontend.indexing import IndexMap
 from pfjax.frontend.shapes import groups, natural_rows
 from pfjax.frontend.partition import Group
-from pfjax.frontend.program import Atom, Eqn, Lit, Var
+from pfjax.frontend.program import Atom, Eqn, Lit
 from pfjax.frontend.rules import RULES, gir_dtype
 
 

@@ -12,7 +12,7 @@ from jax import lax
 from pfjax import gir
 from pfjax.gir import DType
 from pfjax.frontend.indexing import IndexMap
-from pfjax.frontend.shapes import refine, split_flat, suffix_products
+from pfjax.frontend.shapes import refine, split_flat
 
 # rule(lowerer, eqn, index_map) -> list of GIR nodes, one per output
 Rule = Callable[..., list]
@@ -220,13 +220,7 @@ def _reshape(lw, eqn, imap):
     # affine in the space when both shapes coarsen it (frontend/shapes.py).
     (x,) = eqn.invars[:1]
     out_shape = eqn.outvars[0].aval.shape
-    strides = suffix_products(out_shape)[1:]
-    terms = [0] * imap.space_rank
-    offset = 0
-    for (coeffs, off), s in zip(imap.rows, strides):
-        offset += off * s
-        for d, c in enumerate(coeffs):
-            terms[d] += c * s
+    terms, offset = imap.flat(out_shape)
     rows = split_flat(terms, offset, x.aval.shape, lw.space)
     if rows is None:
         raise ValueError(f"reshape {x.aval.shape} -> {out_shape} is not affine in {lw.space}")

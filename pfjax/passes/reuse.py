@@ -126,7 +126,7 @@ def describe(kernel: gir.Kernel, target: gir.Target) -> list[str]:
         return []
     nest = loop_nest(kernel)
     if nest.num_loops < 2:
-        return [f"one loop over the reduced dimensions: every input is read once"]
+        return ["one loop over the reduced dimensions: every input is read once"]
     rows = _row_elems(kernel, target)
     local = target.level(gir.LOCAL).capacity_bytes
     fits = _input_row_bytes(kernel, nest, rows) <= local
@@ -154,8 +154,8 @@ def describe(kernel: gir.Kernel, target: gir.Target) -> list[str]:
     for name, loops in sorted(buffers.items()):
         if len(loops) > 1:
             where = (f"stays at the local level ({local // 1024} KiB): later loops re-read it "
-                     f"from cache" if fits else "does not fit the local level: later loops "
-                     f"re-read it from global memory")
+                     "from cache" if fits else "does not fit the local level: later loops "
+                     "re-read it from global memory")
             lines.append(f"{name}: read in loops {loops}; the unit's rows of all inputs "
                          f"({_input_row_bytes(kernel, nest, rows)} B) {where}")
     return lines
