@@ -13,7 +13,7 @@ value is a vector of them, and accumulators are arrays updated lane-wise.
 from __future__ import annotations
 
 from pfjax import gir
-from pfjax.codegen.ctypes_table import (STORAGE, compute_expr, literal, load_expr,
+from pfjax.codegen.ctypes_table import (STORAGE, compute_expr, guarded_load, literal, load_expr,
                                         register_type, store_expr)
 from pfjax.codegen.cpu import _Writer, _elems
 from pfjax.gir import Op
@@ -116,7 +116,12 @@ class _Emitter:
         if n.op is Op.LOAD:
             if is_tile_load(n):
                 return self.address(n)
-            return load_expr(self.address(n), n.dtype)
+            address = self.address(n)
+            if gir.load_offset(n) is not None:
+                address = f"{address[:-1]} + {self.ref(gir.load_offset(n), local)}]"
+            guard = gir.load_guard(n)
+            names = {id(guard): self.ref(guard, local)} if guard is not None else {}
+            return guarded_load(n, load_expr(address, n.dtype), names)
         if n.op is Op.INDEX:
             return f"static_cast<int64_t>({self.idx(n.arg)})"
         expr = compute_expr(n.op, n, src)

@@ -45,6 +45,17 @@ def load_expr(ptr_index: str, dtype: DType) -> str:
     return ptr_index
 
 
+def guarded_load(node, expr: str, values: dict[int, str]) -> str:
+    """A load that reads only where its guard holds (the C++ conditional never touches
+    memory elsewhere: the compiler uses masked loads) and gives its fill value elsewhere."""
+    from pfjax.gir import load_guard
+    guard = load_guard(node)
+    if guard is None:
+        return expr
+    fill = literal(node.arg.fill, node.dtype if node.dtype is DType.BOOL else node.dtype.compute)
+    return f"({values[id(guard)]} ? {expr} : {fill})"
+
+
 def store_expr(value: str, dtype: DType) -> str:
     if dtype is DType.BF16:
         return f"pfjax::math::f32_to_bf16({value})"

@@ -1,6 +1,8 @@
 """Lower one fusion group to a GIR kernel."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from pfjax import gir
@@ -47,13 +49,18 @@ class Lowerer:
         if key not in self.buffers:
             raise LoweringError(f"value {atom} is neither an input nor computed in the group")
         buf = self.buffers[key]
-        return gir.load(buf, imap.view(atom.aval.shape, self.space))
+        shape = atom.aval.shape
+        return gir.load(buf, imap.view(shape, self.space), offset=imap.dynamic_offset(shape),
+                        guard=imap.guard, fill=False if buf.dtype is gir.DType.BOOL else 0)
 
     def reduction_input_map(self, eqn: Eqn, imap: IndexMap) -> IndexMap:
         """Where a reduction reads its input when its result is wanted at `imap`: the kept
         dimensions at imap, the reduced ones along the kernel's reduced dimensions."""
         (x,) = eqn.invars
         axes = tuple(sorted(eqn.params["axes"]))
+        if imap.dyn or imap.guard is not None:
+            raise LoweringError("a reduction read through a dynamic slice, concatenation or "
+                                "padding")
         if self.is_final(eqn):
             return self.output_map(tuple(x.aval.shape))
         shape = tuple(x.aval.shape)
@@ -84,6 +91,12 @@ class Lowerer:
         for t in terms[1:] + ([gir.const(offset, gir.DType.I64)] if offset else []):
             out = gir.alu("add", gir.DType.I64, out, t)
         return out
+
+    def index_value(self, imap: IndexMap, axis: int) -> gir.Node:
+        """The index along `axis` of the value read at `imap`, run-time part included."""
+        out = self.index_expr(imap.rows[axis])
+        dyn = imap.dyn_of(axis)
+        return out if dyn is None else gir.alu("add", gir.DType.I64, out, dyn)
 
     def is_final(self, eqn: Eqn) -> bool:
         """A reduction of a per-unit value over every parallel unit (the kernel's rows)."""
@@ -149,14 +162,40 @@ def lower_group(group: Group) -> gir.Kernel:
     return _reduction_layout(kernel) if lw.rdims else kernel
 
 
+def _contiguous_dim(kernel: gir.Kernel) -> int:
+    """The space dimension along which most bytes are accessed with unit stride (ties go
+    to the innermost): the one to walk in the innermost loop."""
+    space = kernel.parallel.space
+    score = [0] * len(space)
+    for n in gir.toposort(kernel.root):
+        if n.op in (gir.Op.LOAD, gir.Op.STORE):
+            strides = n.arg.view.strides
+            elems = 1
+            for s, extent in zip(strides, space):
+                elems *= extent if s else 1
+            for d, s in enumerate(strides):
+                if abs(s) == 1 and space[d] > 1:
+                    score[d] += elems * n.dtype.itemsize
+    return max(reversed(range(len(space))), key=lambda d: score[d])
+
+
 def _reduction_layout(kernel: gir.Kernel) -> gir.Kernel:
-    """Reorder the space to kept dims, reduced dims, then the innermost dim if it is kept
-    (a column reduction vectorises across it): the layout the reduction codegen expects."""
+    """Reorder the space to kept dims, reduced dims, then a kept dim if it is the one read
+    contiguously (a column reduction vectorises across it): the layout the reduction
+    codegen expects. A reduced dim read contiguously goes last among the reduced ones (a
+    row reduction over a transposed view walks memory in order)."""
     par = kernel.parallel
     rank = len(par.space)
     kept = [d for d in range(rank) if d not in par.rdims]
-    inner = [kept.pop()] if kept and kept[-1] == rank - 1 else []
-    perm = kept + list(par.rdims) + inner          # new dim k is old dim perm[k]
+    rdims = list(par.rdims)
+    best = _contiguous_dim(kernel)
+    if best in rdims:
+        rdims = [d for d in rdims if d != best] + [best]
+        inner = []
+    else:
+        inner = [best] if best in kept else []
+        kept = [d for d in kept if d != best]
+    perm = kept + rdims + inner                    # new dim k is old dim perm[k]
     where = {old: new for new, old in enumerate(perm)}
     space = tuple(par.space[d] for d in perm)
     rdims = tuple(range(len(kept), len(kept) + len(par.rdims)))
@@ -167,7 +206,7 @@ def _reduction_layout(kernel: gir.Kernel) -> gir.Kernel:
     def fix(node: gir.Node) -> gir.Node | None:
         if node.op in (gir.Op.LOAD, gir.Op.STORE):
             m = node.arg
-            return node.replace(arg=gir.Move(m.src_level, m.dst_level, view(m.view)))
+            return node.replace(arg=dataclasses.replace(m, view=view(m.view)))
         if node.op is gir.Op.INDEX:
             return node.replace(arg=where[node.arg])
         if node.op is gir.Op.REDUCE:

@@ -15,12 +15,12 @@ import numpy as np
 
 from pfjax.frontend.program import Atom, Eqn, Lit, Program, Var
 from pfjax.frontend.shapes import groups, refine
-from pfjax.frontend.rules import (CHEAP_TO_RECOMPUTE, REDUCTIONS, RULES, TRANSCENDENTAL,
-                                  cannot_lower, take_along_axis, unit_reshape)
+from pfjax.frontend.rules import (CHEAP_TO_RECOMPUTE, MOVEMENT, REDUCTIONS, RULES,
+                                  TRANSCENDENTAL, cannot_lower, take_along_axis, unit_reshape)
 from pfjax.gir.dtypes import BY_NAME
 
 _MOVEMENT_ONLY = {"broadcast_in_dim", "convert_element_type", "copy", "copy_p", "reshape",
-                  "squeeze"}
+                  "squeeze", *MOVEMENT}
 
 
 # A group's iteration space: a shape, and the axes its reductions run over (None: none).
@@ -261,12 +261,15 @@ def _feeds_only(eqns, group_of, producer, program_outs) -> dict[int, int | None]
     return feeds
 
 
-def _absorb(x: int, y: int, spaces, feeds) -> Space | None:
-    """A much smaller elementwise group whose results only one group reads (a weight or a
-    per-column statistic being prepared) is computed inside that group's loop instead."""
+def _absorb(x: int, y: int, spaces, feeds, moved: set[tuple[int, int]]) -> Space | None:
+    """An elementwise group whose results only one group reads is computed inside that
+    group's loop instead when it is much smaller (a weight or a per-column statistic being
+    prepared) or when that group reads it through data movement (a slice, transpose,
+    concatenation or padding of it): each of its elements is then computed about once."""
     for small, big in ((x, y), (y, x)):
-        if feeds.get(small) == big and spaces[small][1] is None \
-                and 8 * math.prod(spaces[small][0]) <= math.prod(spaces[big][0]):
+        if feeds.get(small) == big and spaces[small][1] is None and (
+                8 * math.prod(spaces[small][0]) <= math.prod(spaces[big][0])
+                or (small, big) in moved):
             return spaces[big]
     return None
 
@@ -294,6 +297,7 @@ def _merge_siblings(eqns, group_of, spaces, producer, program_outs, absorb) -> d
         dep = _var_deps(eqns, group_of)
         pairs: list[tuple[int, int]] = []
         readers: dict[int, set[int]] = {}
+        moved: set[tuple[int, int]] = set()  # (producer group, group moving its data)
         for i, eqn in enumerate(eqns):
             if i not in group_of:
                 continue
@@ -304,6 +308,8 @@ def _merge_siblings(eqns, group_of, spaces, producer, program_outs, absorb) -> d
                 h = group_of.get(producer.get(a.id, -1))
                 if h is not None and h != g:
                     pairs.append((min(g, h), max(g, h)))
+                    if eqn.name in MOVEMENT:
+                        moved.add((h, g))
                 elif h is None or h != g:
                     readers.setdefault(a.id, set()).add(g)
         for gs in readers.values():
@@ -315,7 +321,7 @@ def _merge_siblings(eqns, group_of, spaces, producer, program_outs, absorb) -> d
         for x, y in dict.fromkeys(pairs):
             if _column_blocked(x, y, spaces, sole_reader):
                 continue
-            joined = join(spaces[x], spaces[y]) or _absorb(x, y, spaces, feeds)
+            joined = join(spaces[x], spaces[y]) or _absorb(x, y, spaces, feeds, moved)
             if joined and _can_merge(x, y, eqns, group_of, producer, dep):
                 group_of = {i: (x if g == y else g) for i, g in group_of.items()}
                 spaces[x] = joined

@@ -186,7 +186,8 @@ def _gather(lw, eqn, imap):
     axis = take_along_axis(eqn)
     operand, indices = eqn.invars
     dn = eqn.params["dimension_numbers"]
-    if tuple(operand.aval.shape) != lw.space or lw.rdims != (axis,):
+    if tuple(operand.aval.shape) != lw.space or lw.rdims != (axis,) or imap.dyn \
+            or imap.guard is not None:
         raise ValueError("the gathered axis is not the kernel's reduced axis")
     # output dims: offset dims (operand dims of extent 1), then the indices' batch dims
     batch_out = [d for d in range(len(eqn.outvars[0].aval.shape)) if d not in dn.offset_dims]
@@ -222,9 +223,9 @@ def _reshape(lw, eqn, imap):
     out_shape = eqn.outvars[0].aval.shape
     terms, offset = imap.flat(out_shape)
     rows = split_flat(terms, offset, x.aval.shape, lw.space)
-    if rows is None:
+    if rows is None or imap.dyn:
         raise ValueError(f"reshape {x.aval.shape} -> {out_shape} is not affine in {lw.space}")
-    return [lw.read(x, IndexMap(tuple(rows), imap.space_rank))]
+    return [lw.read(x, imap.derive(rows))]
 
 
 def put_along_axis(eqn) -> int | None:
@@ -250,6 +251,8 @@ def _scatter_add(lw, eqn, imap):
     axis = put_along_axis(eqn)
     operand, indices, updates = eqn.invars
     dn = eqn.params["dimension_numbers"]
+    if imap.dyn or imap.guard is not None:
+        raise ValueError("scatter-add read through a dynamic slice, concatenation or padding")
     base = lw.read(operand, imap)
     rank = len(updates.aval.shape)
     batch_upd = [d for d in range(rank) if d not in dn.update_window_dims]
@@ -284,5 +287,11 @@ def cannot_lower(eqn) -> str | None:
 
 
 # Equations that are free or nearly so when recomputed inside a consumer's loop.
-CHEAP_TO_RECOMPUTE = {"broadcast_in_dim", "convert_element_type", "copy", "copy_p", "neg", "reshape", "squeeze",
+CHEAP_TO_RECOMPUTE = {"iota", "broadcast_in_dim", "convert_element_type", "copy", "copy_p", "neg", "reshape", "squeeze",
                       "add", "sub", "mul", "max", "min", "select_n", "abs"}
+
+
+# Data movement primitives (transpose, slice, concatenate, pad, ...): their own file.
+from pfjax.frontend import movement  # noqa: E402,F401  (registers its rules)
+MOVEMENT = {"transpose", "slice", "rev", "iota", "concatenate", "pad", "dynamic_slice",
+            "dynamic_update_slice"}

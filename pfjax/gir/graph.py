@@ -75,9 +75,16 @@ class Buffer:
 
 @dataclass(frozen=True)
 class Move:
+    """Move the elements `view` names between two levels. A load may also be *dynamic*:
+    its sources then hold an int64 element offset added at run time (dynamic slices,
+    interior padding); and *guarded*: its last source is a bool, and elements where it is
+    false are not read but take `fill` (the parts of a concatenation or padding that come
+    from elsewhere)."""
     src_level: str
     dst_level: str
     view: View
+    dynamic: bool = False
+    fill: Any = None  # None: unguarded
 
 
 @dataclass(frozen=True)
@@ -176,8 +183,25 @@ def buffer(index: int, role: str, dtype: DType, shape: tuple[int, ...]) -> Node:
     return Node(Op.BUFFER, dtype, (), Buffer(index, role, tuple(shape)), GLOBAL)
 
 
-def load(buf: Node, view: View, level: str = REG) -> Node:
-    return Node(Op.LOAD, buf.dtype, (buf,), Move(buf.level, level, view), level)
+def load(buf: Node, view: View, level: str = REG, offset: Node | None = None,
+         guard: Node | None = None, fill: Any = 0) -> Node:
+    src = (buf,) + ((offset,) if offset is not None else ()) + ((guard,) if guard is not None else ())
+    move = Move(buf.level, level, view, offset is not None, fill if guard is not None else None)
+    return Node(Op.LOAD, buf.dtype, src, move, level)
+
+
+def load_offset(node: Node) -> Node | None:
+    """The run-time element offset of a dynamic load."""
+    return node.src[1] if node.op is Op.LOAD and node.arg.dynamic else None
+
+
+def load_guard(node: Node) -> Node | None:
+    """The predicate of a guarded load."""
+    return node.src[-1] if node.op is Op.LOAD and node.arg.fill is not None else None
+
+
+def is_tile_load(node: Node) -> bool:
+    return node.op is Op.LOAD and node.src[0].arg.role == "tile"
 
 
 def tile(index: int, dtype: DType, shape: tuple[int, ...]) -> Node:

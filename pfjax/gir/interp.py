@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from pfjax.gir.dtypes import DType
-from pfjax.gir.graph import Kernel, Op, toposort
+from pfjax.gir.graph import Kernel, Op, is_tile_load, load_guard, load_offset, toposort
 from pfjax.gir.ops import alu_op
 
 _NP = {DType.F64: np.float64, DType.F32: np.float32, DType.F16: np.float16,
@@ -82,11 +82,21 @@ def run(kernel: Kernel, inputs: list[np.ndarray]) -> list[np.ndarray]:
             if node.op in (Op.BUFFER, Op.PARALLEL):
                 continue
             src = [values[id(s)] for s in node.src if s.op is not Op.BUFFER]
-            if node.op is Op.LOAD and len(node.src) == 2:  # tile: what its store wrote
+            if is_tile_load(node):  # what its store wrote
                 values[id(node)] = values[id(node.src[1].src[1])]
             elif node.op is Op.LOAD:
                 flat = flat_in[id(node.src[0])]
-                v = flat[gather(flat, node.arg.view)] if flat.size else np.zeros(space, flat.dtype)
+                idx = gather(flat, node.arg.view)
+                if load_offset(node) is not None:
+                    idx = idx + values[id(load_offset(node))].astype(np.int64)
+                guard = load_guard(node)
+                ok = np.broadcast_to(values[id(guard)], space) if guard is not None else True
+                if flat.size:
+                    v = flat[np.where(ok, idx, 0)]
+                else:
+                    v = np.zeros(space, flat.dtype)
+                if guard is not None:
+                    v = np.where(ok, v, np.asarray(node.arg.fill).astype(v.dtype))
                 values[id(node)] = _as_type(v, node.dtype)
             elif node.op is Op.STORE and node.src[0].arg.role == "tile":
                 continue

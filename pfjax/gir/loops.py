@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pfjax.gir.graph import Kernel, Node, Op, toposort
+from pfjax.gir.graph import Kernel, Node, Op, is_tile_load, toposort
 
 
 @dataclass
@@ -47,10 +47,6 @@ class LoopNest:
                 and not any(self.final[id(s)] for s in n.src)]
 
 
-def is_tile_load(node: Node) -> bool:
-    return node.op is Op.LOAD and len(node.src) == 2
-
-
 def loop_nest(kernel: Kernel) -> LoopNest:
     rdims = kernel.parallel.rdims
     phase: dict[int, int] = {}
@@ -69,9 +65,10 @@ def loop_nest(kernel: Kernel) -> LoopNest:
         if n.op is Op.LOAD:
             if is_tile_load(n):
                 phase[id(n)], full[id(n)] = phase[id(n.src[1])] + 1, True
-            else:
-                phase[id(n)] = 0
-                full[id(n)] = any(n.arg.view.strides[d] for d in rdims)
+            else:  # a dynamic or guarded load also waits for its offset and guard
+                phase[id(n)] = max((phase[id(s)] for s in src), default=0)
+                full[id(n)] = any(n.arg.view.strides[d] for d in rdims) or any(
+                    full[id(s)] for s in src)
         elif n.op is Op.CONST:
             phase[id(n)], full[id(n)] = 0, False
         elif n.op is Op.INDEX:

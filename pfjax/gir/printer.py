@@ -1,7 +1,7 @@
 """Readable text form of a GIR kernel."""
 from __future__ import annotations
 
-from pfjax.gir.graph import Kernel, Node, Op, toposort
+from pfjax.gir.graph import Kernel, Node, Op, is_tile_load, load_guard, load_offset, toposort
 
 
 def format_kernel(kernel: Kernel) -> str:
@@ -28,10 +28,14 @@ def format_kernel(kernel: Kernel) -> str:
             continue
         name = f"%{len(names)}"
         names[id(node)] = name
-        if node.op is Op.LOAD and len(node.src) == 2:
+        if is_tile_load(node):
             text = f"load.{node.arg.src_level}.{node.arg.dst_level} {names[id(node.src[0])]}"
         elif node.op is Op.LOAD:
-            text = f"load.{node.arg.src_level}.{node.arg.dst_level} {srcs}{node.arg.view}"
+            text = f"load.{node.arg.src_level}.{node.arg.dst_level} {names[id(node.src[0])]}{node.arg.view}"
+            if load_offset(node) is not None:
+                text += f" +{names[id(load_offset(node))]}"
+            if load_guard(node) is not None:
+                text += f" if {names[id(load_guard(node))]} else {node.arg.fill!r}"
         elif node.op is Op.CONST:
             text = f"const {node.arg!r}"
         elif node.op is Op.CAST:

@@ -6,6 +6,8 @@ reduced dimensions are kept even at extent 1 (the loop structure needs one).
 """
 from __future__ import annotations
 
+import dataclasses
+
 from pfjax import gir
 from pfjax.gir import Op
 
@@ -50,7 +52,7 @@ def collapse_dims(kernel: gir.Kernel) -> gir.Kernel:
                 view = gir.View(new_space, gir.contiguous_strides(new_space))
             else:
                 view = new_view(move.view)
-            return node.replace(arg=gir.Move(move.src_level, move.dst_level, view))
+            return node.replace(arg=dataclasses.replace(move, view=view))
         if node.op is Op.REDUCE:
             if set(node.arg.dims) == rdims:
                 return node.replace(arg=gir.Reduction(node.arg.op, new_rdims))

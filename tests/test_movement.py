@@ -1,0 +1,236 @@
+"""Data movement fused with computation: transposes, slices, concatenation, padding,
+reversal, dynamic slices, iota and reshapes, in any order, up to rank 6; one kernel each,
+XLA's answer."""
+from __future__ import annotations
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+import pfjax
+from pfjax.compile import plan
+from pfjax.frontend import lower_group
+from pfjax import gir
+from tests.test_e2e import assert_tree_close, num_kernel_calls, randn
+
+TOL = dict(rtol=2e-5, atol=2e-5)
+# What XLA would run for the group if it were not fused.
+LEFT_OVER = re.compile(r"= \S+ (reduce|fusion|concatenate|pad|slice|transpose|reverse|"
+                       r"dynamic-slice|dynamic-update-slice|iota)\(")
+
+
+def one_kernel(f, *args, tol=TOL):
+    want = jax.jit(f)(*args)
+    fused = pfjax.fuse(f)
+    assert_tree_close(fused(*args), want, **tol)
+    assert_tree_close(jax.jit(fused)(*args), want, **tol)
+    assert num_kernel_calls(fused, *args) == 1, pfjax.explain(f, *args)
+    hlo = jax.jit(fused).lower(*args).compile().as_text()
+    assert not LEFT_OVER.search(hlo), hlo
+    return fused
+
+
+# ---- each primitive, fused with elementwise work on both sides ----------------------
+
+def rope(x, cos, sin):
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    rotated = jnp.concatenate([-x2, x1], axis=-1)
+    return x * cos + rotated * sin
+
+
+CASES = {
+    "transpose": lambda x: jnp.tanh(jnp.transpose(x * 2.0, (2, 0, 1))) + 1.0,
+    "transpose_middle": lambda x: jnp.swapaxes(jnp.exp(x), 0, 1) * 3.0,
+    "slice": lambda x: jnp.sin(x)[1:, ::2, 3:-2] * 3.0,
+    "slice_strided": lambda x: (x + 1.0)[::-2, 1::3, ::5] * 2.0,
+    "rev": lambda x: jnp.flip(jnp.cos(x), (0, 2)) + x,
+    "concat_last": lambda x: jnp.concatenate([jnp.exp(x), -x, x * x], axis=-1) + 1.0,
+    "concat_first": lambda x: jnp.concatenate([x[:2] * 2.0, jnp.sin(x)], axis=0) - 1.0,
+    "pad": lambda x: jnp.pad(jnp.sin(x), ((1, 2), (0, 1), (3, 0))) + 1.0,
+    "pad_value": lambda x: jnp.pad(x * 2.0, ((0, 0), (2, 2), (1, 1)), constant_values=-7.5) * 3.0,
+    "pad_negative_interior": lambda x: lax.pad(jnp.sin(x), 3.0, ((1, -1, 1), (-2, 0, 2), (0, 0, 0))) + 1.0,
+    "iota": lambda x: x * jnp.arange(x.shape[-1], dtype=jnp.float32) + jnp.arange(x.shape[0])[:, None, None],
+    "expand_dims": lambda x: jnp.expand_dims(jnp.exp(x), (1, 3)) * 2.0 + x[:, None, :, None],
+    "squeeze_reshape": lambda x: jnp.reshape(jnp.tanh(x), (x.shape[0] * x.shape[1], x.shape[2])) * 2.0,
+    "transpose_then_slice_then_concat": lambda x: jnp.concatenate(
+        [jnp.transpose(x, (1, 0, 2))[:, :, :4] * 2.0, jnp.transpose(jnp.exp(x), (1, 0, 2))[:, :, 4:]], -1) + 1.0,
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_movement_fused_with_computation(case, rng):
+    x = randn(rng, 5, 6, 17)
+    one_kernel(CASES[case], x)
+
+
+def test_rank6_transpose_slice_rev(rng):
+    x = randn(rng, 2, 3, 4, 3, 5, 6)
+
+    def f(x):
+        y = jnp.transpose(jnp.exp(x * 0.5), (5, 3, 1, 0, 4, 2))[1:, ::2, :, :, ::-1, 1:3]
+        return jnp.flip(y, 2) * 2.0 + 1.0
+    one_kernel(f, x)
+
+
+def test_concat_and_pad_write_each_element_once_with_nan_inf(rng):
+    x = randn(rng, 7, 9)
+    x[0, 0], x[1, 2], x[3, 4] = np.nan, np.inf, -np.inf
+
+    def f(x):
+        y = jnp.concatenate([x, jnp.exp(x), jnp.zeros((7, 0))], axis=1)
+        return jnp.pad(y, ((1, 1), (0, 2)), constant_values=np.nan) * 2.0
+    one_kernel(f, x)
+
+
+def test_empty_pieces_and_results(rng):
+    x = randn(rng, 4, 6)
+    one_kernel(lambda x: jnp.concatenate([x[:, :0] * 2.0, jnp.exp(x)], 1) + 1.0, x)
+    f = pfjax.fuse(lambda x: jnp.sin(x)[:, 3:3] * 2.0)
+    assert f(x).shape == (4, 0)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16, jnp.int32, jnp.bool_])
+def test_movement_dtypes(dtype, rng):
+    x = jnp.asarray(randn(rng, 6, 10) * 4).astype(dtype)
+    if dtype == jnp.bool_:
+        f = lambda x: jnp.logical_not(jnp.concatenate([x[:, ::-1], jnp.pad(x, ((0, 0), (1, 1)))], 1))
+    else:
+        f = lambda x: jnp.concatenate([jnp.flip(x, 1) * 2, jnp.pad(x + 1, ((0, 0), (1, 1)))], 1).T
+    one_kernel(f, x, tol=dict(rtol=1e-2, atol=1e-2))
+
+
+# ---- run-time offsets -------------------------------------------------------------------
+
+@pytest.mark.parametrize("start", [(0, 0), (2, 3), (5, 9), (-3, 100)])  # last two clamp
+def test_dynamic_slice_runtime_offsets(start, rng):
+    x = randn(rng, 8, 12)
+
+    def f(x, i, j):
+        return jnp.exp(lax.dynamic_slice(x * 2.0, (i, j), (3, 4))) + 1.0
+    one_kernel(f, x, jnp.int32(start[0]), jnp.int32(start[1]))
+
+
+@pytest.mark.parametrize("start", [(0, 0), (2, 3), (7, -1)])
+def test_dynamic_update_slice_runtime_offsets(start, rng):
+    x, u = randn(rng, 8, 12), randn(rng, 3, 4)
+
+    def f(x, u, i, j):
+        return lax.dynamic_update_slice(x * 2.0, jnp.cos(u), (i, j)) + 1.0
+    one_kernel(f, x, u, jnp.int32(start[0]), jnp.int32(start[1]))
+
+
+def test_kv_cache_update_pattern(rng):
+    cache, new = randn(rng, 2, 16, 4, 8), randn(rng, 2, 1, 4, 8)
+
+    def f(cache, new, pos):
+        return lax.dynamic_update_slice_in_dim(cache, new * 0.5, pos, axis=1) * 1.0
+    one_kernel(f, cache, new, jnp.int32(5))
+
+
+# ---- the issue's workloads ---------------------------------------------------------------
+
+def test_rope_as_users_write_it(rng):
+    x = randn(rng, 2, 8, 4, 16)
+    cos, sin = randn(rng, 8, 1, 16), randn(rng, 8, 1, 16)
+    one_kernel(rope, x, cos, sin)
+
+
+def test_head_reshuffle_with_scale(rng):
+    x = randn(rng, 2, 8, 4, 16)
+    one_kernel(lambda x: jnp.transpose(x, (0, 2, 1, 3)) * 0.125, x)
+
+
+def test_transpose_bias_activation(rng):
+    x, b = randn(rng, 24, 40), randn(rng, 24)
+    one_kernel(lambda x, b: jax.nn.gelu(x.T + b), x, b, tol=dict(rtol=1e-5, atol=1e-5))
+
+
+def test_concat_of_elementwise_results(rng):
+    a, b = randn(rng, 16, 8), randn(rng, 16, 8)
+    one_kernel(lambda a, b: jnp.concatenate([a + b, a * b, jnp.tanh(a), jnp.maximum(a, b)], 1), a, b)
+
+
+def test_pad_then_elementwise(rng):
+    x = randn(rng, 12, 20)
+    one_kernel(lambda x: jax.nn.relu(jnp.pad(x, ((2, 2), (3, 3))) * 2.0 - 0.5), x)
+
+
+def test_mean_over_transposed_shifted_matrix(rng):
+    x = randn(rng, 48, 33)
+    one_kernel(lambda x: jnp.mean(jnp.transpose(x - 1.5), axis=0), x)
+
+
+def test_softmax_over_concatenated_rows(rng):
+    a, b = randn(rng, 6, 10), randn(rng, 6, 7)
+    one_kernel(lambda a, b: jax.nn.softmax(jnp.concatenate([a, b * 2.0], 1), axis=-1), a, b)
+
+
+# ---- transformations ---------------------------------------------------------------------
+
+def test_rope_grad_and_vmap(rng):
+    from jax.test_util import check_grads
+    x = randn(rng, 2, 4, 2, 8)
+    cos, sin = randn(rng, 4, 1, 8), randn(rng, 4, 1, 8)
+    fused = pfjax.fuse(rope)
+    check_grads(lambda x: fused(x, cos, sin), (x,), order=1, modes=("rev", "fwd"),
+                              atol=2e-2, rtol=2e-2)
+    xs = randn(rng, 3, 2, 4, 2, 8)
+    got = jax.jit(jax.vmap(fused, in_axes=(0, None, None)))(xs, cos, sin)
+    assert_tree_close(got, jax.vmap(rope, in_axes=(0, None, None))(xs, cos, sin), **TOL)
+    g = jax.jit(jax.grad(lambda x: jnp.sum(fused(x, cos, sin) ** 2)))(x)
+    assert_tree_close(g, jax.grad(lambda x: jnp.sum(rope(x, cos, sin) ** 2))(x), rtol=1e-4, atol=1e-4)
+
+
+def test_pad_slice_grad(rng):
+    x = randn(rng, 5, 7)
+
+    def f(x):
+        return jnp.sum(jnp.pad(jnp.sin(x), ((1, 0), (2, 1)))[::2] ** 2)
+    got = jax.jit(jax.grad(pfjax.fuse(f)))(x)
+    assert_tree_close(got, jax.grad(f)(x), rtol=1e-5, atol=1e-5)
+
+
+# ---- GIR: movement is data movement, checked with the reference interpreter -------------
+
+def test_interpreter_agrees_on_movement_kernels(rng):
+    x = randn(rng, 5, 6, 17)
+    for name in ("concat_last", "pad_negative_interior", "slice_strided", "rev", "transpose"):
+        f = CASES[name]
+        p = plan(f, [jax.core.ShapedArray(x.shape, jnp.float32)])
+        (gp,) = p.groups
+        kernel = lower_group(gp.group)
+        gir.verify(kernel)
+        (got,) = gir.interp.run(kernel, [x])
+        np.testing.assert_allclose(got, np.asarray(jax.jit(f)(x)), rtol=2e-5, atol=2e-5)
+
+
+def test_transpose_is_a_strided_view_and_concat_pieces_are_guarded(rng):
+    x = randn(rng, 4, 6)
+    p = plan(lambda x: jnp.concatenate([x.T * 2.0, jnp.exp(x.T)], 0),
+             [jax.core.ShapedArray(x.shape, jnp.float32)])
+    kernel = lower_group(p.groups[0].group)
+    loads = [n for n in gir.toposort(kernel.root) if n.op is gir.Op.LOAD]
+    assert {n.arg.view.strides for n in loads} == {(1, 6)}   # x read transposed, no copy
+    assert all(gir.load_guard(n) is not None for n in loads)  # each piece read where selected
+
+
+@pytest.mark.parametrize("mode", ["1", "0"])
+def test_concat_pieces_with_streamed_stores(monkeypatch, rng, mode):
+    """Each piece of a concatenation along the row gets its own loop, on both store paths;
+    rows split over tasks start mid-piece (odd extents)."""
+    monkeypatch.setenv("PFJAX_NONTEMPORAL", mode)
+    a, b = randn(rng, 301, 517), randn(rng, 301, 250)
+
+    def f(a, b):
+        return jnp.concatenate([jnp.tanh(a), b * 2.0, jnp.pad(a[:, :3], ((0, 0), (1, 0)))], 1), a + 1.0
+    fused = jax.jit(pfjax.fuse(f))
+    want = jax.jit(f)(a, b)
+    for _ in range(2):
+        assert_tree_close(fused(a, b), want, **TOL)
+    (group,) = pfjax.explain(f, a, b).groups
+    assert "?" not in open(group.source_path).read().split("_body")[1].split("PFJAX_EXPORT")[0]
