@@ -234,3 +234,19 @@ def test_concat_pieces_with_streamed_stores(monkeypatch, rng, mode):
         assert_tree_close(fused(a, b), want, **TOL)
     (group,) = pfjax.explain(f, a, b).groups
     assert "?" not in open(group.source_path).read().split("_body")[1].split("PFJAX_EXPORT")[0]
+
+
+@pytest.mark.parametrize("shape,dtype", [((70, 45), np.float32), ((3, 50, 37), np.float32),
+                                         ((2, 300, 33), jnp.bfloat16), ((600, 520), np.float32)])
+def test_transpose_goes_through_a_stage_tile(shape, dtype, rng):
+    """A transpose that would read strided along the row fills a tile at the local level a
+    block of rows at a time (blocks never cross a batch boundary; odd extents)."""
+    x = jnp.asarray(randn(rng, *shape)).astype(dtype)
+    b = jnp.asarray(randn(rng, shape[-2])).astype(dtype)
+
+    def f(x, b):
+        return jnp.tanh(jnp.swapaxes(x, -1, -2) * 2.0 + b)
+    one_kernel(f, x, b, tol=dict(rtol=1e-2, atol=1e-2) if dtype == jnp.bfloat16 else TOL)
+    (group,) = pfjax.explain(f, x, b).groups
+    assert group.schedule.block > 1
+    assert "stage0[" in open(group.source_path).read()

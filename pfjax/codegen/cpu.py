@@ -25,6 +25,11 @@ class _Writer:
         self.depth += n
 
 
+# Row elements per strip of a blocked (transposed) traversal: a block of rows x a strip
+# is a 16 KiB tile of 4-byte elements, at the local level.
+TRANSPOSE_STRIP = 128
+
+
 def emit_kernel(kernel: gir.Kernel) -> str:
     """C++ source exporting the descriptor `<kernel.name>_info` (pfjax/kernel.h)."""
     par = kernel.parallel
@@ -55,13 +60,37 @@ def emit_kernel(kernel: gir.Kernel) -> str:
         w(f"{STORAGE[buf.dtype]}* __restrict out{k} = static_cast<{STORAGE[buf.dtype]}*>(out_[{k}]);")
     w(f"constexpr int64_t kInner = {max(inner, 1)};")
     w("constexpr int64_t kTile = 1024;  // elements staged in the local level per step")
-    w("int64_t row = begin / kInner, col = begin % kInner;")
-    w("while (begin < end) {")
-    w.indent()
-    w("const int64_t n = std::min<int64_t>(end - begin, kInner - col);")
+    # Loads that walk across rows (a transpose) go through a tile at the local level: it
+    # is filled reading each source line once, and the row loop reads it contiguously.
+    staged = {_stage_key(n): n for n in accesses if par.block > 1 and _transposed_load(n)}
+    if par.block > 1:
+        # A transposed access (strided along the row, contiguous across rows) walks blocks
+        # of `block` rows a column strip at a time: the cache lines one row's strided reads
+        # touch are reused by the next rows while they are still in L1.
+        w(f"constexpr int64_t kBlockRows = {par.block}, kStrip = {TRANSPOSE_STRIP};")
+        w("const int64_t row_end = end / kInner;  // tasks hold whole blocks of rows")
+        for k, n in enumerate(staged.values()):
+            w(f"alignas(64) {STORAGE[n.dtype]} stage{k}[kBlockRows * kStrip];")
+        w("for (int64_t row0 = begin / kInner, rows = 0; row0 < row_end; row0 += rows) {")
+        w.indent()
+        # A block stays within one run of the second-innermost dimension.
+        w(f"rows = std::min<int64_t>({{kBlockRows, row_end - row0, {space[-2]} - row0 % {space[-2]}}});")
+        w("for (int64_t col = 0; col < kInner; col += kStrip) {")
+        w.indent()
+        w("const int64_t n = std::min<int64_t>(kStrip, kInner - col);")
+        if staged:
+            _emit_staging(w, staged, outer)
+        w("for (int64_t row = row0; row < row0 + rows; ++row) {")
+        w.indent()
+    else:
+        w("int64_t row = begin / kInner, col = begin % kInner;")
+        w("while (begin < end) {")
+        w.indent()
+        w("const int64_t n = std::min<int64_t>(end - begin, kInner - col);")
     # Per-access base pointer of this row: unravel the row index over the outer dims.
     ptr_names: dict[int, str] = {}
     access_ptrs: dict[tuple, str] = {}
+    unit: set[int] = set()  # loads read from a stage tile, contiguously
     if outer:
         w("int64_t r = row;")
         for d in reversed(range(len(outer))):
@@ -69,6 +98,14 @@ def emit_kernel(kernel: gir.Kernel) -> str:
     for n in accesses:
         buf = n.src[0]
         view = n.arg.view
+        if _stage_key(n) in staged:
+            k = list(staged).index(_stage_key(n))
+            ptr_names[id(n)] = f"stage{k}_row"
+            unit.add(id(n))
+            if f"stage{k}_row" not in access_ptrs.values():
+                w(f"const {STORAGE[n.dtype]}* __restrict stage{k}_row = stage{k} + (row - row0) * kStrip;")
+                access_ptrs[("stage", k)] = f"stage{k}_row"
+            continue
         base = f"{'in' if buf.arg.role == 'in' else 'out'}{buf.arg.index}"
         terms = [str(view.offset)] + [f"i{d} * {s}" for d, s in enumerate(view.strides[:-1]) if s]
         if view.strides[-1]:
@@ -87,18 +124,23 @@ def emit_kernel(kernel: gir.Kernel) -> str:
         # checks that per call and picks the path.
         w("if (stream) {")
         w.indent()
-        _emit_row(w, variants, ptr_names, par.vector, streamed, len(space) - 1)
+        _emit_row(w, variants, ptr_names, par.vector, streamed, len(space) - 1, unit)
         w.indent(-1)
         w("} else {")
         w.indent()
-        _emit_row(w, variants, ptr_names, par.vector, set(), len(space) - 1)
+        _emit_row(w, variants, ptr_names, par.vector, set(), len(space) - 1, unit)
         w.indent(-1)
         w("}")
     else:
-        _emit_row(w, variants, ptr_names, par.vector, set(), len(space) - 1)
-    w("begin += n; ++row; col = 0;")
-    w.indent(-1)
-    w("}")
+        _emit_row(w, variants, ptr_names, par.vector, set(), len(space) - 1, unit)
+    if par.block > 1:
+        for _ in range(3):
+            w.indent(-1)
+            w("}")
+    else:
+        w("begin += n; ++row; col = 0;")
+        w.indent(-1)
+        w("}")
     if streamed:
         w("if (stream) pfjax::rt::stream_fence();")
     w.indent(-1)
@@ -118,7 +160,7 @@ def emit_kernel(kernel: gir.Kernel) -> str:
 
 
 def _emit_row(w: _Writer, variants, ptr_names: dict[int, str], vector: int,
-              streamed: set[int], inner_dim: int) -> None:
+              streamed: set[int], inner_dim: int, unit: set[int]) -> None:
     """One row of n elements: a SIMD loop over the value graph per interval of the inner
     index (one interval unless a concatenation splits it). Streamed stores go to a tile at
     the local level first and leave it with non-temporal stores."""
@@ -157,7 +199,7 @@ def _emit_row(w: _Writer, variants, ptr_names: dict[int, str], vector: int,
                 continue
             v = f"v{len(values)}"
             values[id(n)] = v
-            w(f"const {register_type(n.dtype)} {v} = {_expr(n, values, ptr_names, offset, inner_dim)};")
+            w(f"const {register_type(n.dtype)} {v} = {_expr(n, values, ptr_names, offset, inner_dim, unit)};")
         w.indent(-1)
         w("}")
         tile_order.append(tiles)
@@ -182,16 +224,44 @@ def _elems(buf: gir.Node) -> int:
     return n
 
 
-def _index(n: gir.Node, offset: str) -> str:
-    stride = n.arg.view.strides[-1]
+def _transposed_load(n: gir.Node) -> bool:
+    strides = n.arg.view.strides
+    return n.op is Op.LOAD and len(strides) >= 2 and not n.arg.dynamic \
+        and n.arg.fill is None and n.src[0].arg.role == "in" and abs(strides[-1]) > 1 \
+        and strides[-2] == 1
+
+
+def _stage_key(n: gir.Node) -> tuple:
+    return (n.src[0].arg.index, n.arg.view) if _transposed_load(n) else ()
+
+
+def _emit_staging(w: _Writer, staged: dict, outer) -> None:
+    """Fill each stage tile for this block of rows and strip of columns: source lines are
+    read contiguously (across the block's rows), the tile is written transposed."""
+    w("{")
+    w.indent()
+    w("int64_t r = row0;")
+    for d in reversed(range(len(outer))):
+        w(f"const int64_t i{d} = r % {outer[d]}; r /= {outer[d]};" if d else f"const int64_t i{d} = r;")
+    for k, n in enumerate(staged.values()):
+        view, buf = n.arg.view, n.src[0]
+        terms = [str(view.offset)] + [f"i{d} * {s}" for d, s in enumerate(view.strides[:-1]) if s]
+        w(f"const {STORAGE[n.dtype]}* __restrict src{k} = in{buf.arg.index} + {' + '.join(terms)} + col * {view.strides[-1]};")
+        w(f"pfjax::rt::stage_transpose(stage{k}, kStrip, src{k}, {view.strides[-1]}, n, rows);")
+    w.indent(-1)
+    w("}")
+
+
+def _index(n: gir.Node, offset: str, unit: set[int] = frozenset()) -> str:
+    stride = 1 if id(n) in unit else n.arg.view.strides[-1]
     return f"{offset}j" if stride == 1 else f"({offset}j) * {stride}" if stride else "0"
 
 
 def _expr(n: gir.Node, values: dict[int, str], ptrs: dict[int, str], offset: str,
-          inner_dim: int) -> str:
+          inner_dim: int, unit: set[int]) -> str:
     src = [values.get(id(s)) for s in n.src]
     if n.op is Op.LOAD:
-        index = _index(n, offset)
+        index = _index(n, offset, unit)
         if gir.load_offset(n) is not None:
             index = f"{index} + {values[id(gir.load_offset(n))]}"
         return guarded_load(n, load_expr(f"{ptrs[id(n)]}[{index}]", n.dtype), values)

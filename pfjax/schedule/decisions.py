@@ -98,12 +98,31 @@ def choose(kernel: gir.Kernel, target: gir.Target) -> Schedule:
     min_chunk = max(1, MIN_TASK_BYTES // bytes_per_elem)
     # Several chunks per thread so a slow thread does not hold everyone up.
     chunk = max(min_chunk, -(-size // (target.groups * 4)))
-    align = 64
+    block = transpose_block(kernel)
+    # A blocked traversal hands out whole blocks of rows.
+    align = block * par.space[-1] if block > 1 else 64
     chunk = -(-chunk // align) * align
     out_bytes = sum(b.dtype.itemsize for b in kernel.outputs) * size
     mode = config.nontemporal()
     stream = mode == "always" or (mode == "auto" and out_bytes >= NONTEMPORAL_MIN_BYTES)
-    return Schedule(vector=target.lanes, chunk=min(chunk, size), nontemporal=stream)
+    return Schedule(vector=target.lanes, chunk=min(chunk, size), nontemporal=stream, block=block)
+
+
+TRANSPOSE_BLOCK_ROWS = 32  # two cache lines of each source row per block
+
+
+def transpose_block(kernel: gir.Kernel) -> int:
+    """Rows per block when an access reads or writes across rows (a transpose: strided
+    along the row, unit stride from one row to the next); 1 otherwise."""
+    space = kernel.parallel.space
+    if len(space) < 2 or space[-1] < 16 or space[-2] < 2:
+        return 1
+    for n in gir.toposort(kernel.root):
+        if n.op in (Op.LOAD, Op.STORE):
+            strides = n.arg.view.strides
+            if abs(strides[-1]) > 1 and abs(strides[-2]) == 1:
+                return TRANSPOSE_BLOCK_ROWS
+    return 1
 
 
 def apply(kernel: gir.Kernel, schedule: Schedule) -> gir.Kernel:

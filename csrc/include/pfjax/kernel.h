@@ -98,6 +98,64 @@ struct Scratch {
   Scratch& operator=(const Scratch&) = delete;
 };
 
+#if defined(__AVX512F__)
+// 16x16 transpose of 4-byte elements in registers: dst row c (c < 16) gets column c of the
+// 16 source rows. Unpacks of 32- and 64-bit pairs, then two 128-bit lane shuffles.
+static inline void transpose16x16_b32(void* dst, int64_t dst_stride, const void* src,
+                                      int64_t src_stride) {
+  const float* s = static_cast<const float*>(src);
+  float* d = static_cast<float*>(dst);
+  __m512 r[16], t[16], u[16];
+  for (int k = 0; k < 16; ++k) r[k] = _mm512_loadu_ps(s + k * src_stride);
+  for (int k = 0; k < 16; k += 2) {
+    t[k] = _mm512_unpacklo_ps(r[k], r[k + 1]);
+    t[k + 1] = _mm512_unpackhi_ps(r[k], r[k + 1]);
+  }
+  for (int k = 0; k < 16; k += 4) {  // u[k + c]: column 4L + c of rows k..k+3 in lane L
+    const __m512d a = _mm512_castps_pd(t[k]), b = _mm512_castps_pd(t[k + 2]);
+    const __m512d c = _mm512_castps_pd(t[k + 1]), e = _mm512_castps_pd(t[k + 3]);
+    u[k] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, b));
+    u[k + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, b));
+    u[k + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(c, e));
+    u[k + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(c, e));
+  }
+  for (int c = 0; c < 4; ++c) {
+    const __m512 v0 = _mm512_shuffle_f32x4(u[c], u[c + 4], 0x88);
+    const __m512 v4 = _mm512_shuffle_f32x4(u[c], u[c + 4], 0xdd);
+    const __m512 v8 = _mm512_shuffle_f32x4(u[c + 8], u[c + 12], 0x88);
+    const __m512 v12 = _mm512_shuffle_f32x4(u[c + 8], u[c + 12], 0xdd);
+    _mm512_storeu_ps(d + c * dst_stride, _mm512_shuffle_f32x4(v0, v8, 0x88));
+    _mm512_storeu_ps(d + (c + 8) * dst_stride, _mm512_shuffle_f32x4(v0, v8, 0xdd));
+    _mm512_storeu_ps(d + (c + 4) * dst_stride, _mm512_shuffle_f32x4(v4, v12, 0x88));
+    _mm512_storeu_ps(d + (c + 12) * dst_stride, _mm512_shuffle_f32x4(v4, v12, 0xdd));
+  }
+}
+#endif
+
+// Stage a transposed block at the local level: dst[tt * dst_stride + jj] =
+// src[jj * src_stride + tt] for jj < cols, tt < rows. Each source line is read once,
+// whole; full 16x16 blocks of 4-byte elements are transposed in registers.
+template <typename T>
+static inline void stage_transpose(T* __restrict dst, int64_t dst_stride,
+                                   const T* __restrict src, int64_t src_stride, int64_t cols,
+                                   int64_t rows) {
+  int64_t t0 = 0;
+#if defined(__AVX512F__)
+  if constexpr (sizeof(T) == 4) {
+    for (; t0 + 16 <= rows; t0 += 16) {
+      int64_t jj = 0;
+      for (; jj + 16 <= cols; jj += 16)
+        transpose16x16_b32(dst + t0 * dst_stride + jj, dst_stride, src + jj * src_stride + t0,
+                           src_stride);
+      for (; jj < cols; ++jj)
+        for (int64_t tt = t0; tt < t0 + 16; ++tt) dst[tt * dst_stride + jj] = src[jj * src_stride + tt];
+    }
+  }
+#endif
+  for (int64_t jj = 0; jj < cols; ++jj)
+    for (int64_t tt = t0; tt < rows; ++tt) dst[tt * dst_stride + jj] = src[jj * src_stride + tt];
+}
+
 static inline void stream_fence() {
 #if defined(__SSE2__)
   _mm_sfence();
