@@ -250,3 +250,14 @@ def test_transpose_goes_through_a_stage_tile(shape, dtype, rng):
     (group,) = pfjax.explain(f, x, b).groups
     assert group.schedule.block > 1
     assert "stage0[" in open(group.source_path).read()
+
+
+def test_causal_mask_from_iotas_is_computed_inline(rng):
+    x = randn(rng, 4, 24, 24)
+
+    def causal_softmax(x):
+        s = x.shape[-1]
+        mask = jnp.arange(s)[:, None] >= jnp.arange(s)[None, :]
+        return jax.nn.softmax(jnp.where(mask, x * 0.125, -jnp.inf), axis=-1)
+    one_kernel(causal_softmax, x)
+    one_kernel(lambda x: jnp.tril(x) * 2.0 + jnp.triu(x, 1), x)

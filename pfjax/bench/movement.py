@@ -98,7 +98,7 @@ register(Workload("rope", "rotary embedding (RoPE)", "movement", _HEADS, _build_
                   _torch_rope))
 register(Workload("head_reshuffle", "transpose (B,S,H,D)->(B,H,S,D) + scale", "movement",
                   _HEADS, _build_one, head_reshuffle, _torch_head_reshuffle))
-register(Workload("transpose_bias_gelu", "transpose + bias + GELU (tanh)", "movement",
+register(Workload("transpose_bias_act", "transpose + bias + GELU (tanh)", "movement",
                   _MATRIX, _build_tbg, transpose_bias_gelu, _torch_transpose_bias_gelu,
                   rtol=1e-4, atol=1e-5))
 register(Workload("concat_elementwise", "concatenate 3 elementwise results", "movement",

@@ -261,15 +261,17 @@ def _feeds_only(eqns, group_of, producer, program_outs) -> dict[int, int | None]
     return feeds
 
 
-def _absorb(x: int, y: int, spaces, feeds, moved: set[tuple[int, int]]) -> Space | None:
+def _absorb(x: int, y: int, spaces, feeds, moved: set[tuple[int, int]],
+            cheap: set[int]) -> Space | None:
     """An elementwise group whose results only one group reads is computed inside that
     group's loop instead when it is much smaller (a weight or a per-column statistic being
-    prepared) or when that group reads it through data movement (a slice, transpose,
-    concatenation or padding of it): each of its elements is then computed about once."""
+    prepared), when that group reads it through data movement (a slice, transpose,
+    concatenation or padding of it: each of its elements is then computed about once), or
+    when it is only cheap index arithmetic (a causal mask from iotas)."""
     for small, big in ((x, y), (y, x)):
         if feeds.get(small) == big and spaces[small][1] is None and (
                 8 * math.prod(spaces[small][0]) <= math.prod(spaces[big][0])
-                or (small, big) in moved):
+                or (small, big) in moved or small in cheap):
             return spaces[big]
     return None
 
@@ -298,6 +300,8 @@ def _merge_siblings(eqns, group_of, spaces, producer, program_outs, absorb) -> d
         pairs: list[tuple[int, int]] = []
         readers: dict[int, set[int]] = {}
         moved: set[tuple[int, int]] = set()  # (producer group, group moving its data)
+        cheap = {g for g in set(group_of.values())
+                 if all(_cheap(eqns[i]) for i, h in group_of.items() if h == g)}
         for i, eqn in enumerate(eqns):
             if i not in group_of:
                 continue
@@ -321,7 +325,7 @@ def _merge_siblings(eqns, group_of, spaces, producer, program_outs, absorb) -> d
         for x, y in dict.fromkeys(pairs):
             if _column_blocked(x, y, spaces, sole_reader):
                 continue
-            joined = join(spaces[x], spaces[y]) or _absorb(x, y, spaces, feeds, moved)
+            joined = join(spaces[x], spaces[y]) or _absorb(x, y, spaces, feeds, moved, cheap)
             if joined and _can_merge(x, y, eqns, group_of, producer, dep):
                 group_of = {i: (x if g == y else g) for i, g in group_of.items()}
                 spaces[x] = joined

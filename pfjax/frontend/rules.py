@@ -287,7 +287,8 @@ def cannot_lower(eqn) -> str | None:
 
 
 # Equations that are free or nearly so when recomputed inside a consumer's loop.
-CHEAP_TO_RECOMPUTE = {"iota", "broadcast_in_dim", "convert_element_type", "copy", "copy_p", "neg", "reshape", "squeeze",
+CHEAP_TO_RECOMPUTE = {"iota", "eq", "ne", "lt", "le", "gt", "ge", "and", "or", "not",
+                      "broadcast_in_dim", "convert_element_type", "copy", "copy_p", "neg", "reshape", "squeeze",
                       "add", "sub", "mul", "max", "min", "select_n", "abs"}
 
 
