@@ -195,3 +195,19 @@ def plan(fun: Callable, avals: list) -> Plan:
 def group_bytes(gp: GroupPlan) -> tuple[int, int]:
     return bytes_moved(gp.group)
 
+
+
+def cuda_sources(fun: Callable, avals: list) -> list[tuple[Group, str | None, str | None]]:
+    """(group, CUDA source, reason it has none) for each fusion group of `fun`: the same
+    GIR after the same passes, for the CUDA target (compile-only checks need no GPU)."""
+    from pfjax.codegen.cuda import CudaUnsupported, emit_cuda_kernel
+    program, _ = trace(fun, avals)
+    tgt = gir.cuda_target()
+    out = []
+    for group in partition(program).groups:
+        try:
+            kernel = run_passes(lower_group(group), tgt)
+            out.append((group, emit_cuda_kernel(kernel), None))
+        except (LoweringError, CudaUnsupported) as err:
+            out.append((group, None, str(err)))
+    return out

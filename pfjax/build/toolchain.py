@@ -49,10 +49,10 @@ def pfjax_include_dir() -> Path:
                            + ", ".join(map(str, candidates)) + "); reinstall pfjax")
 
 
-def _digest(dirs: list[Path]) -> str:
+def _digest(dirs: list[Path], patterns=("*.h",)) -> str:
     h = hashlib.sha256()
     for d in dirs:
-        for f in sorted((d / "pfjax").glob("*.h")):
+        for f in sorted(p for pattern in patterns for p in (d / "pfjax").glob(pattern)):
             h.update(f.name.encode())
             h.update(f.read_bytes())
     return h.hexdigest()

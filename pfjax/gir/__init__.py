@@ -6,7 +6,7 @@ from pfjax.gir.graph import (REDUCE_OPS, Buffer, Kernel, Move, Node, Op, Paralle
                              reduce, rewrite, select, store, tile, toposort)
 from pfjax.gir.ops import ALU_OPS, alu_op
 from pfjax.gir.printer import format_kernel
-from pfjax.gir.target import GLOBAL, LOCAL, REG, MemoryLevel, Target, cpu_target
+from pfjax.gir.target import GLOBAL, LOCAL, REG, MemoryLevel, Target, cpu_target, cuda_target
 from pfjax.gir.verify import GirError, verify
 from pfjax.gir import interp
 from pfjax.gir.loops import LoopNest, loop_nest

@@ -63,3 +63,29 @@ def cpu_target(info: dict) -> Target:
         vector_bytes=simd,
         isa=tuple(sorted(info.get("isa") or ())),
     )
+
+
+# Named default when no GPU is present: an H100 SXM (sm_90).
+H100 = {"name": "h100", "sm": 90, "sms": 132, "shared_per_block": 48 * 1024,
+        "l2_bytes": 50 << 20, "dram_gbps": 3000.0}
+
+
+def cuda_target(info: dict | None = None) -> Target:
+    """CUDA target from device facts (multiprocessors, shared memory per block, L2), or the
+    named H100 default. A group is a block of 256 threads, its units are the threads; the
+    local level is the block's shared memory (the default 48 KiB a launch gets without
+    opting in)."""
+    info = {**H100, **(info or {})}
+    return Target(
+        name=f"cuda-sm{info['sm']}",
+        backend="cuda",
+        levels=(
+            MemoryLevel(GLOBAL, 1 << 40, float(info["dram_gbps"]), "device"),
+            MemoryLevel(LOCAL, int(info["shared_per_block"]), 20 * float(info["dram_gbps"]), "group"),
+            MemoryLevel(REG, 255 * 4, 1e6, "unit"),
+        ),
+        groups=int(info["sms"]) * 8,
+        lanes=256,
+        vector_bytes=16,
+        isa=(f"sm_{info['sm']}",),
+    )

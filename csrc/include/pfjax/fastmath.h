@@ -13,7 +13,7 @@
 
 #include "pfjax/math.h"
 
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) && !defined(__CUDACC__)
 #include <immintrin.h>
 #endif
 
@@ -37,7 +37,7 @@ PFJAX_MATH_INLINE float exp_lean_sum(float a, float b) {
   r = fmaf(n, -detail::kLn2Lo, r) + bc;
   const float y = detail::expm1_reduced(r) + 1.0f;
   const int32_t e = static_cast<int32_t>(n != n ? 0.0f : n);
-  return y * __builtin_bit_cast(float, static_cast<uint32_t>(e + 127) << 23);
+  return y * PFJAX_BIT_CAST(float, static_cast<uint32_t>(e + 127) << 23);
 }
 
 PFJAX_MATH_INLINE float exp_lean(float x) { return exp_lean_sum(x, 0.0f); }
@@ -47,7 +47,7 @@ PFJAX_MATH_INLINE float exp_lean(float x) { return exp_lean_sum(x, 0.0f); }
 // overflow, underflow and denormal results in one instruction, so it needs about half the
 // work of exp_f32), and the scalar exp_f32 on the remainder. <= 2 ulp, like exp_f32
 // special values: NaN propagates, +inf -> inf, -inf -> 0. Without AVX-512 it is exp_f32.
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) && !defined(__CUDACC__)
 }  // namespace math
 }  // namespace pfjax
 #pragma omp declare simd simdlen(16) notinbranch

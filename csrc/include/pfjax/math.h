@@ -60,15 +60,33 @@
 #include <limits>
 #include <type_traits>
 
+#if defined(__CUDACC__)
+// The same functions run in CUDA kernels (pfjax/cuda_kernel.cuh): identical results on
+// both backends.
+#define PFJAX_MATH_INLINE static __host__ __device__ __forceinline__
+#if defined(__CUDA_ARCH__)
+#define PFJAX_BIT_CAST(T, x) pfjax_device_bit_cast<T>(x)
+template <typename T, typename F>
+__device__ __forceinline__ T pfjax_device_bit_cast(F x) {
+  static_assert(sizeof(T) == 4 && sizeof(F) == 4, "32-bit casts only");
+  if constexpr (std::is_same<T, float>::value) return __uint_as_float(static_cast<unsigned>(x));
+  else return static_cast<T>(__float_as_uint(x));
+}
+#else
+#define PFJAX_BIT_CAST(T, x) __builtin_bit_cast(T, x)
+#endif
+#else
 #define PFJAX_MATH_INLINE static inline __attribute__((always_inline))
+#define PFJAX_BIT_CAST(T, x) __builtin_bit_cast(T, x)
+#endif
 
 namespace pfjax {
 namespace math {
 namespace detail {
 
-PFJAX_MATH_INLINE uint32_t f2u(float x) { return __builtin_bit_cast(uint32_t, x); }
-PFJAX_MATH_INLINE float u2f(uint32_t u) { return __builtin_bit_cast(float, u); }
-PFJAX_MATH_INLINE int32_t f2i_bits(float x) { return __builtin_bit_cast(int32_t, x); }
+PFJAX_MATH_INLINE uint32_t f2u(float x) { return PFJAX_BIT_CAST(uint32_t, x); }
+PFJAX_MATH_INLINE float u2f(uint32_t u) { return PFJAX_BIT_CAST(float, u); }
+PFJAX_MATH_INLINE int32_t f2i_bits(float x) { return PFJAX_BIT_CAST(int32_t, x); }
 
 // 2^n for n in [-126, 127].
 PFJAX_MATH_INLINE float pow2i(int32_t n) { return u2f((uint32_t)(n + 127) << 23); }

@@ -1,0 +1,385 @@
+"""CUDA codegen: the same scheduled GIR kernel -> a CUDA source using pfjax/cuda_kernel.cuh.
+
+Elementwise kernels: a grid-stride loop in which each thread handles `kVec` consecutive
+elements of the innermost dimension; accesses that are contiguous and aligned move as one
+16-byte pack, the others element by element (strided, broadcast, guarded or dynamic).
+Row reductions: one block per parallel unit (a row), grid-stride over the units; each loop
+of the kernel's loop nest strides the threads over the reduced elements, reductions
+combine with warp shuffles then through shared memory (pfjax::rt::block_reduce), and
+values kept at the local level live in shared memory. bf16/f16 are loaded and stored as
+such and computed in float32. Column reductions and reductions over all units are not
+generated yet (CudaUnsupported names them).
+"""
+from __future__ import annotations
+
+from pfjax import gir
+from pfjax.codegen.cpu import _Writer, _elems
+from pfjax.codegen.ctypes_table import (STORAGE, compute_expr, guarded_load, literal,
+                                        load_expr, register_type, store_expr)
+from pfjax.gir import DType, Op
+from pfjax.gir.loops import is_tile_load, loop_nest
+
+THREADS = 256
+PACK_BYTES = 16
+BLOCKS_PER_SM = 8
+
+
+class CudaUnsupported(NotImplementedError):
+    """A kernel shape the CUDA backend does not generate yet."""
+
+
+def emit_cuda_kernel(kernel: gir.Kernel) -> str:
+    par = kernel.parallel
+    if par.rdims:
+        if par.column_style:
+            raise CudaUnsupported("column reductions (the kept dimension is innermost)")
+        nodes = gir.toposort(kernel.root)
+        if loop_nest(kernel).finals(nodes) or par.split > 1:
+            raise CudaUnsupported("reductions over all parallel units (a finish step)")
+        return _RowReduction(kernel).source()
+    return _Elementwise(kernel).source()
+
+
+def _pointer_args(kernel: gir.Kernel) -> tuple[list[str], list[str]]:
+    """Kernel parameters and the launch's casts of the FFI buffers to them."""
+    params, casts = [], []
+    for buf in kernel.inputs:
+        t, k = STORAGE[buf.dtype], buf.arg.index
+        params.append(f"const {t}* __restrict__ in{k}")
+        casts.append(f"static_cast<const {t}*>(in[{k}])")
+    for buf in kernel.outputs:
+        t, k = STORAGE[buf.dtype], buf.arg.index
+        params.append(f"{t}* __restrict__ out{k}")
+        casts.append(f"static_cast<{t}*>(out[{k}])")
+    return params, casts
+
+
+def _footer(w: _Writer, kernel: gir.Kernel) -> None:
+    name = kernel.name
+    in_sizes = ", ".join(str(_elems(b)) for b in kernel.inputs)
+    out_sizes = ", ".join(str(_elems(b)) for b in kernel.outputs)
+    w(f"constexpr int64_t {name}_in_sizes[] = {{{in_sizes + ', ' if in_sizes else ''}0}};")
+    w(f"constexpr int64_t {name}_out_sizes[] = {{{out_sizes + ', ' if out_sizes else ''}0}};")
+    w()
+    w(f"}}  // namespace {name}_k")
+    w()
+    ns = f"{name}_k::"
+    w(f"PFJAX_CUDA_EXPORT({name}, {ns}{name}_launch, {len(kernel.inputs)}, {ns}{name}_in_sizes, "
+      f"{len(kernel.outputs)}, {ns}{name}_out_sizes)")
+
+
+def _buffer_name(buf: gir.Node) -> str:
+    return f"{'in' if buf.arg.role == 'in' else 'out'}{buf.arg.index}"
+
+
+class _Emitter:
+    """What both kernel kinds share: values, addresses and the per-lane index."""
+
+    def __init__(self, kernel: gir.Kernel):
+        self.kernel = kernel
+        self.par = kernel.parallel
+        self.space = self.par.space or (1,)
+        self.nodes = gir.toposort(kernel.root)
+        self.w = _Writer()
+        self.names: dict[int, str] = {}
+        self.counter = 0
+
+    def idx(self, d: int) -> str:
+        return f"i{d}"
+
+    def address(self, n: gir.Node) -> str:
+        view = n.arg.view
+        terms = [str(view.offset)] + [f"{self.idx(d)} * {s}" for d, s in enumerate(view.strides) if s]
+        offset = gir.load_offset(n)
+        if offset is not None:
+            terms.append(self.names[id(offset)])
+        return f"{_buffer_name(n.src[0])}[{' + '.join(terms)}]"
+
+    def value(self, n: gir.Node) -> str:
+        """C++ for a computation or load node whose sources are named already."""
+        if n.op is Op.LOAD:
+            return guarded_load(n, load_expr(self.address(n), n.dtype), self.names)
+        if n.op is Op.INDEX:
+            return f"static_cast<int64_t>({self.idx(n.arg)})"
+        src = [self.names.get(id(s)) for s in n.src]
+        expr = compute_expr(n.op, n, src)
+        if expr is None:
+            raise CudaUnsupported(f"CUDA codegen has no rule for {n.op}")
+        return expr
+
+    def define(self, n: gir.Node, expr: str | None = None) -> None:
+        v = f"v{self.counter}"  # never reused: a loop body's names must not shadow
+        self.counter += 1
+        self.names[id(n)] = v
+        self.w(f"const {register_type(n.dtype)} {v} = {expr if expr is not None else self.value(n)};")
+
+    def header(self) -> None:
+        self.w(f"// Generated by pfjax from GIR kernel {self.kernel.name} (CUDA). Do not edit.")
+        self.w('#include "pfjax/cuda_kernel.cuh"')
+        self.w()
+        self.w(f"namespace {self.kernel.name}_k {{  // several kernels may share a source")
+        self.w()
+
+    def unravel(self, flat: str, dims: list[int]) -> None:
+        """i{d} for the dims (outermost first) from a row-major flat index."""
+        if not dims:
+            return
+        self.w(f"int64_t r_ = {flat};")
+        for k in reversed(range(len(dims))):
+            d = dims[k]
+            if k:
+                self.w(f"const int64_t i{d} = r_ % {self.space[d]}; r_ /= {self.space[d]};")
+            else:
+                self.w(f"const int64_t i{d} = r_;")
+
+
+class _Elementwise(_Emitter):
+    def __init__(self, kernel: gir.Kernel):
+        super().__init__(kernel)
+        accesses = [n for n in self.nodes if n.op in (Op.LOAD, Op.STORE)]
+        widest = max((n.dtype.itemsize for n in accesses), default=4)
+        self.vec = max(1, PACK_BYTES // widest)
+        inner = self.space[-1]
+        if inner % self.vec:
+            self.vec = 1
+        self.packed = {id(n) for n in accesses if self.vec > 1 and self._aligned(n)}
+
+    def _aligned(self, n: gir.Node) -> bool:
+        """Contiguous along the row, and every pack starts at a multiple of its size."""
+        view = n.arg.view
+        return view.strides[-1] == 1 and view.offset % self.vec == 0 \
+            and all(s % self.vec == 0 for s in view.strides[:-1]) \
+            and not n.arg.dynamic and n.arg.fill is None
+
+    def idx(self, d: int) -> str:
+        return f"(i{d} + l)" if d == len(self.space) - 1 else f"i{d}"
+
+    def source(self) -> str:
+        k, w, name = self.kernel, self.w, self.kernel.name
+        total = k.parallel.size
+        self.header()
+        params, casts = _pointer_args(k)
+        w(f"constexpr int64_t kTotal = {total};")
+        w(f"constexpr int kVec = {self.vec};  // elements per thread step, along the row")
+        w(f"__global__ void __launch_bounds__({THREADS}) {name}_kernel({', '.join(params)}) {{")
+        w.indent()
+        w(f"for (int64_t s = blockIdx.x * int64_t({THREADS}) + threadIdx.x; s < kTotal / kVec; "
+          f"s += int64_t(gridDim.x) * {THREADS}) {{")
+        w.indent()
+        self.unravel("s * kVec", list(range(len(self.space))))
+        pack_of: dict[tuple, str] = {}
+        for n in self.nodes:
+            if id(n) in self.packed:
+                base = self.address_at_lane0(n)
+                if n.op is Op.LOAD and base not in pack_of:
+                    pack_of[base] = f"pk{len(pack_of)}"
+                    w(f"const auto {pack_of[base]} = pfjax::rt::load_pack<{STORAGE[n.dtype]}, kVec>(&{base});")
+                elif n.op is Op.STORE:
+                    pack_of[("out", id(n))] = f"opk{len(pack_of)}"
+                    w(f"pfjax::rt::Pack<{STORAGE[n.dtype]}, kVec> {pack_of[('out', id(n))]};")
+        w("#pragma unroll")
+        w("for (int l = 0; l < kVec; ++l) {")
+        w.indent()
+        for n in self.nodes:
+            if n.op in (Op.BUFFER, Op.PARALLEL):
+                continue
+            if n.op is Op.STORE:
+                value = store_expr(self.names[id(n.src[1])], n.dtype)
+                if id(n) in self.packed:
+                    w(f"{pack_of[('out', id(n))]}.v[l] = {value};")
+                else:
+                    w(f"{self.address(n)} = {value};")
+            elif id(n) in self.packed:
+                self.define(n, load_expr(f"{pack_of[self.address_at_lane0(n)]}.v[l]", n.dtype))
+            else:
+                self.define(n)
+        w.indent(-1)
+        w("}")
+        for n in self.nodes:
+            if n.op is Op.STORE and id(n) in self.packed:
+                w(f"pfjax::rt::store_pack(&{self.address_at_lane0(n)}, {pack_of[('out', id(n))]});")
+        w.indent(-1)
+        w("}")
+        w.indent(-1)
+        w("}")
+        w()
+        w(f"cudaError_t {name}_launch(void** in, void** out, cudaStream_t stream) {{")
+        w.indent()
+        w(f"const int64_t want = (kTotal / kVec + {THREADS - 1}) / {THREADS};")
+        w("if (want == 0) return cudaSuccess;")
+        w(f"const int blocks = static_cast<int>(std::min<int64_t>(want, pfjax::rt::DeviceBlocks({BLOCKS_PER_SM})));")
+        w(f"{name}_kernel<<<blocks, {THREADS}, 0, stream>>>({', '.join(casts)});")
+        w("return cudaGetLastError();")
+        w.indent(-1)
+        w("}")
+        w()
+        _footer(w, k)
+        return "\n".join(w.lines) + "\n"
+
+    def address_at_lane0(self, n: gir.Node) -> str:
+        view = n.arg.view
+        terms = [str(view.offset)] + [f"i{d} * {s}" for d, s in enumerate(view.strides) if s]
+        return f"{_buffer_name(n.src[0])}[{' + '.join(terms)}]"
+
+
+_REDUCE_OP = {"sum": "OpSum", "prod": "OpProd", "max": "OpMax", "min": "OpMin",
+              "and": "OpAnd", "or": "OpOr"}
+
+
+def _identity(op: str, dtype: DType) -> str:
+    rt = dtype.compute if dtype is not DType.BOOL else DType.I32
+    if op == "sum" or op == "or":
+        return literal(0, rt)
+    if op == "prod" or op == "and":
+        return literal(1, rt)
+    if rt.is_float:
+        return literal(float("-inf") if op == "max" else float("inf"), rt)
+    limit = "lowest" if op == "max" else "max"
+    return f"std::numeric_limits<{register_type(rt)}>::{limit}()"
+
+
+class _RowReduction(_Emitter):
+    """One block per unit; loops of the loop nest stride the threads over the row."""
+
+    def __init__(self, kernel: gir.Kernel):
+        super().__init__(kernel)
+        self.nest = loop_nest(kernel)
+        self.rdims = list(self.par.rdims)
+        self.kept = [d for d in range(len(self.space)) if d not in self.rdims]
+        self.row = 1
+        for d in self.rdims:
+            self.row *= self.space[d]
+        self.accs: dict[int, int] = {}
+        self.tiles = {n.src[0].arg.index: n.src[0] for n in self.nodes
+                      if n.op is Op.STORE and n.src[0].arg.role == "tile"}
+
+    def address(self, n: gir.Node) -> str:
+        if n.src[0].arg.role == "tile":
+            return f"tile{n.src[0].arg.index}[j]"
+        return super().address(n)
+
+    def value(self, n: gir.Node) -> str:
+        if is_tile_load(n):
+            return load_expr(self.address(n), n.dtype)
+        return super().value(n)
+
+    def acc_name(self, r: gir.Node) -> int:
+        return self.accs.setdefault(id(r), len(self.accs))
+
+    def cone(self, roots: list[gir.Node], full: bool) -> list[gir.Node]:
+        want: set[int] = set()
+        stack = list(roots)
+        while stack:
+            n = stack.pop()
+            if id(n) in want or n.op in (Op.BUFFER, Op.PARALLEL) or id(n) in self.names:
+                continue
+            if n.op is Op.STORE and n not in roots:
+                continue  # a tile load's ordering edge
+            if n.op is Op.REDUCE and n not in roots:
+                continue  # combined after its own loop
+            if full and n not in roots and not self.nest.full.get(id(n), False):
+                continue
+            want.add(id(n))
+            stack.extend(n.src)
+        return [n for n in self.nodes if id(n) in want]
+
+    def per_unit(self, upto: int) -> None:
+        """Values constant along the row that are computable after loop `upto - 1`."""
+        for n in self.nodes:
+            if n.op in (Op.BUFFER, Op.PARALLEL, Op.STORE, Op.REDUCE) or id(n) in self.names:
+                continue
+            if self.nest.full.get(id(n), True) or self.nest.phase.get(id(n), 0) > upto:
+                continue
+            if any(id(s) not in self.names for s in n.src
+                   if s.op not in (Op.BUFFER, Op.STORE)):
+                continue
+            self.define(n)
+
+    def source(self) -> str:
+        k, w, name = self.kernel, self.w, self.kernel.name
+        units = self.par.units
+        threads = min(THREADS, max(32, -(-self.row // 32) * 32))
+        self.header()
+        params, casts = _pointer_args(k)
+        tile_bytes = sum(self.row * t.dtype.itemsize for t in self.tiles.values())
+        w(f"constexpr int64_t kUnits = {units}, kRow = {self.row};")
+        w(f"__global__ void __launch_bounds__({threads}) {name}_kernel({', '.join(params)}) {{")
+        w.indent()
+        w("__shared__ double red_[32];  // one partial per warp")
+        if self.tiles:
+            w("extern __shared__ __align__(16) unsigned char tiles_[];")
+            offset = 0
+            for index, t in sorted(self.tiles.items()):
+                w(f"{STORAGE[t.dtype]}* tile{index} = reinterpret_cast<{STORAGE[t.dtype]}*>(tiles_ + {offset});")
+                offset += self.row * t.dtype.itemsize
+        w("for (int64_t u = blockIdx.x; u < kUnits; u += gridDim.x) {")
+        w.indent()
+        self.unravel("u", self.kept)
+        roots = self.nest.roots(self.nodes)
+        self.per_unit(0)
+        for loop in range(self.nest.num_loops):
+            in_loop = [r for r in roots if self.nest.loop_of(r) == loop]
+            reductions = [r for r in in_loop if r.op is Op.REDUCE]
+            for r in reductions:
+                acc_t = register_type(r.dtype if r.dtype is not DType.BOOL else DType.I32)
+                w(f"{acc_t} acc_{self.acc_name(r)} = {_identity(r.arg.op, r.dtype)};")
+            w(f"for (int64_t j = threadIdx.x; j < kRow; j += {threads}) {{")
+            w.indent()
+            self.unravel("j", self.rdims)
+            body = self.cone(in_loop, full=True)
+            local_names = dict(self.names)
+            for n in body:
+                if n.op is Op.REDUCE:
+                    op = _REDUCE_OP[n.arg.op]
+                    v = self.names[id(n.src[0])]
+                    acc = f"acc_{self.acc_name(n)}"
+                    w(f"{acc} = pfjax::rt::{op}()({acc}, static_cast<decltype({acc})>({v}));")
+                elif n.op is Op.STORE:
+                    w(f"{self.address(n)} = {store_expr(self.names[id(n.src[1])], n.dtype)};")
+                else:
+                    self.define(n)
+            self.names = local_names  # values of the loop body end with it
+            w.indent(-1)
+            w("}")
+            for r in reductions:
+                acc = f"acc_{self.acc_name(r)}"
+                ident = _identity(r.arg.op, r.dtype)
+                if r.dtype.is_float and r.dtype is not DType.F64:
+                    red = f"pfjax::rt::block_reduce({acc}, pfjax::rt::{_REDUCE_OP[r.arg.op]}(), {ident}, reinterpret_cast<float*>(red_))"
+                elif r.dtype is DType.F64:
+                    red = f"pfjax::rt::block_reduce({acc}, pfjax::rt::{_REDUCE_OP[r.arg.op]}(), {ident}, red_)"
+                else:
+                    red = (f"pfjax::rt::block_reduce(static_cast<long long>({acc}), "
+                           f"pfjax::rt::{_REDUCE_OP[r.arg.op]}(), static_cast<long long>({ident}), "
+                           f"reinterpret_cast<long long*>(red_))")
+                self.define(r, f"static_cast<{register_type(r.dtype)}>({red})")
+            self.per_unit(loop + 1)
+        after = [r for r in roots if r.op is Op.STORE and self.nest.loop_of(r) is None]
+        if after:
+            w("if (threadIdx.x == 0) {")
+            w.indent()
+            for n in self.cone([s.src[1] for s in after], full=False):
+                self.define(n)
+            for s in after:
+                w(f"{self.address(s)} = {store_expr(self.names[id(s.src[1])], s.dtype)};")
+            w.indent(-1)
+            w("}")
+        w("__syncthreads();  // shared memory is reused by the next unit")
+        w.indent(-1)
+        w("}")
+        w.indent(-1)
+        w("}")
+        w()
+        w(f"cudaError_t {name}_launch(void** in, void** out, cudaStream_t stream) {{")
+        w.indent()
+        w("if (kUnits == 0) return cudaSuccess;")
+        if tile_bytes > 48 * 1024:
+            w(f"cudaFuncSetAttribute({name}_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, {tile_bytes});")
+        w(f"const int blocks = static_cast<int>(std::min<int64_t>(kUnits, pfjax::rt::DeviceBlocks({BLOCKS_PER_SM})));")
+        w(f"{name}_kernel<<<blocks, {threads}, {tile_bytes}, stream>>>({', '.join(casts)});")
+        w("return cudaGetLastError();")
+        w.indent(-1)
+        w("}")
+        w()
+        _footer(w, k)
+        return "\n".join(w.lines) + "\n"
