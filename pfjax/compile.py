@@ -56,6 +56,7 @@ class GroupPlan:
     source_path: str | None = None
     ref: jaxext.KernelRef | None = None  # None: XLA runs the group
     problem: str | None = None           # why the group runs with XLA, if it does
+    cuda_problem: str | None = None      # why it has no CUDA kernel (on a GPU machine)
 
 
 @dataclass(eq=False)
@@ -131,6 +132,52 @@ def _build_all(plans: list[GroupPlan], tgt: gir.Target) -> None:
         gp.source_path = str(lib.parent / "kernel.cc")
 
 
+def _cuda_body(source: str) -> str:
+    return source.split('#include "pfjax/cuda_kernel.cuh"\n', 1)[1]
+
+
+def _build_cuda(plans: list[GroupPlan]) -> None:
+    """Where JAX runs on an NVIDIA GPU: the same groups as CUDA kernels (the GIR as lowered,
+    through the same passes for the CUDA target), built by nvcc through the same cache and
+    registered for platform CUDA. Without a GPU nothing happens; without nvcc, or for a
+    kernel the CUDA codegen does not handle, XLA runs the group on the GPU (said once)."""
+    info = jaxext.gpu_info()
+    if info is None:
+        return
+    from pfjax.build.cuda import find_nvcc
+    from pfjax.codegen.cuda import CudaUnsupported, emit_cuda_kernel
+    tgt = gir.cuda_target(info)
+    sources: dict[str, str] = {}
+    names: dict[int, str] = {}
+    for k, gp in enumerate(plans):
+        if gp.kernel_before is None:
+            continue
+        try:
+            kernel = run_passes(gp.kernel_before, tgt)
+            sources.setdefault(kernel.name, _cuda_body(emit_cuda_kernel(kernel)))
+            names[k] = kernel.name
+        except CudaUnsupported as err:
+            gp.cuda_problem = f"CUDA codegen: {err}"
+    if not sources:
+        return
+    unit = '#include "pfjax/cuda_kernel.cuh"\n' + "\n".join(sources[n] for n in sorted(sources))
+    try:
+        toolchain = find_nvcc(jaxext.ffi_include_dir(), info.get("sm"))
+        lib = build(unit, toolchain, tgt.key)
+        jaxext.register_cuda_library(str(lib), sorted(sources))
+    except ToolchainMissing as err:
+        warn_once("nvcc", f"pfjax: {err}; XLA runs these functions on the GPU unfused")
+        return
+    except CompileError as err:
+        warn_once("cuda:" + str(err.source_path),
+                  f"pfjax: CUDA kernel compilation failed; XLA runs the group instead. "
+                  f"Source kept at {err.source_path}.\n{err.output[-2000:]}")
+        return
+    for k, name in names.items():
+        gp = plans[k]
+        gp.ref = jaxext.KernelRef(gp.ref.target if gp.ref else "", cuda=name)
+
+
 def _schedule_steps(program: Program, plans: list[GroupPlan]) -> list[Callable]:
     """Order ungrouped equations and group calls so that every value exists before use."""
     member = {id(e) for gp in plans for e in gp.group.eqns}
@@ -189,6 +236,7 @@ def plan(fun: Callable, avals: list) -> Plan:
         if all(gp.kernel is not None for gp in plans):
             break
     _build_all(plans, tgt)
+    _build_cuda(plans)
     return Plan(program, consts, part, plans, _schedule_steps(program, plans))
 
 
@@ -197,11 +245,13 @@ def group_bytes(gp: GroupPlan) -> tuple[int, int]:
 
 
 
-def cuda_sources(fun: Callable, avals: list) -> list[tuple[Group, str | None, str | None]]:
+def cuda_sources(fun: Callable, avals: list, program: Program | None = None
+                 ) -> list[tuple[Group, str | None, str | None]]:
     """(group, CUDA source, reason it has none) for each fusion group of `fun`: the same
     GIR after the same passes, for the CUDA target (compile-only checks need no GPU)."""
     from pfjax.codegen.cuda import CudaUnsupported, emit_cuda_kernel
-    program, _ = trace(fun, avals)
+    if program is None:
+        program, _ = trace(fun, avals)
     tgt = gir.cuda_target()
     out = []
     for group in partition(program).groups:

@@ -51,11 +51,15 @@ class Report:
             out.append(f"   outputs: {', '.join(v.aval.str_short() for v in g.outputs)}")
             out.append(f"   bytes moved: fused {_mib(fused)} vs unfused {_mib(unfused)}"
                        + (f" ({unfused / fused:.1f}x less)" if fused else ""))
-            if gp.ref is not None:
+            if gp.ref is not None and gp.ref.target:
                 out.append(f"   kernel: {gp.ref.target}  schedule: {gp.schedule.to_json()}")
                 out.append(f"   source: {gp.source_path}")
             else:
                 out.append(f"   runs with XLA: {gp.problem}")
+            if gp.ref is not None and gp.ref.cuda:
+                out.append(f"   CUDA kernel: {gp.ref.cuda}")
+            elif gp.cuda_problem:
+                out.append(f"   on the GPU, runs with XLA: {gp.cuda_problem}")
             if gp.kernel is not None and gp.kernel.parallel.rdims:
                 out.append(f"   reduces over {tuple(g.axes)}; reused values:")
                 for line in describe_reuse(gp.kernel, target()):

@@ -31,12 +31,10 @@ class CudaUnsupported(NotImplementedError):
 def emit_cuda_kernel(kernel: gir.Kernel) -> str:
     par = kernel.parallel
     if par.rdims:
-        if par.column_style:
-            raise CudaUnsupported("column reductions (the kept dimension is innermost)")
         nodes = gir.toposort(kernel.root)
-        if loop_nest(kernel).finals(nodes) or par.split > 1:
-            raise CudaUnsupported("reductions over all parallel units (a finish step)")
-        return _RowReduction(kernel).source()
+        if par.split > 1 or (par.column_style and loop_nest(kernel).finals(nodes)):
+            raise CudaUnsupported("reductions over all column blocks (a finish step)")
+        return (_ColumnReduction if par.column_style else _RowReduction)(kernel).source()
     return _Elementwise(kernel).source()
 
 
@@ -208,7 +206,7 @@ class _Elementwise(_Emitter):
         w(f"const int64_t want = (kTotal / kVec + {THREADS - 1}) / {THREADS};")
         w("if (want == 0) return cudaSuccess;")
         w(f"const int blocks = static_cast<int>(std::min<int64_t>(want, pfjax::rt::DeviceBlocks({BLOCKS_PER_SM})));")
-        w(f"{name}_kernel<<<blocks, {THREADS}, 0, stream>>>({', '.join(casts)});")
+        w(f"PFJAX_LAUNCH({name}_kernel, blocks, {THREADS}, 0, stream, {', '.join(casts)});")
         w("return cudaGetLastError();")
         w.indent(-1)
         w("}")
@@ -288,46 +286,81 @@ class _RowReduction(_Emitter):
         for n in self.nodes:
             if n.op in (Op.BUFFER, Op.PARALLEL, Op.STORE, Op.REDUCE) or id(n) in self.names:
                 continue
-            if self.nest.full.get(id(n), True) or self.nest.phase.get(id(n), 0) > upto:
+            if self.nest.full.get(id(n), True) or self.nest.phase.get(id(n), 0) > upto \
+                    or self.nest.final.get(id(n), False):
                 continue
             if any(id(s) not in self.names for s in n.src
                    if s.op not in (Op.BUFFER, Op.STORE)):
                 continue
             self.define(n)
 
+    # -- how units map onto a block (a row reduction: the block strides over one row) --
+
+    def threads(self) -> int:
+        return min(THREADS, max(32, -(-self.row // 32) * 32))
+
+    def units(self) -> int:
+        return self.par.units
+
+    def unit_setup(self) -> None:
+        self.unravel("u", self.kept)
+
+    def loop_start(self) -> tuple[str, str]:
+        return "threadIdx.x", str(self.threads())
+
+    def store_guard(self) -> str | None:
+        return None
+
+    def after_guard(self) -> str:
+        return "threadIdx.x == 0"
+
+    def combine(self, r: gir.Node, acc: str, ident: str) -> str:
+        op = f"pfjax::rt::{_REDUCE_OP[r.arg.op]}()"
+        if r.dtype.is_float and r.dtype is not DType.F64:
+            return f"pfjax::rt::block_reduce({acc}, {op}, {ident}, reinterpret_cast<float*>(red_))"
+        if r.dtype is DType.F64:
+            return f"pfjax::rt::block_reduce({acc}, {op}, {ident}, red_)"
+        return (f"pfjax::rt::block_reduce(static_cast<long long>({acc}), {op}, "
+                f"static_cast<long long>({ident}), reinterpret_cast<long long*>(red_))")
+
     def source(self) -> str:
         k, w, name = self.kernel, self.w, self.kernel.name
-        units = self.par.units
-        threads = min(THREADS, max(32, -(-self.row // 32) * 32))
+        units = self.units()
+        threads = self.threads()
         self.header()
         params, casts = _pointer_args(k)
         tile_bytes = sum(self.row * t.dtype.itemsize for t in self.tiles.values())
+        finals = self.nest.finals(self.nodes)
+        if finals:
+            params = [*params, "double* __restrict__ scratch"]
         w(f"constexpr int64_t kUnits = {units}, kRow = {self.row};")
         w(f"__global__ void __launch_bounds__({threads}) {name}_kernel({', '.join(params)}) {{")
         w.indent()
-        w("__shared__ double red_[32];  // one partial per warp")
+        w("__shared__ double red_[256];  // partials: one per warp, or per thread of a column block")
         if self.tiles:
-            w("extern __shared__ __align__(16) unsigned char tiles_[];")
+            w(f"PFJAX_DYNAMIC_SHARED(tiles_, {tile_bytes});")
             offset = 0
             for index, t in sorted(self.tiles.items()):
                 w(f"{STORAGE[t.dtype]}* tile{index} = reinterpret_cast<{STORAGE[t.dtype]}*>(tiles_ + {offset});")
                 offset += self.row * t.dtype.itemsize
         w("for (int64_t u = blockIdx.x; u < kUnits; u += gridDim.x) {")
         w.indent()
-        self.unravel("u", self.kept)
+        self.unit_setup()
         roots = self.nest.roots(self.nodes)
         self.per_unit(0)
+        first, step = self.loop_start()
         for loop in range(self.nest.num_loops):
             in_loop = [r for r in roots if self.nest.loop_of(r) == loop]
             reductions = [r for r in in_loop if r.op is Op.REDUCE]
             for r in reductions:
                 acc_t = register_type(r.dtype if r.dtype is not DType.BOOL else DType.I32)
                 w(f"{acc_t} acc_{self.acc_name(r)} = {_identity(r.arg.op, r.dtype)};")
-            w(f"for (int64_t j = threadIdx.x; j < kRow; j += {threads}) {{")
+            w(f"for (int64_t j = {first}; j < kRow; j += {step}) {{")
             w.indent()
             self.unravel("j", self.rdims)
             body = self.cone(in_loop, full=True)
             local_names = dict(self.names)
+            guard = self.store_guard()
             for n in body:
                 if n.op is Op.REDUCE:
                     op = _REDUCE_OP[n.arg.op]
@@ -335,7 +368,8 @@ class _RowReduction(_Emitter):
                     acc = f"acc_{self.acc_name(n)}"
                     w(f"{acc} = pfjax::rt::{op}()({acc}, static_cast<decltype({acc})>({v}));")
                 elif n.op is Op.STORE:
-                    w(f"{self.address(n)} = {store_expr(self.names[id(n.src[1])], n.dtype)};")
+                    store = f"{self.address(n)} = {store_expr(self.names[id(n.src[1])], n.dtype)};"
+                    w(f"if ({guard}) {store}" if guard and n.src[0].arg.role != "tile" else store)
                 else:
                     self.define(n)
             self.names = local_names  # values of the loop body end with it
@@ -343,25 +377,19 @@ class _RowReduction(_Emitter):
             w("}")
             for r in reductions:
                 acc = f"acc_{self.acc_name(r)}"
-                ident = _identity(r.arg.op, r.dtype)
-                if r.dtype.is_float and r.dtype is not DType.F64:
-                    red = f"pfjax::rt::block_reduce({acc}, pfjax::rt::{_REDUCE_OP[r.arg.op]}(), {ident}, reinterpret_cast<float*>(red_))"
-                elif r.dtype is DType.F64:
-                    red = f"pfjax::rt::block_reduce({acc}, pfjax::rt::{_REDUCE_OP[r.arg.op]}(), {ident}, red_)"
-                else:
-                    red = (f"pfjax::rt::block_reduce(static_cast<long long>({acc}), "
-                           f"pfjax::rt::{_REDUCE_OP[r.arg.op]}(), static_cast<long long>({ident}), "
-                           f"reinterpret_cast<long long*>(red_))")
+                red = self.combine(r, acc, _identity(r.arg.op, r.dtype))
                 self.define(r, f"static_cast<{register_type(r.dtype)}>({red})")
             self.per_unit(loop + 1)
         after = [r for r in roots if r.op is Op.STORE and self.nest.loop_of(r) is None]
-        if after:
-            w("if (threadIdx.x == 0) {")
+        if after or finals:
+            w(f"if ({self.after_guard()}) {{")
             w.indent()
-            for n in self.cone([s.src[1] for s in after], full=False):
+            for n in self.cone([s.src[1] for s in after] + [f.src[0] for f in finals], full=False):
                 self.define(n)
             for s in after:
                 w(f"{self.address(s)} = {store_expr(self.names[id(s.src[1])], s.dtype)};")
+            for slot, f in enumerate(finals):  # partials of the reductions over all units
+                w(f"scratch[{slot} * kUnits + u] = static_cast<double>({self.names[id(f.src[0])]});")
             w.indent(-1)
             w("}")
         w("__syncthreads();  // shared memory is reused by the next unit")
@@ -370,16 +398,132 @@ class _RowReduction(_Emitter):
         w.indent(-1)
         w("}")
         w()
+        if finals:
+            self.finish_kernel(params, finals)
         w(f"cudaError_t {name}_launch(void** in, void** out, cudaStream_t stream) {{")
         w.indent()
-        w("if (kUnits == 0) return cudaSuccess;")
+        if not finals:
+            w("if (kUnits == 0) return cudaSuccess;")
         if tile_bytes > 48 * 1024:
             w(f"cudaFuncSetAttribute({name}_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, {tile_bytes});")
-        w(f"const int blocks = static_cast<int>(std::min<int64_t>(kUnits, pfjax::rt::DeviceBlocks({BLOCKS_PER_SM})));")
-        w(f"{name}_kernel<<<blocks, {threads}, {tile_bytes}, stream>>>({', '.join(casts)});")
-        w("return cudaGetLastError();")
+        w(f"const int blocks = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(kUnits, pfjax::rt::DeviceBlocks({BLOCKS_PER_SM}))));")
+        if finals:
+            w("double* scratch = nullptr;")
+            w(f"cudaError_t err = cudaMallocAsync(reinterpret_cast<void**>(&scratch), "
+              f"sizeof(double) * {len(finals)} * std::max<int64_t>(kUnits, 1), stream);")
+            w("if (err != cudaSuccess) return err;")
+            w(f"PFJAX_LAUNCH({name}_kernel, blocks, {threads}, {tile_bytes}, stream, {', '.join(casts)}, scratch);")
+            w(f"PFJAX_LAUNCH({name}_finish, 1, {THREADS}, 0, stream, {', '.join(casts)}, scratch);")
+            w("err = cudaGetLastError();")
+            w("const cudaError_t freed = cudaFreeAsync(scratch, stream);")
+            w("return err != cudaSuccess ? err : freed;")
+        else:
+            w(f"PFJAX_LAUNCH({name}_kernel, blocks, {threads}, {tile_bytes}, stream, {', '.join(casts)});")
+            w("return cudaGetLastError();")
         w.indent(-1)
         w("}")
         w()
         _footer(w, k)
         return "\n".join(w.lines) + "\n"
+
+
+    def finish_kernel(self, params: list[str], finals: list[gir.Node]) -> None:
+        """One block combines the units' partials of each reduction over all units, then
+        computes and stores what depends on them (the mean of per-row losses)."""
+        w, name = self.w, self.kernel.name
+        self.names = {}
+        w(f"__global__ void __launch_bounds__({THREADS}) {name}_finish({', '.join(params)}) {{")
+        w.indent()
+        w("__shared__ double red_[256];")
+        for d in range(len(self.space)):
+            w(f"const int64_t i{d} = 0;  // no unit: only values constant over units remain")
+        for k, f in enumerate(finals):
+            op = f"pfjax::rt::{_REDUCE_OP[f.arg.op]}()"
+            ident = _identity(f.arg.op, DType.F64)
+            w(f"double fin_{k} = {ident};")
+            w(f"for (int64_t u = threadIdx.x; u < kUnits; u += {THREADS}) "
+              f"fin_{k} = {op}(fin_{k}, scratch[{k} * kUnits + u]);")
+            self.define(f, f"static_cast<{register_type(f.dtype)}>(pfjax::rt::block_reduce(fin_{k}, {op}, {ident}, red_))")
+        stores = [n for n in self.nodes if n.op is Op.STORE and self.nest.final.get(id(n), False)]
+        w("if (threadIdx.x == 0) {")
+        w.indent()
+        want: set[int] = set()
+        stack = [s.src[1] for s in stores]
+        while stack:
+            n = stack.pop()
+            if id(n) in want or id(n) in self.names or n.op in (Op.BUFFER, Op.PARALLEL):
+                continue
+            want.add(id(n))
+            stack.extend(n.src)
+        for n in self.nodes:
+            if id(n) in want:
+                self.define(n)
+        for st in stores:
+            w(f"{self.address(st)} = {store_expr(self.names[id(st.src[1])], st.dtype)};")
+        w.indent(-1)
+        w("}")
+        w.indent(-1)
+        w("}")
+        w()
+
+
+COLUMNS = 32   # columns per block of a column reduction: one warp wide (coalesced rows)
+SLICES = THREADS // COLUMNS  # row slices per block, combined in order through shared memory
+
+
+class _ColumnReduction(_RowReduction):
+    """A block reduces 32 adjacent columns: thread (slice, column) walks every 8th row of
+    its column, then the 8 slices are combined in slice order through shared memory."""
+
+    def __init__(self, kernel: gir.Kernel):
+        super().__init__(kernel)
+        if self.tiles:
+            raise CudaUnsupported("column reductions that keep values at the local level")
+        self.lane = len(self.space) - 1
+        self.outer = [d for d in self.kept if d != self.lane]
+        self.col_blocks = -(-self.space[self.lane] // COLUMNS)
+
+    def threads(self) -> int:
+        return THREADS
+
+    def units(self) -> int:
+        n = self.col_blocks
+        for d in self.outer:
+            n *= self.space[d]
+        return n
+
+    def unit_setup(self) -> None:
+        w, lane = self.w, self.lane
+        w(f"const int64_t cb_ = u % {self.col_blocks};")
+        self.unravel(f"u / {self.col_blocks}", self.outer)
+        w(f"const bool live_ = cb_ * {COLUMNS} + (threadIdx.x % {COLUMNS}) < {self.space[lane]};")
+        # Threads past the last column read the last one (in bounds) and store nothing.
+        w(f"const int64_t i{lane} = std::min<int64_t>(cb_ * {COLUMNS} + threadIdx.x % {COLUMNS}, "
+          f"{self.space[lane] - 1});")
+
+    def loop_start(self) -> tuple[str, str]:
+        return f"threadIdx.x / {COLUMNS}", str(SLICES)
+
+    def store_guard(self) -> str:
+        return "live_"
+
+    def after_guard(self) -> str:
+        return f"threadIdx.x < {COLUMNS} && live_"
+
+    def combine(self, r: gir.Node, acc: str, ident: str) -> str:
+        w = self.w
+        t = register_type(r.dtype if r.dtype is not DType.BOOL else DType.I32)
+        name = f"col_{self.acc_name(r)}"
+        op = f"pfjax::rt::{_REDUCE_OP[r.arg.op]}()"
+        w(f"{t}* {name}_s = reinterpret_cast<{t}*>(red_);")
+        w("__syncthreads();")
+        w(f"{name}_s[threadIdx.x] = {acc};")
+        w("__syncthreads();")
+        w(f"if (threadIdx.x < {COLUMNS}) {{")
+        w(f"  {t} c_ = {name}_s[threadIdx.x];")
+        w(f"  for (int k = 1; k < {SLICES}; ++k) c_ = {op}(c_, {name}_s[k * {COLUMNS} + threadIdx.x]);")
+        w(f"  {name}_s[threadIdx.x] = c_;")
+        w("}")
+        w("__syncthreads();")
+        w(f"const {t} {name} = {name}_s[threadIdx.x % {COLUMNS}];")
+        return name

@@ -26,8 +26,10 @@ fused_p.multiple_results = True
 
 @dataclass(frozen=True)
 class KernelRef:
-    """Names a registered FFI target; None in params means 'run the jaxpr with XLA'."""
+    """Names registered FFI targets; None in params means 'run the jaxpr with XLA'.
+    `target` is the CPU kernel (empty when there is none), `cuda` the CUDA one."""
     target: str
+    cuda: str | None = None
 
 
 _refuse: Callable | None = None
@@ -80,11 +82,20 @@ def _for_export(ctx) -> bool:
 
 
 def _lower_cpu(ctx, *args, jaxpr, kernel):
-    if kernel is None or _partitioned_by_xla(ctx) or _for_export(ctx):
+    if kernel is None or not kernel.target or _partitioned_by_xla(ctx) or _for_export(ctx):
         return _lower_inline(ctx, *args, jaxpr=jaxpr, kernel=kernel)
     out_types = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in jaxpr.out_avals]
     call = jax.ffi.ffi_call(kernel.target, out_types)
     return mlir.lower_fun(lambda *a: call(*a, kernel=kernel.target), multiple_results=True)(ctx, *args)
+
+
+def _lower_cuda(ctx, *args, jaxpr, kernel):
+    # The group's CUDA kernel, launched on the stream XLA hands its FFI handler.
+    if kernel is None or kernel.cuda is None or _partitioned_by_xla(ctx) or _for_export(ctx):
+        return _lower_inline(ctx, *args, jaxpr=jaxpr, kernel=kernel)
+    out_types = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in jaxpr.out_avals]
+    call = jax.ffi.ffi_call(kernel.cuda, out_types)
+    return mlir.lower_fun(lambda *a: call(*a), multiple_results=True)(ctx, *args)
 
 
 def _fused_call(closed: jcore.ClosedJaxpr, args):
@@ -150,6 +161,7 @@ fused_p.def_impl(_impl)
 fused_p.def_abstract_eval(_abstract_eval)
 mlir.register_lowering(fused_p, _lower_inline)
 mlir.register_lowering(fused_p, _lower_cpu, platform="cpu")
+mlir.register_lowering(fused_p, _lower_cuda, platform="cuda")
 ad.primitive_jvps[fused_p] = _jvp
 ad.primitive_transposes[fused_p] = _transpose
 batching.primitive_batchers[fused_p] = _batch
@@ -189,6 +201,40 @@ def register_library(path: str, targets: list[str]) -> None:
         jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(_dispatch.pfjax_dispatch),
                                     platform="cpu")
         _registered.add(name)
+
+
+_registered_cuda: set[str] = set()
+
+
+def register_cuda_library(path: str, targets: list[str]) -> None:
+    """Load a compiled CUDA kernel library once; each kernel exports its own handler."""
+    lib = _libraries.get(path)
+    if lib is None:
+        lib = _libraries[path] = ctypes.CDLL(path)
+    for name in targets:
+        if name not in _registered_cuda:
+            handler = getattr(lib, name + "_ffi")
+            jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(handler), platform="CUDA")
+            _registered_cuda.add(name)
+
+
+def gpu_info() -> dict | None:
+    """Facts the CUDA target needs about the default GPU, or None without one."""
+    try:
+        if jax.default_backend() != "gpu":
+            return None
+        dev = jax.devices()[0]
+    except RuntimeError:
+        return None
+    info = {}
+    if getattr(dev, "core_count", None):
+        info["sms"] = int(dev.core_count)
+    cc = getattr(dev, "compute_capability", None)
+    if cc:
+        major, _, minor = str(cc).partition(".")
+        info["sm"] = int(major) * 10 + int(minor or 0)
+    info["name"] = getattr(dev, "device_kind", "gpu")
+    return info
 
 
 def is_registered(name: str) -> bool:

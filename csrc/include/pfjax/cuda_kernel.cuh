@@ -2,18 +2,28 @@
 //
 // Generated sources include this header, define their __global__ kernel(s) and a launch
 // function, and export one XLA FFI handler per kernel with PFJAX_CUDA_EXPORT. The math is
-// math.h / fastmath.h compiled for the device, so results match the CPU backend.
+// math.h / fastmath.h compiled for the device, so results match the CPU backend. Compiled
+// by a host compiler instead of nvcc, the same source runs on emulated threads
+// (pfjax/cuda_emulation.h): the tests check generated CUDA against JAX without a GPU.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <limits>
 #include <string>
 #include <type_traits>
 
+#if defined(__CUDACC__)
 #include <cuda_runtime.h>
+// Launch syntax and dynamic shared memory, spelled so the emulation can replace them.
+#define PFJAX_LAUNCH(KERNEL, BLOCKS, THREADS, SHARED, STREAM, ...) \
+  KERNEL<<<BLOCKS, THREADS, SHARED, STREAM>>>(__VA_ARGS__)
+#define PFJAX_DYNAMIC_SHARED(NAME, BYTES) extern __shared__ __align__(16) unsigned char NAME[]
+#else
+#include "pfjax/cuda_emulation.h"
+#endif
 
 #include "pfjax/fastmath.h"
-#include "xla/ffi/api/ffi.h"
 
 namespace pfjax::rt {
 
@@ -66,6 +76,37 @@ __device__ __forceinline__ T block_reduce(T v, Op op, T identity, T* shared) {
   __syncthreads();
   return shared[0];
 }
+
+// Reduction operators with XLA's semantics (max/min propagate NaN).
+struct OpSum {
+  template <typename T> __device__ __forceinline__ T operator()(T a, T b) const { return a + b; }
+};
+struct OpProd {
+  template <typename T> __device__ __forceinline__ T operator()(T a, T b) const { return a * b; }
+};
+struct OpMax {
+  template <typename T> __device__ __forceinline__ T operator()(T a, T b) const {
+    return (b > a || b != b) ? b : a;
+  }
+};
+struct OpMin {
+  template <typename T> __device__ __forceinline__ T operator()(T a, T b) const {
+    return (b < a || b != b) ? b : a;
+  }
+};
+struct OpAnd {
+  template <typename T> __device__ __forceinline__ T operator()(T a, T b) const { return a & b; }
+};
+struct OpOr {
+  template <typename T> __device__ __forceinline__ T operator()(T a, T b) const { return a | b; }
+};
+
+}  // namespace pfjax::rt
+
+#if defined(__CUDACC__)
+#include "xla/ffi/api/ffi.h"
+
+namespace pfjax::rt {
 
 namespace ffi = xla::ffi;
 
@@ -135,31 +176,4 @@ inline int DeviceBlocks(int per_sm) {
                                     .Ctx<xla::ffi::PlatformStream<cudaStream_t>>()         \
                                     .RemainingArgs()                                       \
                                     .RemainingRets());
-
-namespace pfjax::rt {
-
-// Reduction operators with XLA's semantics (max/min propagate NaN).
-struct OpSum {
-  template <typename T> __device__ __forceinline__ T operator()(T a, T b) const { return a + b; }
-};
-struct OpProd {
-  template <typename T> __device__ __forceinline__ T operator()(T a, T b) const { return a * b; }
-};
-struct OpMax {
-  template <typename T> __device__ __forceinline__ T operator()(T a, T b) const {
-    return (b > a || b != b) ? b : a;
-  }
-};
-struct OpMin {
-  template <typename T> __device__ __forceinline__ T operator()(T a, T b) const {
-    return (b < a || b != b) ? b : a;
-  }
-};
-struct OpAnd {
-  template <typename T> __device__ __forceinline__ T operator()(T a, T b) const { return a & b; }
-};
-struct OpOr {
-  template <typename T> __device__ __forceinline__ T operator()(T a, T b) const { return a | b; }
-};
-
-}  // namespace pfjax::rt
+#endif  // __CUDACC__

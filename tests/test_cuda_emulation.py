@@ -1,0 +1,102 @@
+"""The generated CUDA kernels give JAX's results: each source is compiled by g++ against
+pfjax/cuda_emulation.h (CUDA threads as host threads, real barriers and warp shuffles) and
+run on small odd shapes. Checks the CUDA codegen without a GPU; the GPU run itself is the
+job of the device tests."""
+from __future__ import annotations
+
+import ctypes
+import shutil
+import subprocess
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pfjax.build.toolchain import pfjax_include_dir
+from pfjax.compile import cuda_sources
+from pfjax.frontend import trace
+from pfjax.frontend.program import Lit
+from tests.test_e2e import randn
+
+pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++")
+
+
+def run_emulated(f, args, tmp_path):
+    """Outputs of f's single fusion group, computed by its CUDA kernel on emulated threads."""
+    avals = [jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype) for a in args]
+    program, _ = trace(f, avals)
+    (group, src, why), = cuda_sources(f, avals, program)
+    assert src is not None, why
+    name = src.split("GIR kernel ")[1].split(" ")[0]
+    source = tmp_path / f"{name}.cc"  # one file per kernel: dlopen caches by path
+    source.write_text(src)
+    lib = tmp_path / f"{name}.so"
+    cmd = ["g++", "-O1", "-std=c++20", "-pthread", "-fPIC", "-shared", "-fopenmp-simd",
+           "-Wno-unused-variable", f"-I{pfjax_include_dir()}", str(source), "-o", str(lib)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    by_var = {v.id: np.ascontiguousarray(np.asarray(a)) for v, a in zip(program.invars, args)}
+    ins = [np.ascontiguousarray(np.asarray(a.val)) if isinstance(a, Lit) else by_var[a.id]
+           for a in group.inputs]
+    outs = [np.zeros(v.aval.shape, v.aval.dtype) for v in group.outputs]
+    fn = getattr(ctypes.CDLL(str(lib)), f"{name}_emulate")
+    ptrs = lambda arrays: (ctypes.c_void_p * max(1, len(arrays)))(*[a.ctypes.data for a in arrays])
+    assert fn(ptrs(ins), ptrs(outs)) == 0
+    return group, outs
+
+
+def check(f, *args, tmp_path, tol=dict(rtol=2e-5, atol=2e-5)):
+    group, got = run_emulated(f, args, tmp_path)
+    want = jax.jit(f)(*args)
+    want = want if isinstance(want, (tuple, list)) else (want,)
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(np.asarray(g, np.float64), np.asarray(w, np.float64), **tol)
+
+
+def test_elementwise_with_packs_and_movement(rng, tmp_path):
+    x, b = randn(rng, 6, 40), randn(rng, 40)
+    check(lambda x, b: jax.nn.gelu(x + b) * 2.0, x, b, tmp_path=tmp_path)  # 16-byte packs
+    check(lambda x: jnp.concatenate([jnp.exp(x[:, :3]), jnp.flip(x, 1), jnp.pad(x, ((0, 0), (1, 0)))], 1),
+          x, tmp_path=tmp_path)
+    y = randn(rng, 5, 7, 3)
+    check(lambda y: jnp.transpose(jnp.tanh(y), (2, 0, 1)) + 1.0, y, tmp_path=tmp_path)
+
+
+def test_dynamic_slice_and_bf16(rng, tmp_path):
+    x = randn(rng, 9, 13)
+    check(lambda x, i: jax.lax.dynamic_slice(x * 2.0, (i, 3), (4, 5)) + 1.0, x, np.int32(7),
+          tmp_path=tmp_path)
+    h = jnp.asarray(randn(rng, 4, 24), jnp.bfloat16)
+    check(lambda h: (h * 2 + 1).astype(jnp.bfloat16), h, tmp_path=tmp_path,
+          tol=dict(rtol=1e-2, atol=1e-2))
+
+
+def test_row_reductions(rng, tmp_path):
+    x, w, b = randn(rng, 5, 300), randn(rng, 300), randn(rng, 300)
+
+    def layernorm(x, w, b):
+        m = x.mean(-1, keepdims=True)
+        v = ((x - m) ** 2).mean(-1, keepdims=True)
+        return (x - m) * jax.lax.rsqrt(v + 1e-5) * w + b
+    check(layernorm, x, w, b, tmp_path=tmp_path, tol=dict(rtol=1e-4, atol=1e-4))
+    check(lambda x: jax.nn.softmax(x, -1), x, tmp_path=tmp_path)
+    x[1, 7] = np.nan
+    check(lambda x: (jnp.max(x, -1), jnp.argmax(x, -1)), x, tmp_path=tmp_path)
+
+
+def test_column_reductions(rng, tmp_path):
+    x = randn(rng, 37, 70)  # columns past the last block of 32, rows over 8 slices
+    check(lambda x: (x.mean(0), x.var(0)), x, tmp_path=tmp_path, tol=dict(rtol=1e-4, atol=1e-5))
+    check(lambda x: jnp.sum(x, axis=(0, 2)), randn(rng, 4, 6, 33), tmp_path=tmp_path,
+          tol=dict(rtol=1e-4, atol=1e-4))
+
+
+def test_reduction_over_all_rows_has_a_finish_kernel(rng, tmp_path):
+    logits, labels = randn(rng, 7, 50), rng.integers(0, 50, 7).astype(np.int32)
+
+    def cross_entropy(logits, labels):
+        logp = jax.nn.log_softmax(logits, -1)
+        return -jnp.mean(jnp.take_along_axis(logp, labels[:, None], -1))
+    check(cross_entropy, logits, labels, tmp_path=tmp_path, tol=dict(rtol=1e-5, atol=1e-5))
