@@ -15,7 +15,8 @@ import pfjax
 from pfjax.compile import plan
 from pfjax.frontend import lower_group
 from pfjax import gir
-from tests.test_e2e import assert_tree_close, num_kernel_calls, randn
+from tests.test_e2e import assert_tree_close, randn
+from tests.test_reductions import one_kernel as reductions_one_kernel
 
 TOL = dict(rtol=2e-5, atol=2e-5)
 # What XLA would run for the group if it were not fused.
@@ -24,14 +25,7 @@ LEFT_OVER = re.compile(r"= \S+ (reduce|fusion|concatenate|pad|slice|transpose|re
 
 
 def one_kernel(f, *args, tol=TOL):
-    want = jax.jit(f)(*args)
-    fused = pfjax.fuse(f)
-    assert_tree_close(fused(*args), want, **tol)
-    assert_tree_close(jax.jit(fused)(*args), want, **tol)
-    assert num_kernel_calls(fused, *args) == 1, pfjax.explain(f, *args)
-    hlo = jax.jit(fused).lower(*args).compile().as_text()
-    assert not LEFT_OVER.search(hlo), hlo
-    return fused
+    return reductions_one_kernel(f, *args, tol=tol, left_over=LEFT_OVER)
 
 
 # ---- each primitive, fused with elementwise work on both sides ----------------------

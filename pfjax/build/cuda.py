@@ -5,11 +5,10 @@ import functools
 import os
 import re
 import shutil
-import subprocess
 from dataclasses import dataclass
 
 import pfjax
-from pfjax.build.toolchain import ToolchainMissing, _digest, pfjax_include_dir
+from pfjax.build.toolchain import ToolchainMissing, _digest, pfjax_include_dir, probe
 
 ARCHS = (80, 90)  # A100, H100; the device's own is added when a GPU is present
 NVCC_FLAGS = ("-O3", "-std=c++17", "--expt-relaxed-constexpr", "-x", "cu", "-shared",
@@ -52,14 +51,8 @@ def _find(nvcc: str, jax_include: str, archs: tuple[int, ...]) -> CudaToolchain:
     if path is None:
         raise ToolchainMissing(f"nvcc not found ({nvcc!r}; set PFJAX_NVCC or install the "
                                "CUDA toolkit): the CUDA backend is off, CPU is unaffected")
-    try:
-        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.SubprocessError) as err:
-        raise ToolchainMissing(f"nvcc {path} does not run: {err}") from err
-    if out.returncode != 0:
-        raise ToolchainMissing(f"nvcc {path} does not run: {out.stderr.strip()}")
+    version = probe(path, "nvcc").splitlines()[-1]
     own = pfjax_include_dir()
-    version = out.stdout.strip().splitlines()[-1]
     return CudaToolchain(path, version, (str(own), jax_include), _digest([own], ("*.h", "*.cuh")),
                          archs)
 

@@ -58,20 +58,25 @@ def _digest(dirs: list[Path], patterns=("*.h",)) -> str:
     return h.hexdigest()
 
 
+def probe(path: str, what: str) -> str:
+    """`path --version`'s output; ToolchainMissing when the compiler does not run."""
+    try:
+        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError) as err:
+        raise ToolchainMissing(f"{what} {path} does not run: {err}") from err
+    if out.returncode != 0:
+        raise ToolchainMissing(f"{what} {path} does not run: {out.stderr.strip()}")
+    return out.stdout.strip()
+
+
 @functools.lru_cache(maxsize=None)
 def _find(cxx: str, jax_include: str) -> Toolchain:
     path = shutil.which(cxx)
     if path is None:
         raise ToolchainMissing(f"C++ compiler {cxx!r} not found (set PFJAX_CXX or install g++)")
-    try:
-        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.SubprocessError) as err:
-        raise ToolchainMissing(f"C++ compiler {path} does not run: {err}") from err
-    if out.returncode != 0:
-        raise ToolchainMissing(f"C++ compiler {path} does not run: {out.stderr.strip()}")
+    version = probe(path, "C++ compiler").splitlines()[0].strip()
     own = pfjax_include_dir()
-    return Toolchain(path, out.stdout.splitlines()[0].strip(), (str(own), jax_include),
-                     _digest([own]))
+    return Toolchain(path, version, (str(own), jax_include), _digest([own]))
 
 
 def find_toolchain(jax_include: str) -> Toolchain:

@@ -66,6 +66,24 @@ def _footer(w: _Writer, kernel: gir.Kernel) -> None:
       f"{len(kernel.outputs)}, {ns}{name}_out_sizes)")
 
 
+def _launch_and_footer(w: _Writer, kernel: gir.Kernel, want: str, body: list[str],
+                       early_exit: bool = True) -> None:
+    """The launch function (grid: the blocks wanted, at most what fills the device) and
+    the kernel's exports."""
+    w(f"cudaError_t {kernel.name}_launch(void** in, void** out, cudaStream_t stream) {{")
+    w.indent()
+    w(f"const int64_t want = {want};")
+    if early_exit:
+        w("if (want == 0) return cudaSuccess;")
+    w(f"const int blocks = static_cast<int>(std::min<int64_t>(want, pfjax::rt::DeviceBlocks({BLOCKS_PER_SM})));")
+    for line in body:
+        w(line)
+    w.indent(-1)
+    w("}")
+    w()
+    _footer(w, kernel)
+
+
 def _buffer_name(buf: gir.Node) -> str:
     return f"{'in' if buf.arg.role == 'in' else 'out'}{buf.arg.index}"
 
@@ -201,17 +219,9 @@ class _Elementwise(_Emitter):
         w.indent(-1)
         w("}")
         w()
-        w(f"cudaError_t {name}_launch(void** in, void** out, cudaStream_t stream) {{")
-        w.indent()
-        w(f"const int64_t want = (kTotal / kVec + {THREADS - 1}) / {THREADS};")
-        w("if (want == 0) return cudaSuccess;")
-        w(f"const int blocks = static_cast<int>(std::min<int64_t>(want, pfjax::rt::DeviceBlocks({BLOCKS_PER_SM})));")
-        w(f"PFJAX_LAUNCH({name}_kernel, blocks, {THREADS}, 0, stream, {', '.join(casts)});")
-        w("return cudaGetLastError();")
-        w.indent(-1)
-        w("}")
-        w()
-        _footer(w, k)
+        _launch_and_footer(w, k, f"(kTotal / kVec + {THREADS - 1}) / {THREADS}", [
+            f"PFJAX_LAUNCH({name}_kernel, blocks, {THREADS}, 0, stream, {', '.join(casts)});",
+            "return cudaGetLastError();"])
         return "\n".join(w.lines) + "\n"
 
     def address_at_lane0(self, n: gir.Node) -> str:
@@ -400,30 +410,27 @@ class _RowReduction(_Emitter):
         w()
         if finals:
             self.finish_kernel(params, finals)
-        w(f"cudaError_t {name}_launch(void** in, void** out, cudaStream_t stream) {{")
-        w.indent()
-        if not finals:
-            w("if (kUnits == 0) return cudaSuccess;")
+        body = []
         if tile_bytes > 48 * 1024:
-            w(f"cudaFuncSetAttribute({name}_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, {tile_bytes});")
-        w(f"const int blocks = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(kUnits, pfjax::rt::DeviceBlocks({BLOCKS_PER_SM}))));")
+            body.append(f"cudaFuncSetAttribute({name}_kernel, "
+                        f"cudaFuncAttributeMaxDynamicSharedMemorySize, {tile_bytes});")
+        args = ", ".join(casts)
         if finals:
-            w("double* scratch = nullptr;")
-            w(f"cudaError_t err = cudaMallocAsync(reinterpret_cast<void**>(&scratch), "
-              f"sizeof(double) * {len(finals)} * std::max<int64_t>(kUnits, 1), stream);")
-            w("if (err != cudaSuccess) return err;")
-            w(f"PFJAX_LAUNCH({name}_kernel, blocks, {threads}, {tile_bytes}, stream, {', '.join(casts)}, scratch);")
-            w(f"PFJAX_LAUNCH({name}_finish, 1, {THREADS}, 0, stream, {', '.join(casts)}, scratch);")
-            w("err = cudaGetLastError();")
-            w("const cudaError_t freed = cudaFreeAsync(scratch, stream);")
-            w("return err != cudaSuccess ? err : freed;")
+            # A finish step runs even without units (a mean over no rows is NaN).
+            body += [
+                "double* scratch = nullptr;",
+                f"cudaError_t err = cudaMallocAsync(reinterpret_cast<void**>(&scratch), "
+                f"sizeof(double) * {len(finals)} * std::max<int64_t>(kUnits, 1), stream);",
+                "if (err != cudaSuccess) return err;",
+                f"if (blocks > 0) PFJAX_LAUNCH({name}_kernel, blocks, {threads}, {tile_bytes}, stream, {args}, scratch);",
+                f"PFJAX_LAUNCH({name}_finish, 1, {THREADS}, 0, stream, {args}, scratch);",
+                "err = cudaGetLastError();",
+                "const cudaError_t freed = cudaFreeAsync(scratch, stream);",
+                "return err != cudaSuccess ? err : freed;"]
         else:
-            w(f"PFJAX_LAUNCH({name}_kernel, blocks, {threads}, {tile_bytes}, stream, {', '.join(casts)});")
-            w("return cudaGetLastError();")
-        w.indent(-1)
-        w("}")
-        w()
-        _footer(w, k)
+            body += [f"PFJAX_LAUNCH({name}_kernel, blocks, {threads}, {tile_bytes}, stream, {args});",
+                     "return cudaGetLastError();"]
+        _launch_and_footer(w, k, "kUnits", body, early_exit=not finals)
         return "\n".join(w.lines) + "\n"
 
 
