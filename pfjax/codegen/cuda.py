@@ -258,18 +258,69 @@ class _RowReduction(_Emitter):
         for d in self.rdims:
             self.row *= self.space[d]
         self.accs: dict[int, int] = {}
+        self.vec = self.choose_vec()
         self.tiles = {n.src[0].arg.index: n.src[0] for n in self.nodes
                       if n.op is Op.STORE and n.src[0].arg.role == "tile"}
-
-    def address(self, n: gir.Node) -> str:
-        if n.src[0].arg.role == "tile":
-            return f"tile{n.src[0].arg.index}[j]"
-        return super().address(n)
 
     def value(self, n: gir.Node) -> str:
         if is_tile_load(n):
             return load_expr(self.address(n), n.dtype)
         return super().value(n)
+
+    # -- 16-byte packs along the row (row reductions whose row splits into packs) --
+
+    def choose_vec(self) -> int:
+        if self.par.column_style or not self.rdims:
+            return 1
+        accesses = [n for n in self.nodes if n.op in (Op.LOAD, Op.STORE)
+                    and n.src[0].arg.role != "tile"]
+        vec = max(1, PACK_BYTES // max((n.dtype.itemsize for n in accesses), default=4))
+        return vec if self.space[self.rdims[-1]] % vec == 0 else 1
+
+    def packable(self, n: gir.Node) -> bool:
+        """A global access contiguous along the row, each pack aligned to its size."""
+        if n.op not in (Op.LOAD, Op.STORE) or n.src[0].arg.role == "tile" or self.vec == 1:
+            return False
+        view, lane = n.arg.view, self.rdims[-1]
+        return view.strides[lane] == 1 and view.offset % self.vec == 0 \
+            and all(s % self.vec == 0 for d, s in enumerate(view.strides) if d != lane) \
+            and not n.arg.dynamic and n.arg.fill is None
+
+    def idx(self, d: int) -> str:
+        if self.vec > 1 and d == self.rdims[-1]:
+            return f"(i{d} + l)"
+        return f"i{d}"
+
+    def address(self, n: gir.Node) -> str:
+        if n.src[0].arg.role == "tile":
+            return f"tile{n.src[0].arg.index}[j{' + l' if self.vec > 1 else ''}]"
+        return super().address(n)
+
+    def lane0_address(self, n: gir.Node) -> str:
+        view = n.arg.view
+        terms = [str(view.offset)] + [f"i{d} * {s}" for d, s in enumerate(view.strides) if s]
+        return f"{_buffer_name(n.src[0])}[{' + '.join(terms)}]"
+
+    def open_packs(self, body: list[gir.Node]) -> dict[int, str]:
+        """Pack loads (and pack buffers for stores) of this loop body, before its lanes."""
+        packs: dict[int, str] = {}
+        by_address: dict[str, str] = {}
+        for n in body:
+            if not self.packable(n):
+                continue
+            address = self.lane0_address(n)
+            if n.op is Op.LOAD:
+                if address not in by_address:
+                    by_address[address] = f"pk{self.counter}"
+                    self.counter += 1
+                    self.w(f"const auto {by_address[address]} = pfjax::rt::load_pack<"
+                           f"{STORAGE[n.dtype]}, {self.vec}>(&{address});")
+                packs[id(n)] = by_address[address]
+            else:
+                packs[id(n)] = f"opk{self.counter}"
+                self.counter += 1
+                self.w(f"pfjax::rt::Pack<{STORAGE[n.dtype]}, {self.vec}> {packs[id(n)]};")
+        return packs
 
     def acc_name(self, r: gir.Node) -> int:
         return self.accs.setdefault(id(r), len(self.accs))
@@ -307,7 +358,7 @@ class _RowReduction(_Emitter):
     # -- how units map onto a block (a row reduction: the block strides over one row) --
 
     def threads(self) -> int:
-        return min(THREADS, max(32, -(-self.row // 32) * 32))
+        return min(THREADS, max(32, -(-self.row // (32 * self.vec)) * 32))
 
     def units(self) -> int:
         return self.par.units
@@ -365,12 +416,18 @@ class _RowReduction(_Emitter):
             for r in reductions:
                 acc_t = register_type(r.dtype if r.dtype is not DType.BOOL else DType.I32)
                 w(f"{acc_t} acc_{self.acc_name(r)} = {_identity(r.arg.op, r.dtype)};")
-            w(f"for (int64_t j = {first}; j < kRow; j += {step}) {{")
+            vec = self.vec
+            w(f"for (int64_t j = {first} * {vec}; j < kRow; j += {step} * {vec}) {{")
             w.indent()
             self.unravel("j", self.rdims)
             body = self.cone(in_loop, full=True)
             local_names = dict(self.names)
             guard = self.store_guard()
+            packs = self.open_packs(body)
+            if vec > 1:
+                w("#pragma unroll")
+                w(f"for (int l = 0; l < {vec}; ++l) {{")
+                w.indent()
             for n in body:
                 if n.op is Op.REDUCE:
                     op = _REDUCE_OP[n.arg.op]
@@ -378,10 +435,20 @@ class _RowReduction(_Emitter):
                     acc = f"acc_{self.acc_name(n)}"
                     w(f"{acc} = pfjax::rt::{op}()({acc}, static_cast<decltype({acc})>({v}));")
                 elif n.op is Op.STORE:
-                    store = f"{self.address(n)} = {store_expr(self.names[id(n.src[1])], n.dtype)};"
+                    value = store_expr(self.names[id(n.src[1])], n.dtype)
+                    store = f"{packs[id(n)]}.v[l] = {value};" if id(n) in packs else \
+                        f"{self.address(n)} = {value};"
                     w(f"if ({guard}) {store}" if guard and n.src[0].arg.role != "tile" else store)
+                elif id(n) in packs:
+                    self.define(n, load_expr(f"{packs[id(n)]}.v[l]", n.dtype))
                 else:
                     self.define(n)
+            if vec > 1:
+                w.indent(-1)
+                w("}")
+            for n in body:
+                if n.op is Op.STORE and id(n) in packs:
+                    w(f"pfjax::rt::store_pack(&{self.lane0_address(n)}, {packs[id(n)]});")
             self.names = local_names  # values of the loop body end with it
             w.indent(-1)
             w("}")
