@@ -101,3 +101,13 @@ def test_reduction_over_all_rows_has_a_finish_kernel(rng, tmp_path):
         logp = jax.nn.log_softmax(logits, -1)
         return -jnp.mean(jnp.take_along_axis(logp, labels[:, None], -1))
     check(cross_entropy, logits, labels, tmp_path=tmp_path, tol=dict(rtol=1e-5, atol=1e-5))
+
+
+def test_transposes_go_through_shared_memory_tiles(rng, tmp_path):
+    x, b = randn(rng, 70, 45), randn(rng, 70)  # partial tiles on both sides
+    check(lambda x, b: jnp.tanh(x.T + b) * 2.0, x, b, tmp_path=tmp_path)
+    y = randn(rng, 3, 40, 33)
+    check(lambda y: jnp.swapaxes(y, 1, 2) * jnp.swapaxes(jnp.exp(y), 1, 2), y, tmp_path=tmp_path)
+    h = jnp.asarray(randn(rng, 2, 50, 36), jnp.bfloat16)
+    check(lambda h: (jnp.swapaxes(h, 1, 2) + 1).astype(jnp.bfloat16), h, tmp_path=tmp_path,
+          tol=dict(rtol=1e-2, atol=1e-2))

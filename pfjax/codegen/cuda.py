@@ -35,6 +35,8 @@ def emit_cuda_kernel(kernel: gir.Kernel) -> str:
         if par.split > 1 or (par.column_style and loop_nest(kernel).finals(nodes)):
             raise CudaUnsupported("reductions over all column blocks (a finish step)")
         return (_ColumnReduction if par.column_style else _RowReduction)(kernel).source()
+    if _Transposed.applies(kernel):
+        return _Transposed(kernel).source()
     return _Elementwise(kernel).source()
 
 
@@ -228,6 +230,108 @@ class _Elementwise(_Emitter):
         view = n.arg.view
         terms = [str(view.offset)] + [f"i{d} * {s}" for d, s in enumerate(view.strides) if s]
         return f"{_buffer_name(n.src[0])}[{' + '.join(terms)}]"
+
+
+TILE = 32  # transpose tiles: 32 x 32 elements, a block of 32 x 8 threads
+
+
+class _Transposed(_Emitter):
+    """An elementwise kernel with a load that walks across rows (a transpose): the space's
+    last two dimensions go in 32x32 tiles. Each transposed operand is first read along its
+    own contiguous direction into shared memory (rows padded to 33 so that the transposed
+    reads hit 32 different banks), then every thread reads it transposed while the other
+    accesses stay coalesced along the row."""
+
+    @staticmethod
+    def transposed(n: gir.Node) -> bool:
+        if n.op is not Op.LOAD:
+            return False
+        s = n.arg.view.strides
+        return len(s) >= 2 and abs(s[-1]) > 1 and s[-2] == 1 \
+            and not n.arg.dynamic and n.arg.fill is None
+
+    @classmethod
+    def applies(cls, kernel: gir.Kernel) -> bool:
+        space = kernel.parallel.space
+        return len(space) >= 2 and space[-1] >= 2 and space[-2] >= 2 and any(
+            cls.transposed(n) for n in gir.toposort(kernel.root))
+
+    def __init__(self, kernel: gir.Kernel):
+        super().__init__(kernel)
+        self.staged: dict[tuple, tuple[int, gir.Node]] = {}
+        for n in self.nodes:
+            if self.transposed(n):
+                key = (n.src[0].arg.index, n.arg.view)
+                self.staged.setdefault(key, (len(self.staged), n))
+
+    def source(self) -> str:
+        k, w, name = self.kernel, self.w, self.kernel.name
+        rank = len(self.space)
+        rows, cols = self.space[-2], self.space[-1]
+        outer = 1
+        for n in self.space[:-2]:
+            outer *= n
+        tiles_r, tiles_c = -(-rows // TILE), -(-cols // TILE)
+        self.header()
+        params, casts = _pointer_args(k)
+        w(f"constexpr int64_t kTiles = {outer * tiles_r * tiles_c};")
+        w(f"__global__ void __launch_bounds__({TILE * 8}) {name}_kernel({', '.join(params)}) {{")
+        w.indent()
+        for slot, n in self.staged.values():
+            w(f"__shared__ {STORAGE[n.dtype]} stage{slot}[{TILE}][{TILE + 1}];")
+        w(f"const int tx = threadIdx.x % {TILE}, ty = threadIdx.x / {TILE};")
+        w("for (int64_t t_ = blockIdx.x; t_ < kTiles; t_ += gridDim.x) {")
+        w.indent()
+        w(f"const int64_t c0 = (t_ % {tiles_c}) * {TILE};")
+        w(f"const int64_t r0 = ((t_ / {tiles_c}) % {tiles_r}) * {TILE};")
+        self.unravel(f"t_ / {tiles_c * tiles_r}", list(range(rank - 2)))
+        # Stage: thread (tx, t) reads element (row r0 + tx, column c0 + t): contiguous in tx.
+        w(f"for (int t = ty; t < {TILE}; t += 8) {{")
+        w.indent()
+        w(f"const int64_t i{rank - 2} = r0 + tx, i{rank - 1} = c0 + t;")
+        w(f"if (i{rank - 2} < {rows} && i{rank - 1} < {cols}) {{")
+        w.indent()
+        for slot, n in self.staged.values():
+            w(f"stage{slot}[t][tx] = {_buffer_name(n.src[0])}[{self.flat(n)}];")
+        w.indent(-1)
+        w("}")
+        w.indent(-1)
+        w("}")
+        w("__syncthreads();")
+        # Compute: thread (tx, t) makes element (row r0 + t, column c0 + tx).
+        w(f"for (int t = ty; t < {TILE}; t += 8) {{")
+        w.indent()
+        w(f"const int64_t i{rank - 2} = r0 + t, i{rank - 1} = c0 + tx;")
+        w(f"if (i{rank - 2} < {rows} && i{rank - 1} < {cols}) {{")
+        w.indent()
+        for n in self.nodes:
+            if n.op in (Op.BUFFER, Op.PARALLEL):
+                continue
+            if n.op is Op.STORE:
+                w(f"{self.address(n)} = {store_expr(self.names[id(n.src[1])], n.dtype)};")
+            elif self.transposed(n):
+                slot, _ = self.staged[(n.src[0].arg.index, n.arg.view)]
+                self.define(n, load_expr(f"stage{slot}[tx][t]", n.dtype))
+            else:
+                self.define(n)
+        w.indent(-1)
+        w("}")
+        w.indent(-1)
+        w("}")
+        w("__syncthreads();  // the stage is refilled for the next tile")
+        w.indent(-1)
+        w("}")
+        w.indent(-1)
+        w("}")
+        w()
+        _launch_and_footer(w, k, "kTiles", [
+            f"PFJAX_LAUNCH({name}_kernel, blocks, {TILE * 8}, 0, stream, {', '.join(casts)});",
+            "return cudaGetLastError();"])
+        return "\n".join(w.lines) + "\n"
+
+    def flat(self, n: gir.Node) -> str:
+        view = n.arg.view
+        return " + ".join([str(view.offset)] + [f"i{d} * {s}" for d, s in enumerate(view.strides) if s])
 
 
 _REDUCE_OP = {"sum": "OpSum", "prod": "OpProd", "max": "OpMax", "min": "OpMin",
