@@ -19,7 +19,7 @@ from pfjax.errors import CompileError, PfjaxWarning
 from pfjax.frontend import Group, LoweringError, bytes_moved, lower_group, partition, trace
 from pfjax.frontend.partition import Partition
 from pfjax.frontend.program import Eqn, Lit, Program, Var, bind_eqn
-from pfjax.machine import machine_info
+from pfjax.machine import cuda_device_info, machine_info
 from pfjax.passes import run_passes
 from pfjax.schedule import Schedule, apply, choose
 
@@ -144,6 +144,7 @@ def _build_cuda(plans: list[GroupPlan]) -> None:
     info = jaxext.gpu_info()
     if info is None:
         return
+    info = {**info, **(cuda_device_info() or {})}  # the runtime knows shared memory and L2
     from pfjax.build.cuda import find_nvcc
     from pfjax.codegen.cuda import CudaUnsupported, emit_cuda_kernel
     tgt = gir.cuda_target(info)

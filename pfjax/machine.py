@@ -194,3 +194,35 @@ def _python_machine_info() -> dict[str, Any]:
         "cpu_model": model,
         "page_bytes": _sysconf("SC_PAGESIZE") or 4096,
     }
+
+
+# CUDA runtime attribute codes (cudaDeviceAttr).
+_CUDA_ATTRS = {"shared_per_block": 8, "sms": 16, "l2_bytes": 38, "cc_major": 75, "cc_minor": 76}
+
+
+@functools.lru_cache(maxsize=None)
+def cuda_device_info() -> dict[str, Any] | None:
+    """Multiprocessors, shared memory per block, L2 size and compute capability of GPU 0,
+    read through the CUDA runtime (the system's, or the one JAX's CUDA plugin installs);
+    None without a runtime or a GPU."""
+    import ctypes
+    import glob
+    import sys
+    candidates = ["libcudart.so", "libcudart.so.13", "libcudart.so.12"]
+    for base in sys.path:
+        candidates += sorted(glob.glob(os.path.join(base, "nvidia", "cu*", "lib", "libcudart.so*")))
+    for name in candidates:
+        try:
+            lib = ctypes.CDLL(name)
+        except OSError:
+            continue
+        values = {}
+        for key, code in _CUDA_ATTRS.items():
+            v = ctypes.c_int(0)
+            if lib.cudaDeviceGetAttribute(ctypes.byref(v), code, 0) != 0:
+                return None  # a runtime, but no usable device
+            values[key] = v.value
+        return {"sms": values["sms"], "shared_per_block": values["shared_per_block"],
+                "l2_bytes": values["l2_bytes"],
+                "sm": values["cc_major"] * 10 + values["cc_minor"]}
+    return None

@@ -209,8 +209,9 @@ def format_report(results, ceilings, machine, allocator, stand_in, has_torch) ->
             continue
         ceil = ceilings["dram"] if size == "dram" else ceilings["cache"]
         lines += ["", f"### {size} (ceiling {_f(ceil, '.1f')} GB/s)", ""]
-        head = ["workload", "shape", "pfjax ms", "jax.jit ms", "speedup", "pfjax GB/s",
-                "% of ceiling", "jax.jit % of ceiling"]
+        ref = "XLA GPU (jax.jit)" if jax.default_backend() == "gpu" else "jax.jit"
+        head = ["workload", "shape", "pfjax ms", f"{ref} ms", "speedup", "pfjax GB/s",
+                "% of ceiling", f"{ref} % of ceiling"]
         if has_torch:
             head += ["torch.compile ms", "torch.compile % of ceiling"]
         head.append("check")
