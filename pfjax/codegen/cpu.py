@@ -84,6 +84,12 @@ def emit_kernel(kernel: gir.Kernel) -> str:
         w.indent()
     else:
         w("int64_t row = begin / kInner, col = begin % kInner;")
+        if outer:
+            # Outer indices: unravelled once, then stepped with carries (short rows pay
+            # no divisions per row).
+            w("int64_t r = row;")
+            for d in reversed(range(len(outer))):
+                w(f"int64_t i{d} = r % {outer[d]}; r /= {outer[d]};" if d else f"int64_t i{d} = r;")
         w("while (begin < end) {")
         w.indent()
         w("const int64_t n = std::min<int64_t>(end - begin, kInner - col);")
@@ -91,7 +97,7 @@ def emit_kernel(kernel: gir.Kernel) -> str:
     ptr_names: dict[int, str] = {}
     access_ptrs: dict[tuple, str] = {}
     unit: set[int] = set()  # loads read from a stage tile, contiguously
-    if outer:
+    if outer and par.block > 1:
         w("int64_t r = row;")
         for d in reversed(range(len(outer))):
             w(f"const int64_t i{d} = r % {outer[d]}; r /= {outer[d]};" if d else f"const int64_t i{d} = r;")
@@ -139,6 +145,13 @@ def emit_kernel(kernel: gir.Kernel) -> str:
             w("}")
     else:
         w("begin += n; ++row; col = 0;")
+        if outer:  # the next row's indices: step the innermost, carry outwards
+            k = len(outer)
+            for depth, d in enumerate(reversed(range(1, k))):
+                w("  " * depth + f"if (++i{d} == {outer[d]}) {{ i{d} = 0;")
+            w("  " * (k - 1) + "++i0;")
+            for depth in reversed(range(k - 1)):
+                w("  " * depth + "}")
         w.indent(-1)
         w("}")
     if streamed:
