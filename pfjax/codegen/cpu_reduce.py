@@ -505,10 +505,18 @@ class _Emitter:
             t = register_type(buf.dtype)
             w(f"pfjax::rt::Scratch<{t}> tile{index}_({rsize * (par.block if self.column else 1)});")
             w(f"{t}* __restrict tile{index} = tile{index}_.data;")
+        kept = [d for d in range(len(self.space)) if d not in self.rdims]
+        if not self.column:
+            # Row units: indices unravelled once, then stepped with carries (short rows
+            # pay no divisions per unit).
+            w("int64_t r = begin;")
+            for d in reversed(kept):
+                w(f"int64_t i{d} = r % {self.space[d]}; r /= {self.space[d]};")
+            w("(void)r;")
         w("for (int64_t u = begin; u < end; ++u) {")
         w.indent()
-        w("int64_t r = u;")
-        kept = [d for d in range(len(self.space)) if d not in self.rdims]
+        if self.column:
+            w("int64_t r = u;")
         if self.column:
             c = self.space[self.lane]
             blocks = -(-c // par.block)
@@ -520,9 +528,9 @@ class _Emitter:
             else:
                 w(f"const int64_t cn = std::min<int64_t>({par.block}, {c} - c0);")
             kept = kept[:-1]
-        for d in reversed(kept):
-            w(f"const int64_t i{d} = r % {self.space[d]}; r /= {self.space[d]};")
-        w("(void)r;")
+            for d in reversed(kept):
+                w(f"const int64_t i{d} = r % {self.space[d]}; r /= {self.space[d]};")
+            w("(void)r;")
         roots = self.nest.roots(self.nodes)
         for loop in range(self.nest.num_loops):
             w(f"// loop {loop}")
@@ -541,6 +549,12 @@ class _Emitter:
         for slot, f in enumerate(finals):
             self.emit_unit_values([f.src[0]])
             w(f"scratch{slot}[u] = {self.ref(f.src[0], {})};")
+        if not self.column and kept:  # the next unit's indices
+            for depth, d in enumerate(reversed(kept[1:])):
+                w("  " * depth + f"if (++i{d} == {self.space[d]}) {{ i{d} = 0;")
+            w("  " * (len(kept) - 1) + f"++i{kept[0]};")
+            for depth in reversed(range(len(kept) - 1)):
+                w("  " * depth + "}")
         w.indent(-1)
         w("}")
         can_stream = self.nest.num_loops > 0 and bool(self.streamable(
