@@ -1,0 +1,390 @@
+"""CUDA reductions: the loop nest of a reduction kernel on blocks of threads.
+
+Row reductions: one block per parallel unit (a row), grid-stride over the units; each loop
+of the kernel's loop nest strides the threads over the row (16-byte packs where aligned),
+reductions combine with warp shuffles then through shared memory (pfjax::rt::block_reduce),
+and values the reuse pass keeps at the local level live in shared memory. Column
+reductions: a block per 32 columns, 8 row slices combined in order. Reductions over all
+units: per-unit partials in a scratch buffer, combined by a one-block finish kernel.
+"""
+from __future__ import annotations
+
+from pfjax import gir
+from pfjax.codegen.ctypes_table import STORAGE, literal, load_expr, register_type, store_expr
+from pfjax.codegen.cuda import (PACK_BYTES, THREADS, CudaUnsupported, Emitter,
+                                _buffer_name, _launch_and_footer, _pointer_args)
+from pfjax.gir import DType, Op
+from pfjax.gir.loops import is_tile_load, loop_nest
+
+
+_REDUCE_OP = {"sum": "OpSum", "prod": "OpProd", "max": "OpMax", "min": "OpMin",
+              "and": "OpAnd", "or": "OpOr"}
+
+
+def _identity(op: str, dtype: DType) -> str:
+    rt = dtype.compute if dtype is not DType.BOOL else DType.I32
+    if op == "sum" or op == "or":
+        return literal(0, rt)
+    if op == "prod" or op == "and":
+        return literal(1, rt)
+    if rt.is_float:
+        return literal(float("-inf") if op == "max" else float("inf"), rt)
+    limit = "lowest" if op == "max" else "max"
+    return f"std::numeric_limits<{register_type(rt)}>::{limit}()"
+
+
+class RowReduction(Emitter):
+    """One block per unit; loops of the loop nest stride the threads over the row."""
+
+    def __init__(self, kernel: gir.Kernel):
+        super().__init__(kernel)
+        self.nest = loop_nest(kernel)
+        self.rdims = list(self.par.rdims)
+        self.kept = [d for d in range(len(self.space)) if d not in self.rdims]
+        self.row = 1
+        for d in self.rdims:
+            self.row *= self.space[d]
+        self.accs: dict[int, int] = {}
+        self.vec = self.choose_vec()
+        self.tiles = {n.src[0].arg.index: n.src[0] for n in self.nodes
+                      if n.op is Op.STORE and n.src[0].arg.role == "tile"}
+
+    def value(self, n: gir.Node) -> str:
+        if is_tile_load(n):
+            return load_expr(self.address(n), n.dtype)
+        return super().value(n)
+
+    # -- 16-byte packs along the row (row reductions whose row splits into packs) --
+
+    def choose_vec(self) -> int:
+        if self.par.column_style or not self.rdims:
+            return 1
+        accesses = [n for n in self.nodes if n.op in (Op.LOAD, Op.STORE)
+                    and n.src[0].arg.role != "tile"]
+        vec = max(1, PACK_BYTES // max((n.dtype.itemsize for n in accesses), default=4))
+        return vec if self.space[self.rdims[-1]] % vec == 0 else 1
+
+    def packable(self, n: gir.Node) -> bool:
+        """A global access contiguous along the row, each pack aligned to its size."""
+        if n.op not in (Op.LOAD, Op.STORE) or n.src[0].arg.role == "tile" or self.vec == 1:
+            return False
+        view, lane = n.arg.view, self.rdims[-1]
+        return view.strides[lane] == 1 and view.offset % self.vec == 0 \
+            and all(s % self.vec == 0 for d, s in enumerate(view.strides) if d != lane) \
+            and not n.arg.dynamic and n.arg.fill is None
+
+    def idx(self, d: int) -> str:
+        if self.vec > 1 and d == self.rdims[-1]:
+            return f"(i{d} + l)"
+        return f"i{d}"
+
+    def address(self, n: gir.Node) -> str:
+        if n.src[0].arg.role == "tile":
+            return f"tile{n.src[0].arg.index}[j{' + l' if self.vec > 1 else ''}]"
+        return super().address(n)
+
+    def lane0_address(self, n: gir.Node) -> str:
+        view = n.arg.view
+        terms = [str(view.offset)] + [f"i{d} * {s}" for d, s in enumerate(view.strides) if s]
+        return f"{_buffer_name(n.src[0])}[{' + '.join(terms)}]"
+
+    def open_packs(self, body: list[gir.Node]) -> dict[int, str]:
+        """Pack loads (and pack buffers for stores) of this loop body, before its lanes."""
+        packs: dict[int, str] = {}
+        by_address: dict[str, str] = {}
+        for n in body:
+            if not self.packable(n):
+                continue
+            address = self.lane0_address(n)
+            if n.op is Op.LOAD:
+                if address not in by_address:
+                    by_address[address] = f"pk{self.counter}"
+                    self.counter += 1
+                    self.w(f"const auto {by_address[address]} = pfjax::rt::load_pack<"
+                           f"{STORAGE[n.dtype]}, {self.vec}>(&{address});")
+                packs[id(n)] = by_address[address]
+            else:
+                packs[id(n)] = f"opk{self.counter}"
+                self.counter += 1
+                self.w(f"pfjax::rt::Pack<{STORAGE[n.dtype]}, {self.vec}> {packs[id(n)]};")
+        return packs
+
+    def acc_name(self, r: gir.Node) -> int:
+        return self.accs.setdefault(id(r), len(self.accs))
+
+    def cone(self, roots: list[gir.Node], full: bool) -> list[gir.Node]:
+        want: set[int] = set()
+        stack = list(roots)
+        while stack:
+            n = stack.pop()
+            if id(n) in want or n.op in (Op.BUFFER, Op.PARALLEL) or id(n) in self.names:
+                continue
+            if n.op is Op.STORE and n not in roots:
+                continue  # a tile load's ordering edge
+            if n.op is Op.REDUCE and n not in roots:
+                continue  # combined after its own loop
+            if full and n not in roots and not self.nest.full.get(id(n), False):
+                continue
+            want.add(id(n))
+            stack.extend(n.src)
+        return [n for n in self.nodes if id(n) in want]
+
+    def per_unit(self, upto: int) -> None:
+        """Values constant along the row that are computable after loop `upto - 1`."""
+        for n in self.nodes:
+            if n.op in (Op.BUFFER, Op.PARALLEL, Op.STORE, Op.REDUCE) or id(n) in self.names:
+                continue
+            if self.nest.full.get(id(n), True) or self.nest.phase.get(id(n), 0) > upto \
+                    or self.nest.final.get(id(n), False):
+                continue
+            if any(id(s) not in self.names for s in n.src
+                   if s.op not in (Op.BUFFER, Op.STORE)):
+                continue
+            self.define(n)
+
+    # -- how units map onto a block (a row reduction: the block strides over one row) --
+
+    def threads(self) -> int:
+        return min(THREADS, max(32, -(-self.row // (32 * self.vec)) * 32))
+
+    def units(self) -> int:
+        return self.par.units
+
+    def unit_setup(self) -> None:
+        self.unravel("u", self.kept)
+
+    def loop_start(self) -> tuple[str, str]:
+        return "threadIdx.x", str(self.threads())
+
+    def store_guard(self) -> str | None:
+        return None
+
+    def after_guard(self) -> str:
+        return "threadIdx.x == 0"
+
+    def combine(self, r: gir.Node, acc: str, ident: str) -> str:
+        op = f"pfjax::rt::{_REDUCE_OP[r.arg.op]}()"
+        if r.dtype.is_float and r.dtype is not DType.F64:
+            return f"pfjax::rt::block_reduce({acc}, {op}, {ident}, reinterpret_cast<float*>(red_))"
+        if r.dtype is DType.F64:
+            return f"pfjax::rt::block_reduce({acc}, {op}, {ident}, red_)"
+        return (f"pfjax::rt::block_reduce(static_cast<long long>({acc}), {op}, "
+                f"static_cast<long long>({ident}), reinterpret_cast<long long*>(red_))")
+
+    def source(self) -> str:
+        k, w, name = self.kernel, self.w, self.kernel.name
+        units = self.units()
+        threads = self.threads()
+        self.header()
+        params, casts = _pointer_args(k)
+        tile_bytes = sum(self.row * t.dtype.itemsize for t in self.tiles.values())
+        finals = self.nest.finals(self.nodes)
+        if finals:
+            params = [*params, "double* __restrict__ scratch"]
+        w(f"constexpr int64_t kUnits = {units}, kRow = {self.row};")
+        w(f"__global__ void __launch_bounds__({threads}) {name}_kernel({', '.join(params)}) {{")
+        w.indent()
+        w("__shared__ double red_[256];  // partials: one per warp, or per thread of a column block")
+        if self.tiles:
+            w(f"PFJAX_DYNAMIC_SHARED(tiles_, {tile_bytes});")
+            offset = 0
+            for index, t in sorted(self.tiles.items()):
+                w(f"{STORAGE[t.dtype]}* tile{index} = reinterpret_cast<{STORAGE[t.dtype]}*>(tiles_ + {offset});")
+                offset += self.row * t.dtype.itemsize
+        w("for (int64_t u = blockIdx.x; u < kUnits; u += gridDim.x) {")
+        w.indent()
+        self.unit_setup()
+        roots = self.nest.roots(self.nodes)
+        self.per_unit(0)
+        first, step = self.loop_start()
+        for loop in range(self.nest.num_loops):
+            in_loop = [r for r in roots if self.nest.loop_of(r) == loop]
+            reductions = [r for r in in_loop if r.op is Op.REDUCE]
+            for r in reductions:
+                acc_t = register_type(r.dtype if r.dtype is not DType.BOOL else DType.I32)
+                w(f"{acc_t} acc_{self.acc_name(r)} = {_identity(r.arg.op, r.dtype)};")
+            vec = self.vec
+            w(f"for (int64_t j = {first} * {vec}; j < kRow; j += {step} * {vec}) {{")
+            w.indent()
+            self.unravel("j", self.rdims)
+            body = self.cone(in_loop, full=True)
+            local_names = dict(self.names)
+            guard = self.store_guard()
+            packs = self.open_packs(body)
+            if vec > 1:
+                w("#pragma unroll")
+                w(f"for (int l = 0; l < {vec}; ++l) {{")
+                w.indent()
+            for n in body:
+                if n.op is Op.REDUCE:
+                    op = _REDUCE_OP[n.arg.op]
+                    v = self.names[id(n.src[0])]
+                    acc = f"acc_{self.acc_name(n)}"
+                    w(f"{acc} = pfjax::rt::{op}()({acc}, static_cast<decltype({acc})>({v}));")
+                elif n.op is Op.STORE:
+                    value = store_expr(self.names[id(n.src[1])], n.dtype)
+                    store = f"{packs[id(n)]}.v[l] = {value};" if id(n) in packs else \
+                        f"{self.address(n)} = {value};"
+                    w(f"if ({guard}) {store}" if guard and n.src[0].arg.role != "tile" else store)
+                elif id(n) in packs:
+                    self.define(n, load_expr(f"{packs[id(n)]}.v[l]", n.dtype))
+                else:
+                    self.define(n)
+            if vec > 1:
+                w.indent(-1)
+                w("}")
+            for n in body:
+                if n.op is Op.STORE and id(n) in packs:
+                    w(f"pfjax::rt::store_pack(&{self.lane0_address(n)}, {packs[id(n)]});")
+            self.names = local_names  # values of the loop body end with it
+            w.indent(-1)
+            w("}")
+            for r in reductions:
+                acc = f"acc_{self.acc_name(r)}"
+                red = self.combine(r, acc, _identity(r.arg.op, r.dtype))
+                self.define(r, f"static_cast<{register_type(r.dtype)}>({red})")
+            self.per_unit(loop + 1)
+        after = [r for r in roots if r.op is Op.STORE and self.nest.loop_of(r) is None]
+        if after or finals:
+            w(f"if ({self.after_guard()}) {{")
+            w.indent()
+            for n in self.cone([s.src[1] for s in after] + [f.src[0] for f in finals], full=False):
+                self.define(n)
+            for s in after:
+                w(f"{self.address(s)} = {store_expr(self.names[id(s.src[1])], s.dtype)};")
+            for slot, f in enumerate(finals):  # partials of the reductions over all units
+                w(f"scratch[{slot} * kUnits + u] = static_cast<double>({self.names[id(f.src[0])]});")
+            w.indent(-1)
+            w("}")
+        w("__syncthreads();  // shared memory is reused by the next unit")
+        w.indent(-1)
+        w("}")
+        w.indent(-1)
+        w("}")
+        w()
+        if finals:
+            self.finish_kernel(params, finals)
+        body = []
+        if tile_bytes > 48 * 1024:
+            body.append(f"cudaFuncSetAttribute({name}_kernel, "
+                        f"cudaFuncAttributeMaxDynamicSharedMemorySize, {tile_bytes});")
+        args = ", ".join(casts)
+        if finals:
+            # A finish step runs even without units (a mean over no rows is NaN).
+            body += [
+                "double* scratch = nullptr;",
+                f"cudaError_t err = cudaMallocAsync(reinterpret_cast<void**>(&scratch), "
+                f"sizeof(double) * {len(finals)} * std::max<int64_t>(kUnits, 1), stream);",
+                "if (err != cudaSuccess) return err;",
+                f"if (blocks > 0) PFJAX_LAUNCH({name}_kernel, blocks, {threads}, {tile_bytes}, stream, {args}, scratch);",
+                f"PFJAX_LAUNCH({name}_finish, 1, {THREADS}, 0, stream, {args}, scratch);",
+                "err = cudaGetLastError();",
+                "const cudaError_t freed = cudaFreeAsync(scratch, stream);",
+                "return err != cudaSuccess ? err : freed;"]
+        else:
+            body += [f"PFJAX_LAUNCH({name}_kernel, blocks, {threads}, {tile_bytes}, stream, {args});",
+                     "return cudaGetLastError();"]
+        _launch_and_footer(w, k, "kUnits", body, early_exit=not finals)
+        return "\n".join(w.lines) + "\n"
+
+
+    def finish_kernel(self, params: list[str], finals: list[gir.Node]) -> None:
+        """One block combines the units' partials of each reduction over all units, then
+        computes and stores what depends on them (the mean of per-row losses)."""
+        w, name = self.w, self.kernel.name
+        self.names = {}
+        w(f"__global__ void __launch_bounds__({THREADS}) {name}_finish({', '.join(params)}) {{")
+        w.indent()
+        w("__shared__ double red_[256];")
+        for d in range(len(self.space)):
+            w(f"const int64_t i{d} = 0;  // no unit: only values constant over units remain")
+        for k, f in enumerate(finals):
+            op = f"pfjax::rt::{_REDUCE_OP[f.arg.op]}()"
+            ident = _identity(f.arg.op, DType.F64)
+            w(f"double fin_{k} = {ident};")
+            w(f"for (int64_t u = threadIdx.x; u < kUnits; u += {THREADS}) "
+              f"fin_{k} = {op}(fin_{k}, scratch[{k} * kUnits + u]);")
+            self.define(f, f"static_cast<{register_type(f.dtype)}>(pfjax::rt::block_reduce(fin_{k}, {op}, {ident}, red_))")
+        stores = [n for n in self.nodes if n.op is Op.STORE and self.nest.final.get(id(n), False)]
+        w("if (threadIdx.x == 0) {")
+        w.indent()
+        want: set[int] = set()
+        stack = [s.src[1] for s in stores]
+        while stack:
+            n = stack.pop()
+            if id(n) in want or id(n) in self.names or n.op in (Op.BUFFER, Op.PARALLEL):
+                continue
+            want.add(id(n))
+            stack.extend(n.src)
+        for n in self.nodes:
+            if id(n) in want:
+                self.define(n)
+        for st in stores:
+            w(f"{self.address(st)} = {store_expr(self.names[id(st.src[1])], st.dtype)};")
+        w.indent(-1)
+        w("}")
+        w.indent(-1)
+        w("}")
+        w()
+
+
+COLUMNS = 32   # columns per block of a column reduction: one warp wide (coalesced rows)
+SLICES = THREADS // COLUMNS  # row slices per block, combined in order through shared memory
+
+
+class ColumnReduction(RowReduction):
+    """A block reduces 32 adjacent columns: thread (slice, column) walks every 8th row of
+    its column, then the 8 slices are combined in slice order through shared memory."""
+
+    def __init__(self, kernel: gir.Kernel):
+        super().__init__(kernel)
+        if self.tiles:
+            raise CudaUnsupported("column reductions that keep values at the local level")
+        self.lane = len(self.space) - 1
+        self.outer = [d for d in self.kept if d != self.lane]
+        self.col_blocks = -(-self.space[self.lane] // COLUMNS)
+
+    def threads(self) -> int:
+        return THREADS
+
+    def units(self) -> int:
+        n = self.col_blocks
+        for d in self.outer:
+            n *= self.space[d]
+        return n
+
+    def unit_setup(self) -> None:
+        w, lane = self.w, self.lane
+        w(f"const int64_t cb_ = u % {self.col_blocks};")
+        self.unravel(f"u / {self.col_blocks}", self.outer)
+        w(f"const bool live_ = cb_ * {COLUMNS} + (threadIdx.x % {COLUMNS}) < {self.space[lane]};")
+        # Threads past the last column read the last one (in bounds) and store nothing.
+        w(f"const int64_t i{lane} = std::min<int64_t>(cb_ * {COLUMNS} + threadIdx.x % {COLUMNS}, "
+          f"{self.space[lane] - 1});")
+
+    def loop_start(self) -> tuple[str, str]:
+        return f"threadIdx.x / {COLUMNS}", str(SLICES)
+
+    def store_guard(self) -> str:
+        return "live_"
+
+    def after_guard(self) -> str:
+        return f"threadIdx.x < {COLUMNS} && live_"
+
+    def combine(self, r: gir.Node, acc: str, ident: str) -> str:
+        w = self.w
+        t = register_type(r.dtype if r.dtype is not DType.BOOL else DType.I32)
+        name = f"col_{self.acc_name(r)}"
+        op = f"pfjax::rt::{_REDUCE_OP[r.arg.op]}()"
+        w(f"{t}* {name}_s = reinterpret_cast<{t}*>(red_);")
+        w("__syncthreads();")
+        w(f"{name}_s[threadIdx.x] = {acc};")
+        w("__syncthreads();")
+        w(f"if (threadIdx.x < {COLUMNS}) {{")
+        w(f"  {t} c_ = {name}_s[threadIdx.x];")
+        w(f"  for (int k = 1; k < {SLICES}; ++k) c_ = {op}(c_, {name}_s[k * {COLUMNS} + threadIdx.x]);")
+        w(f"  {name}_s[threadIdx.x] = c_;")
+        w("}")
+        w("__syncthreads();")
+        w(f"const {t} {name} = {name}_s[threadIdx.x % {COLUMNS}];")
+        return name
