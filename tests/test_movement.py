@@ -51,6 +51,9 @@ CASES = {
     "iota": lambda x: x * jnp.arange(x.shape[-1], dtype=jnp.float32) + jnp.arange(x.shape[0])[:, None, None],
     "expand_dims": lambda x: jnp.expand_dims(jnp.exp(x), (1, 3)) * 2.0 + x[:, None, :, None],
     "squeeze_reshape": lambda x: jnp.reshape(jnp.tanh(x), (x.shape[0] * x.shape[1], x.shape[2])) * 2.0,
+    "tile": lambda x: jnp.tile(jnp.exp(x) * 2.0, (2, 1, 3)) + 1.0,
+    "roll": lambda x: jnp.roll(x * 2.0, 5, axis=2) + x,
+    "stack": lambda x: jnp.stack([x * 2.0, jnp.exp(x)], axis=1) + 1.0,
     "transpose_then_slice_then_concat": lambda x: jnp.concatenate(
         [jnp.transpose(x, (1, 0, 2))[:, :, :4] * 2.0, jnp.transpose(jnp.exp(x), (1, 0, 2))[:, :, 4:]], -1) + 1.0,
 }

@@ -63,6 +63,23 @@ def _rev(lw, eqn, imap):
                                     for d in range(len(shape))]))]
 
 
+@rule("tile")
+def _tile(lw, eqn, imap):
+    # out[i] = x[i mod n] along each repeated dimension: the remainder is added at run time.
+    (x,) = eqn.invars
+    shape = x.aval.shape
+    reps = eqn.params["reps"]
+    rank = len(shape)
+    lead = len(reps) - rank  # reps may prepend new leading dimensions
+    spec = [(lead + d, 0 if reps[lead + d] != 1 else 1, 0) for d in range(rank)]
+    at = imap.affine(spec)
+    for d in range(rank):
+        if reps[lead + d] != 1:
+            where = lw.index_value(imap, lead + d)
+            at = at.shifted(d, gir.alu("rem", I64, where, _i64(shape[d])))
+    return [lw.read(x, at)]
+
+
 @rule("iota")
 def _iota(lw, eqn, imap):
     return [gir.cast(lw.index_value(imap, eqn.params["dimension"]), gir_dtype(eqn.outvars[0].aval))]
@@ -87,6 +104,24 @@ def _concatenate(lw, eqn, imap):
         guard = _all(conds)
         v = lw.read(x, at.guarded(guard) if guard is not None else at)
         value = v if value is None else gir.select(_cmp("ge", where, _i64(lo)), [value, v])
+    return [value]
+
+
+@rule("stack")
+def _stack(lw, eqn, imap):
+    # A new axis: element k along it is operand k (a concatenation of pieces of one).
+    axis = eqn.params["axis"]
+    rank = len(eqn.outvars[0].aval.shape)
+    where = lw.index_value(imap, axis)
+    at = imap.pick([d for d in range(rank) if d != axis])
+    value = None
+    count = len(eqn.invars)
+    for k, x in enumerate(eqn.invars):
+        conds = ([_cmp("ge", where, _i64(k))] if k > 0 else []) + \
+            ([_cmp("lt", where, _i64(k + 1))] if k + 1 < count else [])
+        guard = _all(conds)
+        v = lw.read(x, at.guarded(guard) if guard is not None else at)
+        value = v if value is None else gir.select(_cmp("ge", where, _i64(k)), [value, v])
     return [value]
 
 

@@ -295,4 +295,4 @@ CHEAP_TO_RECOMPUTE = {"iota", "eq", "ne", "lt", "le", "gt", "ge", "and", "or", "
 # Data movement primitives (transpose, slice, concatenate, pad, ...): their own file.
 from pfjax.frontend import movement  # noqa: E402,F401  (registers its rules)
 MOVEMENT = {"transpose", "slice", "rev", "iota", "concatenate", "pad", "dynamic_slice",
-            "dynamic_update_slice"}
+            "dynamic_update_slice", "tile", "stack"}
