@@ -258,3 +258,16 @@ def test_causal_mask_from_iotas_is_computed_inline(rng):
         return jax.nn.softmax(jnp.where(mask, x * 0.125, -jnp.inf), axis=-1)
     one_kernel(causal_softmax, x)
     one_kernel(lambda x: jnp.tril(x) * 2.0 + jnp.triu(x, 1), x)
+
+
+def test_split_pieces_fuse_into_their_consumers(rng):
+    """jnp.split becomes one slice per piece; each piece is read by its consumer's kernel
+    (no XLA slice left), even when a shared producer is computed once before."""
+    x = randn(rng, 5, 6, 17)
+    for f in (lambda x: tuple(jnp.exp(p) * 2.0 for p in jnp.split(x, [4, 9], axis=2)),
+              lambda x: tuple(p * 2.0 for p in jnp.split(jnp.exp(x), [4, 9], axis=2))):
+        want = jax.jit(f)(x)
+        fused = pfjax.fuse(f)
+        assert_tree_close(jax.jit(fused)(x), want, **TOL)
+        hlo = jax.jit(fused).lower(x).compile().as_text()
+        assert not LEFT_OVER.search(hlo), hlo

@@ -108,10 +108,27 @@ def _inline(jaxpr, env: dict, out: list[Eqn]) -> None:
             continue
         outs = [Var(v.aval) for v in eqn.outvars]
         env.update(zip(eqn.outvars, outs))
+        if name == "split":  # one slice per piece: each fuses where it is used
+            out.extend(_split_as_slices(eqn, ins, outs))
+            continue
         body = None
         if name in _COMPOSITE_CALLS and "call_jaxpr" in eqn.params:
             body = _composite_body(eqn.params["call_jaxpr"], eqn.params.get("num_consts", 0), ins, outs)
         out.append(Eqn(eqn.primitive, dict(eqn.params), ins, outs, eqn, body))
+
+
+def _split_as_slices(eqn, ins: list[Atom], outs: list[Var]) -> list[Eqn]:
+    shape = ins[0].aval.shape
+    axis = eqn.params["axis"]
+    pieces, start = [], 0
+    for size, var in zip(eqn.params["sizes"], outs):
+        lo = [0] * len(shape)
+        hi = list(shape)
+        lo[axis], hi[axis] = start, start + size
+        params = dict(start_indices=tuple(lo), limit_indices=tuple(hi), strides=None)
+        pieces.append(Eqn(jax.lax.slice_p, params, [ins[0]], [var], eqn))
+        start += size
+    return pieces
 
 
 def _fold_scalar(eqn, ins: list[Atom]) -> list[Lit] | None:
