@@ -256,6 +256,9 @@ def parse_args(argv):
     p.add_argument("--stand-in", action="store_true",
                    help="if pfjax.fuse is missing, use identity (labelled STAND-IN)")
     p.add_argument("--no-torch", action="store_true", help="skip torch.compile even if installed")
+    p.add_argument("--cuda-report", action="store_true",
+                   help="compile every workload's CUDA kernels with nvcc (no GPU needed) and "
+                        "print registers and spills per kernel, instead of timing")
     return p.parse_args(argv)
 
 
@@ -269,6 +272,9 @@ def run(argv=None) -> tuple[int, list, str]:
     workloads = select(args.filter)
     if not workloads:
         raise SystemExit(f"no workload matches --filter {args.filter!r}")
+    if args.cuda_report:
+        from pfjax.bench import cuda_report
+        return cuda_report.main(workloads, sizes[0]), [], ""
     fuse, stand_in = get_fuse(args.stand_in)
     if stand_in:
         log(STAND_IN_NOTE)
