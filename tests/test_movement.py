@@ -271,3 +271,20 @@ def test_split_pieces_fuse_into_their_consumers(rng):
         assert_tree_close(jax.jit(fused)(x), want, **TOL)
         hlo = jax.jit(fused).lower(x).compile().as_text()
         assert not LEFT_OVER.search(hlo), hlo
+
+
+GRAD_CASES = {
+    "rope": lambda x: rope(x, jnp.cos(x[:1] * 0.0 + 0.3), jnp.sin(x[:1] * 0.0 + 0.3)),
+    "pad_slice": lambda x: jnp.pad(jnp.sin(x), ((1, 0), (0, 0), (2, 1)))[::2] * 2.0,
+    "concat_transpose": lambda x: jnp.concatenate([jnp.swapaxes(x, 0, 2), jnp.swapaxes(jnp.tanh(x), 0, 2)], 1),
+    "dynamic_slice": lambda x: jnp.exp(lax.dynamic_slice(x, (1, 0, 1), (2, 2, 3))),
+    "rev_mean": lambda x: jnp.mean(jnp.flip(x * x, 2), axis=-1),
+}
+
+
+@pytest.mark.parametrize("case", GRAD_CASES)
+def test_movement_check_grads_orders_1_and_2(case, rng):
+    from jax.test_util import check_grads
+    x = randn(rng, 3, 2, 4)
+    fused = pfjax.fuse(GRAD_CASES[case])
+    check_grads(fused, (x,), order=2, modes=("fwd", "rev"), atol=5e-2, rtol=5e-2, eps=1e-2)
