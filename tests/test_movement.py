@@ -15,7 +15,7 @@ import pfjax
 from pfjax.compile import plan
 from pfjax.frontend import lower_group
 from pfjax import gir
-from tests.test_e2e import assert_tree_close, randn
+from tests.test_e2e import assert_tree_close, num_kernel_calls, randn
 from tests.test_reductions import one_kernel as reductions_one_kernel
 
 TOL = dict(rtol=2e-5, atol=2e-5)
@@ -271,6 +271,7 @@ def test_split_pieces_fuse_into_their_consumers(rng):
         assert_tree_close(jax.jit(fused)(x), want, **TOL)
         hlo = jax.jit(fused).lower(x).compile().as_text()
         assert not LEFT_OVER.search(hlo), hlo
+        assert num_kernel_calls(fused, x) == 3  # exp is computed by each piece's kernel
 
 
 GRAD_CASES = {

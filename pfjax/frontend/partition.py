@@ -350,6 +350,7 @@ def _finish(program, eqns, group_of, spaces, reasons, producer) -> Partition:
     # computes; phase 2 may then recompute values of groups that were dropped. A value
     # computed by a kept group is never recomputed elsewhere (its inputs may be internal).
     unfusable = set(reasons)
+    dissolved: set[int] = set()
     kept: list[tuple[Group, set[int]]] = []
     for g, idx in sorted(members.items()):
         group = Group(spaces[g][0], spaces[g][1], [eqns[i] for i in idx])
@@ -364,6 +365,11 @@ def _finish(program, eqns, group_of, spaces, reasons, producer) -> Partition:
             for i in idx:
                 reasons[i] = why_not or "result unused"
             continue
+        if _read_only_through_movement(group, inside, users, program_outs, eqns, group_of):
+            for i in idx:
+                reasons[i] = "computed inside the kernels that read it through data movement"
+            dissolved.update(idx)
+            continue
         kept.append((group, inside))
     kept_members = set().union(*(inside for _, inside in kept)) if kept else set()
     groups: list[Group] = []
@@ -372,14 +378,29 @@ def _finish(program, eqns, group_of, spaces, reasons, producer) -> Partition:
     for k, (group, inside) in enumerate(kept):
         group.inputs, group.recomputed = [], []
         _collect_inputs(group, eqns, inside, producer, unfusable | kept_members,
-                        lambda atom, k=k: not dep.get(atom.id, 0) >> k & 1)
+                        lambda atom, k=k: not dep.get(atom.id, 0) >> k & 1, dissolved)
         groups.append(group)
     left_out = [(eqns[i], reasons[i]) for i in sorted(reasons)]
     return Partition(groups, left_out)
 
 
+def _read_only_through_movement(group: Group, inside, users, program_outs, eqns,
+                                group_of) -> bool:
+    """An elementwise group whose results several other groups read, all through data
+    movement (the pieces of a split): each reader computes the part it reads instead."""
+    if group.axes is not None or any(v.id in program_outs for v in group.outputs):
+        return False
+    readers = set()
+    for v in group.outputs:
+        for u in users.get(v.id, set()) - inside:
+            if eqns[u].name not in MOVEMENT or u not in group_of:
+                return False
+            readers.add(group_of[u])
+    return len(readers) > 1
+
+
 def _collect_inputs(group: Group, eqns, inside: set[int], producer, blocked: set[int],
-                    acyclic=lambda atom: True) -> None:
+                    acyclic=lambda atom: True, dissolved: set[int] = frozenset()) -> None:
     """Inputs of the group; small cheap producers outside it are recomputed instead."""
     seen: set[int] = set()
     recomputed: set[int] = set()
@@ -393,8 +414,8 @@ def _collect_inputs(group: Group, eqns, inside: set[int], producer, blocked: set
             return
         seen.add(atom.id)
         i = producer.get(atom.id)
-        if i is not None and i not in inside and i not in blocked and _cheap(eqns[i]) \
-                and math.prod(atom.aval.shape) < group.size and acyclic(atom):
+        if i is not None and i not in inside and i not in blocked and (i in dissolved or (
+                _cheap(eqns[i]) and math.prod(atom.aval.shape) < group.size)) and acyclic(atom):
             if i not in recomputed:
                 recomputed.add(i)
                 for a in eqns[i].invars:
