@@ -414,3 +414,26 @@ def test_column_reduction_split_into_row_segments(rows, rng):
     x[rows - 3, 3] = np.nan
     got = np.asarray(pfjax.fuse(f)(x)[1])
     np.testing.assert_array_equal(np.isnan(got), np.isnan(x.max(0)))
+
+
+@pytest.mark.parametrize("shape", [(301, 7), (5, 33, 9), (70, 1), (40, 15)])
+def test_short_rows_are_laid_across_the_lanes(shape, rng):
+    """Rows shorter than a vector: units go across the SIMD lanes (a column reduction
+    whose accesses are staged through a block transpose); NaN rows, odd unit counts."""
+    x = randn(rng, *shape)
+    x.reshape(-1, shape[-1])[3, 0] = np.nan
+
+    def f(x):
+        m = jnp.max(x, -1, keepdims=True)
+        e = jnp.exp(x - m)
+        return e / e.sum(-1, keepdims=True), jnp.argmax(x, -1), jax.nn.logsumexp(x, -1)
+    one_kernel(f, x, tol=dict(rtol=1e-5, atol=1e-6))
+    if shape[-1] > 1:
+        (group,) = pfjax.explain(f, x).groups
+        assert "stage_transpose" in open(group.source_path).read()
+
+
+def test_short_rows_bf16(rng):
+    x = jnp.asarray(randn(rng, 100, 6), jnp.bfloat16)
+    one_kernel(lambda x: jax.nn.softmax(x.astype(jnp.float32), -1).astype(jnp.bfloat16), x,
+               tol=dict(rtol=1e-2, atol=1e-2))

@@ -79,6 +79,7 @@ class _Emitter:
         self.lane_var = "j"
         self.streamed: set[int] = set()      # stores that go through a tile, non-temporally
         self.w = _Writer()
+        self.stage_of, self.staged = self._stages()
         self.tiles = sorted({n.src[0].arg.index: n.src[0] for n in self.nodes
                              if n.op is Op.STORE and n.src[0].arg.role == "tile"}.items())
 
@@ -89,8 +90,43 @@ class _Emitter:
             return "(c0 + j)" if self.column else self.lane_var
         return f"i{d}"
 
+    def _stages(self) -> tuple[dict[int, str], list[tuple[str, gir.Node]]]:
+        """Accesses of a column reduction that are strided across its lanes but contiguous
+        along its one reduced dimension (short rows laid across the lanes): they go through
+        a stage tile at the local level, filled (or emptied) by a block transpose."""
+        stage_of: dict[int, str] = {}
+        staged: list[tuple[str, gir.Node]] = []
+        if not self.column or len(self.rdims) != 1:
+            return stage_of, staged
+        rd = self.rdims[0]
+        by_view: dict[tuple, str] = {}
+        for n in self.nodes:
+            if n.op not in (Op.LOAD, Op.STORE) or n.src[0].arg.role == "tile" \
+                    or n.arg.dynamic or n.arg.fill is not None:
+                continue
+            strides = n.arg.view.strides
+            if abs(strides[self.lane]) <= 1 or strides[rd] != 1:
+                continue
+            key = (n.op, n.src[0].arg.role, n.src[0].arg.index, n.arg.view)
+            if key not in by_view:
+                by_view[key] = f"{'stage' if n.op is Op.LOAD else 'ostage'}{len(staged)}"
+                staged.append((by_view[key], n))
+            stage_of[id(n)] = by_view[key]
+        return stage_of, staged
+
+    def stage_base(self, node: gir.Node) -> str:
+        """Address of the access at the unit's first lane (c0) and row 0."""
+        view, rd = node.arg.view, self.rdims[0]
+        terms = [str(view.offset)] + [f"i{d} * {s}" for d, s in enumerate(view.strides)
+                                      if s and d not in (self.lane, rd)]
+        terms.append(f"c0 * {view.strides[self.lane]}")
+        base = f"{'in' if node.src[0].arg.role == 'in' else 'out'}{node.src[0].arg.index}"
+        return f"&{base}[{' + '.join(terms)}]"
+
     def address(self, node: gir.Node) -> str:
         buf = node.src[0]
+        if id(node) in self.stage_of:
+            return f"{self.stage_of[id(node)]}[{self.idx(self.rdims[0])} * {self.par.block} + j]"
         if buf.arg.role == "tile":
             flat = "0"
             for d in self.rdims:
@@ -505,6 +541,10 @@ class _Emitter:
             t = register_type(buf.dtype)
             w(f"pfjax::rt::Scratch<{t}> tile{index}_({rsize * (par.block if self.column else 1)});")
             w(f"{t}* __restrict tile{index} = tile{index}_.data;")
+        for stage, n in self.staged:
+            t = STORAGE[n.dtype]
+            w(f"pfjax::rt::Scratch<{t}> {stage}_({rsize * par.block});")
+            w(f"{t}* __restrict {stage} = {stage}_.data;")
         kept = [d for d in range(len(self.space)) if d not in self.rdims]
         if not self.column:
             # Row units: indices unravelled once, then stepped with carries (short rows
@@ -531,10 +571,19 @@ class _Emitter:
             for d in reversed(kept):
                 w(f"const int64_t i{d} = r % {self.space[d]}; r /= {self.space[d]};")
             w("(void)r;")
+        rows = self.space[self.rdims[0]] if self.staged else 0
+        for stage, n in self.staged:
+            if n.op is Op.LOAD:  # the block's short rows, laid across the lanes
+                w(f"pfjax::rt::stage_transpose({stage}, {par.block}, {self.stage_base(n)}, "
+                  f"{n.arg.view.strides[self.lane]}, cn, {rows});")
         roots = self.nest.roots(self.nodes)
         for loop in range(self.nest.num_loops):
             w(f"// loop {loop}")
             self.emit_loop([r for r in roots if self.nest.loop_of(r) == loop])
+        for stage, n in self.staged:
+            if n.op is Op.STORE:  # back to rows
+                w(f"pfjax::rt::stage_transpose({self.stage_base(n)}, {n.arg.view.strides[self.lane]}, "
+                  f"{stage}, {par.block}, {rows}, cn);")
         epilogue = [r for r in roots if r.op is Op.STORE and self.nest.loop_of(r) is None]
         split_reduces = [r for r in roots if r.op is Op.REDUCE] if par.split > 1 else []
         if split_reduces:

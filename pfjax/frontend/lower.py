@@ -179,6 +179,14 @@ def _contiguous_dim(kernel: gir.Kernel) -> int:
     return max(reversed(range(len(space))), key=lambda d: score[d])
 
 
+SHORT_ROW = 16  # float32 lanes of the widest vector: shorter rows go across the lanes
+
+
+def _has_finals(kernel: gir.Kernel, nodes) -> bool:
+    rdims = set(kernel.parallel.rdims)
+    return any(n.op is gir.Op.REDUCE and set(n.arg.dims) != rdims for n in nodes)
+
+
 def _reduction_layout(kernel: gir.Kernel) -> gir.Kernel:
     """Reorder the space to kept dims, reduced dims, then a kept dim if it is the one read
     contiguously (a column reduction vectorises across it): the layout the reduction
@@ -189,6 +197,13 @@ def _reduction_layout(kernel: gir.Kernel) -> gir.Kernel:
     kept = [d for d in range(rank) if d not in par.rdims]
     rdims = list(par.rdims)
     best = _contiguous_dim(kernel)
+    nodes = gir.toposort(kernel.root)
+    if rdims == [best] and par.space[best] < SHORT_ROW and kept and not _has_finals(kernel, nodes):
+        # Rows shorter than a vector: lay them across the lanes (a column reduction over
+        # the units, its accesses staged through a block transpose).
+        lane = max(kept, key=lambda d: par.space[d])
+        if par.space[lane] >= SHORT_ROW:
+            best = lane
     if best in rdims:
         rdims = [d for d in rdims if d != best] + [best]
         inner = []
