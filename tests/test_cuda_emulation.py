@@ -92,6 +92,8 @@ def test_column_reductions(rng, tmp_path):
     check(lambda x: (x.mean(0), x.var(0)), x, tmp_path=tmp_path, tol=dict(rtol=1e-4, atol=1e-5))
     check(lambda x: jnp.sum(x, axis=(0, 2)), randn(rng, 4, 6, 33), tmp_path=tmp_path,
           tol=dict(rtol=1e-4, atol=1e-4))
+    # short rows are laid across the lanes: a column reduction over the units
+    check(lambda x: jax.nn.softmax(x, -1), randn(rng, 45, 7), tmp_path=tmp_path)
 
 
 def test_reduction_over_all_rows_has_a_finish_kernel(rng, tmp_path):
