@@ -36,7 +36,6 @@ def emit_kernel(kernel: gir.Kernel) -> str:
     space = par.space or (1,)
     inner = space[-1]
     outer = space[:-1]
-    nodes = gir.toposort(kernel.root)
     # Pieces of a concatenation or padding along the innermost dimension: a loop each.
     variants = [(lo, hi, gir.toposort(root))
                 for lo, hi, root in intervals(kernel.root, len(space) - 1, inner)]

@@ -83,32 +83,6 @@ class RowReduction(Emitter):
             return f"tile{n.src[0].arg.index}[j{' + l' if self.vec > 1 else ''}]"
         return super().address(n)
 
-    def lane0_address(self, n: gir.Node) -> str:
-        view = n.arg.view
-        terms = [str(view.offset)] + [f"i{d} * {s}" for d, s in enumerate(view.strides) if s]
-        return f"{_buffer_name(n.src[0])}[{' + '.join(terms)}]"
-
-    def open_packs(self, body: list[gir.Node]) -> dict[int, str]:
-        """Pack loads (and pack buffers for stores) of this loop body, before its lanes."""
-        packs: dict[int, str] = {}
-        by_address: dict[str, str] = {}
-        for n in body:
-            if not self.packable(n):
-                continue
-            address = self.lane0_address(n)
-            if n.op is Op.LOAD:
-                if address not in by_address:
-                    by_address[address] = f"pk{self.counter}"
-                    self.counter += 1
-                    self.w(f"const auto {by_address[address]} = pfjax::rt::load_pack<"
-                           f"{STORAGE[n.dtype]}, {self.vec}>(&{address});")
-                packs[id(n)] = by_address[address]
-            else:
-                packs[id(n)] = f"opk{self.counter}"
-                self.counter += 1
-                self.w(f"pfjax::rt::Pack<{STORAGE[n.dtype]}, {self.vec}> {packs[id(n)]};")
-        return packs
-
     def acc_name(self, r: gir.Node) -> int:
         return self.accs.setdefault(id(r), len(self.accs))
 
@@ -235,7 +209,7 @@ class RowReduction(Emitter):
                 w("}")
             for n in body:
                 if n.op is Op.STORE and id(n) in packs:
-                    w(f"pfjax::rt::store_pack(&{self.lane0_address(n)}, {packs[id(n)]});")
+                    w(f"pfjax::rt::store_pack(&{self.plain_address(n)}, {packs[id(n)]});")
             self.names = local_names  # values of the loop body end with it
             w.indent(-1)
             w("}")

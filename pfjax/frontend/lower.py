@@ -162,12 +162,12 @@ def lower_group(group: Group) -> gir.Kernel:
     return _reduction_layout(kernel) if lw.rdims else kernel
 
 
-def _contiguous_dim(kernel: gir.Kernel) -> int:
+def _contiguous_dim(kernel: gir.Kernel, nodes) -> int:
     """The space dimension along which most bytes are accessed with unit stride (ties go
     to the innermost): the one to walk in the innermost loop."""
     space = kernel.parallel.space
     score = [0] * len(space)
-    for n in gir.toposort(kernel.root):
+    for n in nodes:
         if n.op in (gir.Op.LOAD, gir.Op.STORE):
             strides = n.arg.view.strides
             elems = 1
@@ -196,8 +196,8 @@ def _reduction_layout(kernel: gir.Kernel) -> gir.Kernel:
     rank = len(par.space)
     kept = [d for d in range(rank) if d not in par.rdims]
     rdims = list(par.rdims)
-    best = _contiguous_dim(kernel)
     nodes = gir.toposort(kernel.root)
+    best = _contiguous_dim(kernel, nodes)
     if rdims == [best] and par.space[best] < SHORT_ROW and kept and not _has_finals(kernel, nodes):
         # Rows shorter than a vector: lay them across the lanes (a column reduction over
         # the units, its accesses staged through a block transpose).

@@ -85,26 +85,31 @@ def _iota(lw, eqn, imap):
     return [gir.cast(lw.index_value(imap, eqn.params["dimension"]), gir_dtype(eqn.outvars[0].aval))]
 
 
+def _select_pieces(lw, where: gir.Node, pieces, total: int) -> gir.Node:
+    """The value of a concatenation along `where` (the output index along its axis):
+    pieces are (operand, map it is read at, lo, hi), covering [0, total) in order. Each is
+    read under a guard that holds only on its own range, so memory is read once."""
+    value = None
+    for x, at, lo, hi in pieces:
+        conds = ([_cmp("ge", where, _i64(lo))] if lo > 0 else []) + \
+            ([_cmp("lt", where, _i64(hi))] if hi < total else [])
+        guard = _all(conds)
+        v = lw.read(x, at.guarded(guard) if guard is not None else at)
+        value = v if value is None else gir.select(_cmp("ge", where, _i64(lo)), [value, v])
+    return value
+
+
 @rule("concatenate")
 def _concatenate(lw, eqn, imap):
     dim = eqn.params["dimension"]
-    where = lw.index_value(imap, dim)
     pieces, start = [], 0
     for x in eqn.invars:
         n = x.aval.shape[dim]
         if n:
-            pieces.append((x, start, start + n))
+            at = imap.affine([(d, 1, -start if d == dim else 0) for d in range(len(x.aval.shape))])
+            pieces.append((x, at, start, start + n))
         start += n
-    total = start
-    value = None
-    for x, lo, hi in pieces:
-        conds = ([_cmp("ge", where, _i64(lo))] if lo > 0 else []) + \
-            ([_cmp("lt", where, _i64(hi))] if hi < total else [])
-        at = imap.affine([(d, 1, -lo if d == dim else 0) for d in range(len(x.aval.shape))])
-        guard = _all(conds)
-        v = lw.read(x, at.guarded(guard) if guard is not None else at)
-        value = v if value is None else gir.select(_cmp("ge", where, _i64(lo)), [value, v])
-    return [value]
+    return [_select_pieces(lw, lw.index_value(imap, dim), pieces, start)]
 
 
 @rule("stack")
@@ -112,17 +117,9 @@ def _stack(lw, eqn, imap):
     # A new axis: element k along it is operand k (a concatenation of pieces of one).
     axis = eqn.params["axis"]
     rank = len(eqn.outvars[0].aval.shape)
-    where = lw.index_value(imap, axis)
     at = imap.pick([d for d in range(rank) if d != axis])
-    value = None
-    count = len(eqn.invars)
-    for k, x in enumerate(eqn.invars):
-        conds = ([_cmp("ge", where, _i64(k))] if k > 0 else []) + \
-            ([_cmp("lt", where, _i64(k + 1))] if k + 1 < count else [])
-        guard = _all(conds)
-        v = lw.read(x, at.guarded(guard) if guard is not None else at)
-        value = v if value is None else gir.select(_cmp("ge", where, _i64(k)), [value, v])
-    return [value]
+    pieces = [(x, at, k, k + 1) for k, x in enumerate(eqn.invars)]
+    return [_select_pieces(lw, lw.index_value(imap, axis), pieces, len(pieces))]
 
 
 @rule("pad")

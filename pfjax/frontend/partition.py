@@ -300,8 +300,7 @@ def _merge_siblings(eqns, group_of, spaces, producer, program_outs, absorb) -> d
         pairs: list[tuple[int, int]] = []
         readers: dict[int, set[int]] = {}
         moved: set[tuple[int, int]] = set()  # (producer group, group moving its data)
-        cheap = {g for g in set(group_of.values())
-                 if all(_cheap(eqns[i]) for i, h in group_of.items() if h == g)}
+        cheap = set(group_of.values()) - {g for i, g in group_of.items() if not _cheap(eqns[i])}
         for i, eqn in enumerate(eqns):
             if i not in group_of:
                 continue
