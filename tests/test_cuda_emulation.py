@@ -113,3 +113,10 @@ def test_transposes_go_through_shared_memory_tiles(rng, tmp_path):
     h = jnp.asarray(randn(rng, 2, 50, 36), jnp.bfloat16)
     check(lambda h: (jnp.swapaxes(h, 1, 2) + 1).astype(jnp.bfloat16), h, tmp_path=tmp_path,
           tol=dict(rtol=1e-2, atol=1e-2))
+
+
+def test_tall_column_variance_in_one_pass(rng, tmp_path):
+    # tall enough that the moments pass turns the centred sum into shifted float64 sums
+    x = randn(rng, 3001, 37) + 100
+    x[0, 3] = 1e4
+    check(lambda x: (x.mean(0), x.var(0)), x, tmp_path=tmp_path, tol=dict(rtol=1e-4, atol=1e-5))

@@ -5,6 +5,7 @@ from typing import Callable
 
 from pfjax import gir
 from pfjax.passes.collapse import collapse_dims
+from pfjax.passes.moments import one_pass_moments
 from pfjax.passes.reciprocal import per_unit_reciprocal
 from pfjax.passes.reuse import keep_reused
 from pfjax.passes.simplify import simplify
@@ -17,6 +18,7 @@ PIPELINE: list[tuple[str, Pass]] = [
     ("simplify", lambda k, t: simplify(k)),
     ("collapse_dims", lambda k, t: collapse_dims(k)),
     ("reciprocal", lambda k, t: per_unit_reciprocal(k)),
+    ("moments", one_pass_moments),
     ("reuse", keep_reused),
 ]
 

@@ -70,9 +70,16 @@ def _choose_reduction(kernel: gir.Kernel, target: gir.Target) -> Schedule:
         elem_bytes = sum(b.dtype.itemsize for b in kernel.inputs) or 4
         # Only a kernel that reads its block again (several loops) wants it to stay at the
         # local level; narrow blocks make short strided reads, so never below 2 vectors.
+        # When even the narrowest block would not stay, later loops re-read it from the
+        # shared cache or memory anyway: then one wide block per thread reads longer runs.
         if gir.loop_nest(kernel).num_loops > 1:
-            while block > 2 * lanes and rows * block * elem_bytes > target.level(gir.LOCAL).capacity_bytes:
-                block //= 2
+            capacity = target.level(gir.LOCAL).capacity_bytes
+            if rows * 2 * lanes * elem_bytes > capacity:
+                per_group = -(-cols // target.groups)
+                block = min(-(-cols // lanes) * lanes, max(4 * lanes, min(512, -(-per_group // lanes) * lanes)))
+            else:
+                while block > 2 * lanes and rows * block * elem_bytes > capacity:
+                    block //= 2
     split = _split(kernel, target, block)
     if split > 1:
         block = min(-(-par.space[-1] // lanes) * lanes, 512)
