@@ -142,6 +142,28 @@ def test_head_reshuffle_with_scale(rng):
     one_kernel(lambda x: jnp.transpose(x, (0, 2, 1, 3)) * 0.125, x)
 
 
+@pytest.mark.parametrize("perm,shape", [((0, 2, 1, 3), (3, 37, 5, 24)),
+                                         ((2, 0, 3, 1, 4), (2, 3, 5, 7, 9)),
+                                         ((1, 0, 2), (33, 20, 3))])
+def test_outer_permutation_walks_the_input_in_order(perm, shape, rng):
+    """A permutation of the outer dimensions (innermost kept) iterates in the input's
+    order and scatters the writes; iotas, broadcast operands and odd extents follow it."""
+    x = randn(rng, *shape)
+    w = randn(rng, shape[perm[-2]], shape[-1])  # broadcast along all but the last two dims
+
+    def f(x, w):
+        t = jnp.transpose(x, perm)
+        ramp = lax.broadcasted_iota(jnp.float32, t.shape, 1)
+        return jnp.sin(t) * w + ramp
+
+    one_kernel(f, x, w)
+    (group,) = pfjax.explain(f, x, w).groups
+    lead = next(n for n in gir.toposort(group.kernel.root)
+                if n.op is gir.Op.LOAD and n.src[0].arg.shape == shape)
+    outer = [s for s in lead.arg.view.strides[:-1] if s]
+    assert outer == sorted(outer, reverse=True), gir.format_kernel(group.kernel)
+
+
 def test_transpose_bias_activation(rng):
     x, b = randn(rng, 24, 40), randn(rng, 24)
     one_kernel(lambda x, b: jax.nn.gelu(x.T + b), x, b, tol=dict(rtol=1e-5, atol=1e-5))

@@ -68,7 +68,20 @@ PROGRAMS = {
     "where_int": (lambda x, i: jnp.where(i > 3, x * 2, jnp.exp(x)).astype(jnp.int32) + i,
                   [((16, 4), jnp.float32), ((16, 4), jnp.int32)]),
     "consts": (lambda x: jnp.exp(x) * (2.0 * 3.0) + jnp.float32(1) / 4, [((64,), jnp.float32)]),
+    "head_reshuffle": (lambda x, b: jnp.transpose(x, (0, 2, 1, 3)) * 0.5 + b,
+                       [((2, 6, 3, 8), jnp.float32), ((6, 8), jnp.float32)]),
 }
+
+
+def test_moments_pass_keeps_semantics_within_rounding(rng):
+    from pfjax.passes.moments import one_pass_moments
+    [kernel] = _kernels(lambda x: (jnp.mean(x, 0), jnp.var(x, 0)), ((20000, 24), jnp.float32))
+    after = one_pass_moments(kernel, gir.cpu_target({}))
+    assert gir.loop_nest(after).num_loops == 1 and gir.loop_nest(kernel).num_loops == 2
+    gir.verify(after)
+    xs = _random_inputs(kernel, rng)
+    for b, a in zip(gir.interp.run(kernel, xs), gir.interp.run(after, xs)):
+        np.testing.assert_allclose(a, b, rtol=1e-5)
 
 
 @pytest.mark.parametrize("name", sorted(PROGRAMS))
@@ -77,7 +90,8 @@ def test_run_passes_keeps_semantics(name, rng):
     for kernel in _kernels(f, *sig):
         trace_list = []
         after = run_passes(kernel, debug=True, trace=trace_list)
-        assert [n for n, _ in trace_list] == ["simplify", "collapse_dims", "reciprocal", "reuse"]
+        assert [n for n, _ in trace_list] == ["simplify", "input_order", "collapse_dims", "reciprocal",
+                                              "moments", "reuse"]
         gir.verify(after)
         assert after.parallel.size == kernel.parallel.size
         xs = _random_inputs(kernel, rng)
