@@ -95,6 +95,10 @@ extern "C" __attribute__((visibility("default"))) void apply_exp(const float* x,
   #pragma omp simd simdlen(16)
   for (int64_t i = 0; i < n; ++i) y[i] = pfjax::math::exp_v(x[i]);
 }
+extern "C" __attribute__((visibility("default"))) void apply_logistic(const float* x, float* y, int64_t n) {
+  #pragma omp simd simdlen(16)
+  for (int64_t i = 0; i < n; ++i) y[i] = pfjax::math::logistic_v(x[i]);
+}
 """
 
 
@@ -124,3 +128,28 @@ def test_exp_v_through_the_vector_abi(tmp_path):
     assert np.abs(y[tiny].astype(np.float64) - ref[tiny]).max() <= 1.5e-45
     np.testing.assert_array_equal(np.isnan(y), np.isnan(x))
     assert y[np.isposinf(x)][0] == np.inf and y[np.isneginf(x)][0] == 0.0
+
+
+def test_logistic_v_through_the_vector_abi(tmp_path, rng):
+    """logistic_v (reciprocal by vrcp14 + one Newton step): 3 ulp down to 1.7e-38, 0 below
+    x = -87 (so x * logistic(x) at -inf is NaN, as in XLA), specials exact; SIMD and tail."""
+    if shutil.which("g++") is None:
+        pytest.skip("g++ not available")
+    (tmp_path / "l.cc").write_text(EXP_SOURCE)
+    subprocess.run(["g++", "-O3", "-march=native", "-std=c++17", "-fopenmp-simd",
+                    "-fno-math-errno", "-fno-trapping-math", "-fwrapv", "-shared", "-fPIC",
+                    "-fvisibility=hidden", f"-I{INCLUDE}", str(tmp_path / "l.cc"), "-o",
+                    str(tmp_path / "l.so")], check=True)
+    lib = ctypes.CDLL(str(tmp_path / "l.so"))
+    specials = np.array([np.nan, np.inf, -np.inf, 0, -0.0, -87.5, -200, 200, 1e-8], np.float32)
+    x = np.concatenate([_inputs(rng), np.linspace(-90, 90, 300_007, dtype=np.float32), specials])
+    y = np.empty_like(x)
+    lib.apply_logistic(x.ctypes.data_as(ctypes.c_void_p), y.ctypes.data_as(ctypes.c_void_p),
+                       ctypes.c_int64(x.size))
+    with np.errstate(over="ignore"):
+        ref = 1 / (1 + np.exp(-x.astype(np.float64)))
+    exact_range = ref >= 1.7e-38
+    assert _ulps(y[exact_range], ref[exact_range]).max() <= 3
+    assert (y[x < -87] == 0).all() and (y[(x >= -87) & ~exact_range] < 2e-38).all()
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(x))
+    assert y[np.isposinf(x)][0] == 1 and y[np.isneginf(x)][0] == 0 and y[x == 0][0] == 0.5

@@ -86,9 +86,28 @@ extern "C" PFJAX_VECTOR_ABI __m512 pfjax_exp_v16(__m512 x) {
   }
   return y;
 }
+// logistic through the same ABI: 1 / (1 + exp(-x)) with the reciprocal from vrcp14ps and
+// one Newton step (three pipelined instructions instead of a division). -x is clamped to
+// +-87 so that 1 + exp(-x) and its reciprocal stay normal; below x = -87 the result is 0
+// (as logistic_fast: results below 1.7e-38 are not exact). NaN propagates through min/max.
+#pragma omp declare simd simdlen(16) notinbranch
+extern "C" __attribute__((const, nothrow)) float pfjax_logistic_v(float x);
+extern "C" PFJAX_VECTOR_ABI float pfjax_logistic_v_scalar(float x) asm("pfjax_logistic_v");
+extern "C" PFJAX_VECTOR_ABI __m512 pfjax_logistic_v16(__m512 x) asm("_ZGVeN16v_pfjax_logistic_v");
+extern "C" PFJAX_VECTOR_ABI __m512 pfjax_logistic_v16(__m512 x) {
+  const __m512 t = _mm512_min_ps(_mm512_set1_ps(87.0f),
+                                 _mm512_max_ps(_mm512_set1_ps(-87.0f), _mm512_sub_ps(_mm512_setzero_ps(), x)));
+  const __m512 d = _mm512_add_ps(pfjax_exp_core16(t), _mm512_set1_ps(1.0f));
+  const __m512 r = _mm512_rcp14_ps(d);
+  const __m512 y = _mm512_fmadd_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(1.0f)), r);
+  // 0 (not the clamp's floor) below -87, as XLA: x * logistic(x) at -inf is then NaN
+  return _mm512_mask_mov_ps(y, _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.0f), _CMP_LT_OQ),
+                            _mm512_setzero_ps());
+}
 namespace pfjax {
 namespace math {
 PFJAX_MATH_INLINE float exp_v(float x) { return pfjax_exp_v(x); }
+PFJAX_MATH_INLINE float logistic_v(float x) { return pfjax_logistic_v(x); }
 #else
 PFJAX_MATH_INLINE float exp_v(float x) { return exp_f32(x); }
 #endif
@@ -144,5 +163,16 @@ PFJAX_MATH_INLINE float logistic_fast(float x) {
   return x < -88.0f ? 0.0f : r;  // the clamped exp would leave ~4e-39 here
 }
 
+#if !defined(__AVX512F__) || defined(__CUDACC__)
+PFJAX_MATH_INLINE float logistic_v(float x) { return logistic_fast(x); }
+#endif
+
 }  // namespace math
 }  // namespace pfjax
+
+#if defined(__AVX512F__) && !defined(__CUDACC__)
+// The remainder of a logistic_v loop (fewer than 16 elements) runs this.
+extern "C" PFJAX_VECTOR_ABI float pfjax_logistic_v_scalar(float x) {
+  return pfjax::math::logistic_fast(x);
+}
+#endif

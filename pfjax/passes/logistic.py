@@ -1,0 +1,53 @@
+"""`0.5 * (1 + tanh(z))` is `logistic(2 z)`: one exponential instead of a rational tanh.
+
+The tanh form is how jax.nn.gelu(approximate=True) is written. The rational tanh costs
+a division plus clamps and special-value selects per element, which makes tanh-GELU
+compute-bound on a CPU; logistic(2z) = 1 / (1 + exp(-2z)) needs one exponential and one
+division, and is more accurate where tanh(z) is near -1 (the tanh form cancels there).
+Only rewritten when nothing else reads tanh(z) or 1 + tanh(z): a backward pass that also
+needs 1 - tanh(z)^2 would otherwise compute both functions.
+"""
+from __future__ import annotations
+
+from collections import Counter
+
+from pfjax import gir
+from pfjax.gir import Op
+
+
+def _const(node: gir.Node, value: float) -> bool:
+    return node.op is Op.CONST and float(node.arg) == value
+
+
+def _other(node: gir.Node, value: float) -> gir.Node | None:
+    """For a binary node with one constant operand equal to value: the other operand."""
+    a, b = node.src
+    return b if _const(a, value) else a if _const(b, value) else None
+
+
+def tanh_to_logistic(kernel: gir.Kernel) -> gir.Kernel:
+    nodes = gir.toposort(kernel.root)
+    users = Counter(id(s) for n in nodes for s in n.src)
+
+    def tanh_argument(node: gir.Node) -> gir.Node | None:
+        """z when node is 0.5 * (1 + tanh(z)) with single-use inner nodes."""
+        if node.op is not Op.ALU or node.arg != "mul" or node.dtype is not gir.DType.F32:
+            return None
+        inc = _other(node, 0.5)
+        if inc is None or inc.op is not Op.ALU or inc.arg != "add" or users[id(inc)] != 1:
+            return None
+        t = _other(inc, 1.0)
+        if t is None or t.op is not Op.ALU or t.arg != "tanh" or users[id(t)] != 1:
+            return None
+        return t.src[0]
+
+    done: dict[int, gir.Node] = {}
+    for n in nodes:
+        z = tanh_argument(n)
+        if z is not None:
+            two_z = gir.alu("mul", n.dtype, done[id(z)], gir.const(2.0, n.dtype))
+            done[id(n)] = gir.alu("logistic", n.dtype, two_z)
+            continue
+        src = tuple(done[id(s)] for s in n.src)
+        done[id(n)] = n if all(a is b for a, b in zip(src, n.src)) else n.replace(src=src)
+    return kernel.with_root(done[id(kernel.root)])
