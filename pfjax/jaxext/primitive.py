@@ -2,10 +2,11 @@
 
 Abstract evaluation comes from the jaxpr. On CPU, lowering emits the group's FFI custom
 call when a compiled kernel is registered for it, and inlines the jaxpr otherwise, so
-results never depend on whether fusion happened. JVP and batching apply JAX's own
-transformation to the inner jaxpr and fuse the result again through the hook the API
-installs (`set_refuse`): vmap, jvp and grad of a fused function run fused kernels.
-This is the only module that touches JAX internals.
+results never depend on whether fusion happened; under a jit that XLA partitions over
+several devices, groups that split by rows run per device (partitioning.py). JVP and
+batching apply JAX's own transformation to the inner jaxpr and fuse the result again
+through the hook the API installs (`set_refuse`): vmap, jvp and grad of a fused function
+run fused kernels. This package (jaxext) is the only place that touches JAX internals.
 """
 from __future__ import annotations
 
@@ -16,9 +17,11 @@ from typing import Callable
 
 import jax
 from jax.extend import core as jcore
-from jax._src import sharding_impls
+from jax._src import dispatch, sharding_impls
 from jax._src.interpreters import ad, partial_eval as pe
 from jax.interpreters import batching, mlir
+
+from pfjax.jaxext import partitioning
 
 fused_p = jcore.Primitive("pfjax_fused")
 fused_p.multiple_results = True
@@ -65,8 +68,9 @@ def _lower_inline(ctx, *args, jaxpr, kernel):
 
 def _partitioned_by_xla(ctx) -> bool:
     """True when XLA's SPMD partitioner will split this computation: an opaque custom
-    call would then be gathered onto every device, so the group is left to XLA. Inside
-    shard_map (all axes manual) each device runs the kernel on its own shard."""
+    call would then be gathered onto every device, so the group is split by rows
+    (partitioning.py) or left to XLA. Inside shard_map (all axes manual) each device runs
+    the kernel on its own shard."""
     axis_ctx = ctx.module_context.axis_context
     if isinstance(axis_ctx, sharding_impls.ShardingContext):
         return axis_ctx.num_devices > 1
@@ -82,8 +86,13 @@ def _for_export(ctx) -> bool:
 
 
 def _lower_cpu(ctx, *args, jaxpr, kernel):
-    if kernel is None or not kernel.target or _partitioned_by_xla(ctx) or _for_export(ctx):
+    if kernel is None or not kernel.target or _for_export(ctx):
         return _lower_inline(ctx, *args, jaxpr=jaxpr, kernel=kernel)
+    if _partitioned_by_xla(ctx):
+        # Sharded jit: a group split by rows runs a kernel per device on its own rows.
+        outs = partitioning.lower_by_rows(
+            ctx, args, jaxpr, lambda *a: bind_fused(a, jaxpr, kernel), _refuse)
+        return outs if outs is not None else _lower_inline(ctx, *args, jaxpr=jaxpr, kernel=kernel)
     out_types = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in jaxpr.out_avals]
     call = jax.ffi.ffi_call(kernel.target, out_types)
     return mlir.lower_fun(lambda *a: call(*a, kernel=kernel.target), multiple_results=True)(ctx, *args)
@@ -158,6 +167,8 @@ def _batch(args, dims, *, jaxpr, kernel):
 
 
 fused_p.def_impl(_impl)
+# custom_partitioning (sharded jit, above) needs the concrete devices at lowering time.
+dispatch.prim_requires_devices_during_lowering.add(fused_p)
 fused_p.def_abstract_eval(_abstract_eval)
 mlir.register_lowering(fused_p, _lower_inline)
 mlir.register_lowering(fused_p, _lower_cpu, platform="cpu")
