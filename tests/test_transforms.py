@@ -158,8 +158,10 @@ def test_grad_keeps_primal_fused_under_jit(rng):
 def test_grad_stays_fused(rng):
     x, b = randn(rng, 7, 13), randn(rng, 13)
     fused = pfjax.fuse(gelu_tanh)
-    # forward (primal + residuals) and backward (transposed tangent) chains are kernels
-    assert num_kernel_calls(jax.grad(lambda x, b: jnp.sum(fused(x, b))), x, b) >= 2
+    # The backward (transposed tangent) chain is a kernel that recomputes the GELU from x
+    # and b (no residual is saved for an elementwise chain), so grad needs no forward
+    # kernel; value_and_grad runs the primal one as well.
+    assert num_kernel_calls(jax.grad(lambda x, b: jnp.sum(fused(x, b))), x, b) >= 1
     assert num_kernel_calls(jax.value_and_grad(lambda x, b: jnp.sum(fused(x, b))), x, b) >= 2
     want = jax.grad(lambda x, b: jnp.sum(gelu_tanh(x, b)), argnums=(0, 1))(x, b)
     got = jax.jit(jax.grad(lambda x, b: jnp.sum(fused(x, b)), argnums=(0, 1)))(x, b)

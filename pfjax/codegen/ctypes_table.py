@@ -76,6 +76,10 @@ def cast_expr(x: str, src: DType, dst: DType) -> str:
         return f"pfjax::math::bf16_to_f32(pfjax::math::f32_to_bf16(static_cast<float>({x})))"
     if dst is DType.F16:
         return f"pfjax::math::f16_to_f32(pfjax::math::f32_to_f16(static_cast<float>({x})))"
+    if src is DType.BOOL and dst.is_float:
+        # a select, not a conversion: g++ then keeps calls in the same `omp simd` loop on
+        # their vector variants (with static_cast<float>(bool) it fell back to scalar calls)
+        return f"({x} ? {rt}(1) : {rt}(0))"
     return f"static_cast<{rt}>({x})"
 
 

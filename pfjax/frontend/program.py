@@ -111,10 +111,21 @@ def _inline(jaxpr, env: dict, out: list[Eqn]) -> None:
         if name == "split":  # one slice per piece: each fuses where it is used
             out.extend(_split_as_slices(eqn, ins, outs))
             continue
+        if name in _UNIT_REDUCTIONS and all(ins[0].aval.shape[a] == 1 for a in eqn.params["axes"]):
+            # Reducing axes of extent 1 (the transpose of a keepdims broadcast, in every
+            # backward pass) only drops them: a reshape, which fuses with the row group
+            # around it where a reduction over a size-1 space would stand alone.
+            params = dict(new_sizes=tuple(outs[0].aval.shape), dimensions=None, sharding=None)
+            out.append(Eqn(jax.lax.reshape_p, params, ins, outs, eqn))
+            continue
         body = None
         if name in _COMPOSITE_CALLS and "call_jaxpr" in eqn.params:
             body = _composite_body(eqn.params["call_jaxpr"], eqn.params.get("num_consts", 0), ins, outs)
         out.append(Eqn(eqn.primitive, dict(eqn.params), ins, outs, eqn, body))
+
+
+_UNIT_REDUCTIONS = {"reduce_sum", "reduce_max", "reduce_min", "reduce_prod", "reduce_and",
+                    "reduce_or"}
 
 
 def _split_as_slices(eqn, ins: list[Atom], outs: list[Var]) -> list[Eqn]:

@@ -113,21 +113,43 @@ def _fused_call(closed: jcore.ClosedJaxpr, args):
     return (_refuse(fun) if _refuse is not None else fun)(*args)
 
 
+# Values the tangent part reads back from the primal part: results of reductions and
+# gathers (a whole row or more per element, expensive to redo) and a few per-row
+# transcendentals. Everything else the tangent part recomputes from the primal inputs in
+# its own kernels: a full-size residual costs a write and a read of main memory, while
+# recomputing an elementwise chain (tanh of a GELU, the exp of a softmax) costs only
+# arithmetic in a kernel that reads the same inputs anyway.
+_SAVED = frozenset({"reduce_sum", "reduce_max", "reduce_min", "reduce_prod", "argmax",
+                    "argmin", "gather", "rsqrt", "log", "cumsum", "cumlogsumexp", "cummax",
+                    "cummin", "cumprod"})
+
+
+def _save_policy(prim, *avals, **params) -> bool:
+    return prim.name in _SAVED
+
+
 def _jvp(primals, tangents, *, jaxpr, kernel):
     # JAX's JVP of the group, unzipped into the primal part (outputs + residuals) and the
     # tangent part (linear in the tangents); each runs as fused kernels. Under grad the
     # primal part stays known and the tangent part is transposed by _transpose.
     nonzero = [type(t) is not ad.Zero for t in tangents]
     jvp_jaxpr, out_nonzero = ad.jvp_jaxpr(jaxpr, nonzero, instantiate=False)
-    n_out = len(jaxpr.out_avals)
-    unknowns = [False] * len(primals) + [True] * sum(nonzero)
-    known, unknown, out_unknowns, res_avals = pe.partial_eval_jaxpr_nounits(
-        jvp_jaxpr, unknowns, instantiate=[False] * n_out + [True] * sum(out_nonzero))
-    num_res = len(res_avals)
+    n_out, n_tan = len(jaxpr.out_avals), sum(nonzero)
+    unknown_in = [False] * len(primals) + [True] * n_tan
+    unknown_out = [False] * n_out + [True] * sum(out_nonzero)
+    known, staged, out_unknowns, out_inst, num_res = pe.partial_eval_jaxpr_custom(
+        jvp_jaxpr.jaxpr, unknown_in, unknown_in, unknown_out, unknown_out, _save_policy)
+    known_outs = _fused_call(jcore.ClosedJaxpr(known, jvp_jaxpr.consts), list(primals))
+    known_vals = known_outs[:len(known_outs) - num_res]
+    residuals = known_outs[len(known_outs) - num_res:]
+    # The staged jaxpr returns every unknown or instantiated output; keep the unknown ones.
+    staged_outs = [i for i, (u, inst) in enumerate(zip(out_unknowns, out_inst)) if u or inst]
+    wanted = [j for j, i in enumerate(staged_outs) if out_unknowns[i]]
+    staged_fun = jcore.jaxpr_as_fun(jcore.ClosedJaxpr(staged, jvp_jaxpr.consts))
     tangent_in = [t for t in tangents if type(t) is not ad.Zero]
-    known_outs = _fused_call(known, list(primals))
-    known_vals, residuals = known_outs[:len(known_outs) - num_res], known_outs[len(known_outs) - num_res:]
-    unknown_vals = _fused_call(unknown, [*residuals, *tangent_in])
+    tangent_part = jax.make_jaxpr(lambda *a: [staged_fun(*a)[j] for j in wanted])(
+        *residuals, *tangent_in)
+    unknown_vals = _fused_call(tangent_part, [*residuals, *tangent_in])
     known_it, unknown_it = iter(known_vals), iter(unknown_vals)
     outs = [next(unknown_it) if u else next(known_it) for u in out_unknowns]
     primal_out, tangent_nz = outs[:n_out], iter(outs[n_out:])
