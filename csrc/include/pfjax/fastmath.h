@@ -163,7 +163,11 @@ PFJAX_MATH_INLINE float logistic_fast(float x) {
   return x < -88.0f ? 0.0f : r;  // the clamped exp would leave ~4e-39 here
 }
 
-#if !defined(__AVX512F__) || defined(__CUDACC__)
+#if defined(__CUDACC__)
+// On the GPU CUDA's own expf (2 ulp) is short and light on registers: exp_lean's clamps
+// and selects made the transposed tanh-GELU kernel spill at its 32-register bound.
+PFJAX_MATH_INLINE float logistic_v(float x) { return x < -88.0f ? 0.0f : 1.0f / (1.0f + expf(-x)); }
+#elif !defined(__AVX512F__)
 PFJAX_MATH_INLINE float logistic_v(float x) { return logistic_fast(x); }
 #endif
 
