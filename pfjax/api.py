@@ -35,7 +35,10 @@ class Fused:
         self.static_argnums = tuple(static_argnums)
         self._cache: dict = {}
         self._lock = threading.Lock()
-        functools.update_wrapper(self, fun)
+        # Name and docs only: merging fun.__dict__ would copy the attributes of a Fused
+        # that fun wraps (jax.grad(fuse(f)) carries them via functools.wraps), replacing
+        # self.fun with the inner function.
+        functools.update_wrapper(self, fun, updated=())
 
     def _split(self, args, kwargs):
         static = tuple((i, args[i]) for i in self.static_argnums if i < len(args))

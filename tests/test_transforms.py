@@ -127,6 +127,23 @@ def test_grad_of_fused_inside_larger_function(rng):
     assert_tree_close(got, want, **GRAD)
 
 
+def test_fuse_of_a_transformed_fused_function(rng):
+    """fuse(jax.grad(fuse(f))) is the gradient (jax.grad's wrapper carries the inner
+    Fused's attributes, which must not replace the outer one's function), and the inner
+    groups are planned again with their surroundings: the backward is one group."""
+    x, b = randn(rng, 7, 13), randn(rng, 13)
+    loss = lambda x, b: jnp.sum(gelu_tanh(x, b) ** 2)
+    g = jax.grad(pfjax.fuse(loss))
+    outer = pfjax.fuse(g)
+    assert outer.__name__ == g.__name__
+    want = jax.jit(jax.grad(loss))(x, b)
+    assert_tree_close(outer(x, b), want, **GRAD)
+    assert_tree_close(jax.jit(outer)(x, b), want, **GRAD)
+    report = pfjax.explain(g, x, b)
+    assert [tuple(v.aval.shape) for v in report.plan.program.outvars] == [x.shape]
+    assert len(report.groups) == 1 and not report.left_out, report
+
+
 def test_jvp_and_vjp(rng):
     x, y = randn(rng, 7, 13), randn(rng, 7, 13)
     tx, ty = randn(rng, 7, 13), randn(rng, 7, 13)

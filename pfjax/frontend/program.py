@@ -15,7 +15,10 @@ import jax
 import numpy as np
 from jax.extend import core as jcore
 
-_INLINED_CALLS = {"jit", "pjit", "closed_call", "core_call"}
+# Calls whose bodies are planned in place. "pfjax_fused" is an already fused group (a
+# fused function called inside another, or the JVP/transpose of one that a transformed
+# function carries): planned again with its surroundings, it can fuse across the call.
+_INLINED_CALLS = {"jit", "pjit", "closed_call", "core_call", "pfjax_fused"}
 _COMPOSITE_CALLS = {"custom_jvp_call", "custom_vjp_call", "custom_vjp_call_jaxpr"}
 _ids = itertools.count()
 
