@@ -20,7 +20,8 @@ extern "C" void apply(int which, const float* x, float* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) {
     const float v = x[i];
     y[i] = which == 0 ? pfjax::math::tanh_fast(v) : which == 1 ? pfjax::math::erf_f32(v)
-         : which == 2 ? pfjax::math::erfc_fast(v) : pfjax::math::logistic_fast(v);
+         : which == 2 ? pfjax::math::erfc_fast(v) : which == 3 ? pfjax::math::logistic_fast(v)
+         : pfjax::math::erf_fast(v);
   }
 }
 """
@@ -63,6 +64,7 @@ def _ulps(a, ref):
     (0, np.tanh, 4),
     (1, np.vectorize(math.erf), 1),
     (3, lambda v: 1 / (1 + np.exp(-v)), 3),
+    (4, np.vectorize(math.erf), 6),
 ])
 def test_ulp_bounds(lib, rng, which, fn, bound):
     x = _inputs(rng)
@@ -79,12 +81,14 @@ def test_erfc_relative_error(lib, rng):
 
 def test_special_values(lib):
     x = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0], np.float32)
-    tanh, erf, erfc, sig = (_apply(lib, k, x) for k in range(4))
+    tanh, erf, erfc, sig, erf_fast = (_apply(lib, k, x) for k in range(5))
     np.testing.assert_array_equal(tanh[1:], [1, -1, 0, -0.0])
     assert np.signbit(tanh[4]) and np.isnan(tanh[0])
     np.testing.assert_array_equal(erf[1:4], [1, -1, 0])
     np.testing.assert_array_equal(erfc[1:4], [0, 2, 1])
     np.testing.assert_array_equal(sig[1:4], [1, 0, 0.5])
+    np.testing.assert_array_equal(erf_fast[1:4], [1, -1, 0])
+    assert np.isnan(erf_fast[0]) and np.signbit(erf_fast[4])
     assert np.isnan(erf[0]) and np.isnan(erfc[0]) and np.isnan(sig[0])
 
 
