@@ -393,3 +393,10 @@ def test_explain_accepts_fused_and_kwargs(rng):
     rep = explain(pfjax.fuse(kw_fn), x, scale=randn(rng, 13))
     assert rep.num_kernels >= 1
     assert "exp" in str(rep)
+
+
+def test_reshape_of_an_empty_array():
+    z = np.zeros((0, 1, 3), np.float32)
+    f = lambda z: jnp.sum(z, 1) + 1
+    np.testing.assert_array_equal(pfjax.fuse(f)(z), jax.jit(f)(z))
+    assert pfjax.fuse(f)(z).shape == (0, 3)

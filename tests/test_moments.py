@@ -95,3 +95,14 @@ def test_grads(rng, order):
     x = rng.standard_normal((4096, 16)).astype(np.float32)
     f = pfjax.fuse(lambda x: jnp.var(x, 0) * jnp.arange(1.0, 17.0))
     check_grads(f, (x,), order=order, modes=["rev"], atol=2e-2, rtol=2e-2)
+
+
+def test_float64_keeps_the_exact_two_pass_form(rng):
+    # float64 sums would gain nothing over float64 data: the pass leaves it alone
+    from tests.test_dtypes import _x64_context
+    with _x64_context():
+        x = rng.standard_normal((1 << 15, 4))
+        x[0] = 1e5
+        assert _loops(column_stats, x) == 2
+        _, var = pfjax.fuse(column_stats)(x)
+        np.testing.assert_allclose(np.asarray(var), np.var(x, axis=0), rtol=1e-12)

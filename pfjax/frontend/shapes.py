@@ -50,6 +50,8 @@ def refine(a, b) -> tuple[int, ...] | None:
     if groups(a, b) is not None:
         return b
     bounds = sorted(set(suffix_products(a)) | set(suffix_products(b)), reverse=True)
+    if 0 in bounds:  # empty: no common refinement to speak of (nothing is computed)
+        return None
     if any(big % small for big, small in zip(bounds, bounds[1:])):
         return None
     return tuple(big // small for big, small in zip(bounds, bounds[1:]))
