@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import pfjax
+from pfjax import gir
 from tests.test_e2e import assert_tree_close, num_kernel_calls, randn
 
 TOL = dict(rtol=2e-5, atol=2e-5)
@@ -242,6 +243,29 @@ def test_cross_entropy_bad_labels_and_grad(rng):
     labels[3] = 7
     assert_tree_close(jax.grad(pfjax.fuse(cross_entropy))(logits, labels),
                       jax.grad(cross_entropy)(logits, labels), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["clip", "fill", "promise_in_bounds"])
+def test_label_pick_is_one_load_per_row(mode, rng):
+    """take_along_axis reads the labelled element with one dynamic load per row (clamped
+    into the row), not with a pass over the row; out-of-range labels follow the mode."""
+    logits = randn(rng, 24, 300)
+    labels = rng.integers(0, 300, size=24).astype(np.int32)
+    if mode != "promise_in_bounds":
+        labels[[2, 9]] = [300, -301]
+
+    def f(logits, labels):
+        logp = jax.nn.log_softmax(logits, -1)
+        picked = jnp.take_along_axis(logp, labels[:, None], axis=-1, mode=mode)
+        return -jnp.mean(picked), picked
+
+    want = jax.jit(f)(logits, labels)
+    assert_tree_close(pfjax.fuse(f)(logits, labels), want, rtol=1e-5, atol=1e-5, equal_nan=True)
+    (group,) = pfjax.explain(f, logits, labels).groups
+    kernel = group.kernel
+    picks = [n for n in gir.toposort(kernel.root) if n.op is gir.Op.LOAD and n.arg.dynamic]
+    assert picks and all(not any(n.arg.view.strides[d] for d in kernel.parallel.rdims)
+                         for n in picks), gir.format_kernel(kernel)
 
 
 def test_reduction_over_all_rows_of_a_row_reduction(rng):

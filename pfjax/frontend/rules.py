@@ -181,8 +181,9 @@ def take_along_axis(eqn) -> int | None:
 
 @rule("gather")
 def _gather(lw, eqn, imap):
-    # One element per row: a max over the row of the element where the row index equals
-    # the label (-inf elsewhere), read in the same loop as the row's other reductions.
+    # One element per row: a dynamic load at the row's label (clamped into the row, so
+    # that even a broken promise reads inside the operand), once per row, outside the
+    # loops over the row.
     axis = take_along_axis(eqn)
     operand, indices = eqn.invars
     dn = eqn.params["dimension_numbers"]
@@ -195,17 +196,15 @@ def _gather(lw, eqn, imap):
     rows = [imap._zero()] * len(operand.aval.shape)
     for od, sd in zip(dn.operand_batching_dims, dn.start_indices_batching_dims):
         rows[od] = idx_rows[sd]
-    rows[axis] = IndexMap.identity(len(lw.space)).rows[axis]
-    v = lw.read(operand, IndexMap(tuple(rows), imap.space_rank))
     idx_map = IndexMap(tuple(idx_rows), imap.space_rank)
     idx = gir.cast(lw.read(indices, idx_map), DType.I64)
     n = operand.aval.shape[axis]
     mode = str(eqn.params["mode"])
-    if "CLIP" in mode:
-        idx = gir.alu("min", DType.I64, gir.alu("max", DType.I64, idx, gir.const(0, DType.I64)),
-                      gir.const(n - 1, DType.I64))
-    hit = gir.alu("eq", DType.BOOL, gir.index(axis), idx)
-    picked = gir.reduce("max", gir.select(hit, [gir.const(-np.inf, v.dtype), v]), lw.rdims)
+    inside = gir.alu("min", DType.I64, gir.alu("max", DType.I64, idx, gir.const(0, DType.I64)),
+                     gir.const(n - 1, DType.I64))
+    dyn = [None] * len(rows)
+    dyn[axis] = inside
+    picked = lw.read(operand, IndexMap(tuple(rows), imap.space_rank, tuple(dyn)))
     if "FILL_OR_DROP" in mode:
         fill = eqn.params.get("fill_value")
         fill = np.nan if fill is None else fill
