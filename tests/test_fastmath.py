@@ -106,23 +106,33 @@ extern "C" __attribute__((visibility("default"))) void apply_logistic(const floa
 """
 
 
-def test_exp_v_through_the_vector_abi(tmp_path):
-    """exp_v (the vector-function-ABI exp kernels call): 1 ulp on normal results, exact
-    specials, denormal results within one denormal step; on the SIMD path and the tail."""
+@pytest.fixture(scope="module")
+def vector_lib(tmp_path_factory):
+    """exp_v and logistic_v loops built as kernels are: `omp simd` calls on the vector ABI."""
     if shutil.which("g++") is None:
         pytest.skip("g++ not available")
-    (tmp_path / "e.cc").write_text(EXP_SOURCE)
+    d = tmp_path_factory.mktemp("vector_abi")
+    (d / "v.cc").write_text(EXP_SOURCE)
     subprocess.run(["g++", "-O3", "-march=native", "-std=c++17", "-fopenmp-simd",
                     "-fno-math-errno", "-fno-trapping-math", "-fwrapv", "-shared", "-fPIC",
-                    "-fvisibility=hidden", f"-I{INCLUDE}", str(tmp_path / "e.cc"), "-o",
-                    str(tmp_path / "e.so")], check=True)
-    lib = ctypes.CDLL(str(tmp_path / "e.so"))
+                    "-fvisibility=hidden", f"-I{INCLUDE}", str(d / "v.cc"), "-o",
+                    str(d / "v.so")], check=True)
+    return ctypes.CDLL(str(d / "v.so"))
+
+
+def _apply_vector(fn, x):
+    y = np.empty_like(x)
+    fn(x.ctypes.data_as(ctypes.c_void_p), y.ctypes.data_as(ctypes.c_void_p), ctypes.c_int64(x.size))
+    return y
+
+
+def test_exp_v_through_the_vector_abi(vector_lib):
+    """exp_v (the vector-function-ABI exp kernels call): 1 ulp on normal results, exact
+    specials, denormal results within one denormal step; on the SIMD path and the tail."""
     specials = np.array([np.nan, np.inf, -np.inf, 0, -0.0, 88.72283, 88.7229, -87.3, -103.97,
                          -150, 1e-8], np.float32)
     x = np.concatenate([np.linspace(-110, 95, 1_000_003, dtype=np.float32), specials])
-    y = np.empty_like(x)
-    lib.apply_exp(x.ctypes.data_as(ctypes.c_void_p), y.ctypes.data_as(ctypes.c_void_p),
-                  ctypes.c_int64(x.size))
+    y = _apply_vector(vector_lib.apply_exp, x)
     ref = np.exp(x.astype(np.float64))
     with np.errstate(over="ignore"):
         r32 = ref.astype(np.float32)
@@ -134,22 +144,12 @@ def test_exp_v_through_the_vector_abi(tmp_path):
     assert y[np.isposinf(x)][0] == np.inf and y[np.isneginf(x)][0] == 0.0
 
 
-def test_logistic_v_through_the_vector_abi(tmp_path, rng):
+def test_logistic_v_through_the_vector_abi(vector_lib, rng):
     """logistic_v (reciprocal by vrcp14 + one Newton step): 3 ulp down to 1.7e-38, 0 below
     x = -87 (so x * logistic(x) at -inf is NaN, as in XLA), specials exact; SIMD and tail."""
-    if shutil.which("g++") is None:
-        pytest.skip("g++ not available")
-    (tmp_path / "l.cc").write_text(EXP_SOURCE)
-    subprocess.run(["g++", "-O3", "-march=native", "-std=c++17", "-fopenmp-simd",
-                    "-fno-math-errno", "-fno-trapping-math", "-fwrapv", "-shared", "-fPIC",
-                    "-fvisibility=hidden", f"-I{INCLUDE}", str(tmp_path / "l.cc"), "-o",
-                    str(tmp_path / "l.so")], check=True)
-    lib = ctypes.CDLL(str(tmp_path / "l.so"))
     specials = np.array([np.nan, np.inf, -np.inf, 0, -0.0, -87.5, -200, 200, 1e-8], np.float32)
     x = np.concatenate([_inputs(rng), np.linspace(-90, 90, 300_007, dtype=np.float32), specials])
-    y = np.empty_like(x)
-    lib.apply_logistic(x.ctypes.data_as(ctypes.c_void_p), y.ctypes.data_as(ctypes.c_void_p),
-                       ctypes.c_int64(x.size))
+    y = _apply_vector(vector_lib.apply_logistic, x)
     with np.errstate(over="ignore"):
         ref = 1 / (1 + np.exp(-x.astype(np.float64)))
     exact_range = ref >= 1.7e-38

@@ -84,3 +84,13 @@ def loop_nest(kernel: Kernel) -> LoopNest:
                 if full[id(n)]:
                     num_loops = max(num_loops, phase[id(n)] + 1)
     return LoopNest(rdims, phase, full, num_loops, final)
+
+
+def column_block_bytes(kernel: Kernel, columns: int) -> int:
+    """Input bytes under a block of `columns` columns over every reduced index: what a
+    column reduction with several loops reads again in each later loop."""
+    par = kernel.parallel
+    rows = 1
+    for d in par.rdims:
+        rows *= par.space[d]
+    return rows * columns * (sum(b.dtype.itemsize for b in kernel.inputs) or 4)

@@ -52,7 +52,7 @@ def _shift(x: gir.Node, rdims: tuple[int, ...]) -> gir.Node:
 
 
 def _centred(node: gir.Node, rdims, count):
-    """(x, m) when node is sum((x - m) * (x - m)) over rdims with m = mean(x)."""
+    """x when node is sum((x - m) * (x - m)) over rdims with m = mean(x), else None."""
     if node.op is not Op.REDUCE or node.arg.op != "sum" or set(node.arg.dims) != set(rdims):
         return None
     sq = node.src[0]
@@ -73,10 +73,9 @@ def one_pass_moments(kernel: gir.Kernel, target: gir.Target) -> gir.Kernel:
         return kernel
     rdims = par.rdims
     count = math.prod(par.space[d] for d in rdims)
-    lanes = max(1, target.lanes)
-    elem_bytes = max((b.dtype.itemsize for b in kernel.inputs), default=4)
-    # A block of two vectors of columns that stays local keeps the exact two-pass form.
-    if count * 2 * lanes * elem_bytes <= target.level(gir.LOCAL).capacity_bytes:
+    # A block of two vectors of columns that stays local keeps the exact two-pass form
+    # (the schedule narrows blocks to fit then: schedule.decisions).
+    if gir.column_block_bytes(kernel, 2 * max(1, target.lanes)) <= target.level(gir.LOCAL).capacity_bytes:
         return kernel
     nest = loop_nest(kernel)
 

@@ -41,11 +41,11 @@ def input_order(kernel: gir.Kernel) -> gir.Kernel:
     lead = _largest_input_load(nodes)
     if lead is None or lead.arg.view.strides[-1] != 1:
         return kernel
+    strides = lead.arg.view.strides
     outer = range(len(space) - 1)
-    # Descending stride of the lead input; dimensions it broadcasts keep their place first.
-    perm = sorted(outer, key=lambda d: (-abs(lead.arg.view.strides[d]), d))
-    perm = [d for d in outer if lead.arg.view.strides[d] == 0] + \
-           [d for d in perm if lead.arg.view.strides[d] != 0]
+    # Dimensions the lead input broadcasts keep their place first; then descending stride.
+    perm = [d for d in outer if strides[d] == 0] + \
+        sorted((d for d in outer if strides[d] != 0), key=lambda d: (-abs(strides[d]), d))
     perm.append(len(space) - 1)
     if perm == list(range(len(space))):
         return kernel

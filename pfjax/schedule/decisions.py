@@ -52,6 +52,12 @@ def _split(kernel: gir.Kernel, target: gir.Target, block: int) -> int:
     return max(1, min(want, par.space[0] // SPLIT_MIN_ROWS))
 
 
+def _column_block(cols: int, lanes: int, wanted: int) -> int:
+    """`wanted` columns rounded up to whole vectors, at least 4 vectors, at most 512 and
+    no wider than the row."""
+    return min(-(-cols // lanes) * lanes, max(4 * lanes, min(512, -(-wanted // lanes) * lanes)))
+
+
 def _choose_reduction(kernel: gir.Kernel, target: gir.Target) -> Schedule:
     """Units are rows (or column blocks); a column block is as wide as 4 vectors, or 1
     when a multi-loop block would not stay at the local level between its loops."""
@@ -62,23 +68,17 @@ def _choose_reduction(kernel: gir.Kernel, target: gir.Target) -> Schedule:
         cols = par.space[-1]
         # Wide blocks read longer contiguous runs of each row (DRAM and the prefetchers
         # like that), but every thread needs a few blocks: 4 vectors up to 512 columns.
-        per_thread = -(-cols // (2 * target.groups))
-        block = min(-(-cols // lanes) * lanes, max(4 * lanes, min(512, -(-per_thread // lanes) * lanes)))
-        rows = 1
-        for d in par.rdims:
-            rows *= par.space[d]
-        elem_bytes = sum(b.dtype.itemsize for b in kernel.inputs) or 4
+        block = _column_block(cols, lanes, -(-cols // (2 * target.groups)))
         # Only a kernel that reads its block again (several loops) wants it to stay at the
         # local level; narrow blocks make short strided reads, so never below 2 vectors.
         # When even the narrowest block would not stay, later loops re-read it from the
         # shared cache or memory anyway: then one wide block per thread reads longer runs.
         if gir.loop_nest(kernel).num_loops > 1:
             capacity = target.level(gir.LOCAL).capacity_bytes
-            if rows * 2 * lanes * elem_bytes > capacity:
-                per_group = -(-cols // target.groups)
-                block = min(-(-cols // lanes) * lanes, max(4 * lanes, min(512, -(-per_group // lanes) * lanes)))
+            if gir.column_block_bytes(kernel, 2 * lanes) > capacity:
+                block = _column_block(cols, lanes, -(-cols // target.groups))
             else:
-                while block > 2 * lanes and rows * block * elem_bytes > capacity:
+                while block > 2 * lanes and gir.column_block_bytes(kernel, block) > capacity:
                     block //= 2
     split = _split(kernel, target, block)
     if split > 1:
