@@ -271,6 +271,25 @@ def test_transpose_goes_through_a_stage_tile(shape, dtype, rng):
     assert "stage0[" in open(group.source_path).read()
 
 
+@pytest.mark.parametrize("mode", ["1", "auto"])
+def test_large_transpose_streams_256_row_blocks(monkeypatch, rng, mode):
+    """A large transpose takes 256-row blocks (not a multiple of its 1100-row runs) and
+    streams its stores: always with PFJAX_NONTEMPORAL=1, else where the output is
+    resident."""
+    monkeypatch.setenv("PFJAX_NONTEMPORAL", mode)
+    x, b = randn(rng, 3, 1030, 1100), randn(rng, 1100)
+
+    def f(x, b):
+        return jnp.tanh(jnp.swapaxes(x, -1, -2) * 2.0 + b[:, None])
+    fused = jax.jit(pfjax.fuse(f))
+    want = jax.jit(f)(x, b)
+    for _ in range(3):
+        assert_tree_close(fused(x, b), want, **TOL)
+    (group,) = pfjax.explain(f, x, b).groups
+    assert group.schedule.block == 256 and group.schedule.nontemporal
+    assert "stream_copy" in open(group.source_path).read()
+
+
 def test_causal_mask_from_iotas_is_computed_inline(rng):
     x = randn(rng, 4, 24, 24)
 

@@ -6,7 +6,7 @@ stride is a vector access and the whole value graph is vectorised by the compile
 """
 from __future__ import annotations
 
-from pfjax import gir
+from pfjax import config, gir
 from pfjax.codegen.ctypes_table import (STORAGE, compute_expr, guarded_load, load_expr,
                                         register_type, store_expr)
 from pfjax.codegen.intervals import intervals
@@ -25,11 +25,20 @@ class _Writer:
         self.depth += n
 
 
-# Row elements per strip of a blocked (transposed) traversal: a block of rows x a strip
-# is a 16 KiB tile of 4-byte elements, at the local level. Square (64 x 64): each source
-# row is read in runs of 4 lines and each output row written in runs of 4 lines; measured
-# on a 2-core Zen 4 against 32 x 128 (2-line reads), 128 x 32 and 256 x 16 (per-row loops
-# too short for the computation that follows the load).
+def stream_mode(has_streamed_path: bool) -> int:
+    """KernelInfo.can_stream: 0 without a streamed store path; 1 streamed where the output
+    pages are already resident (the dispatcher checks per call); 2 always streamed
+    (PFJAX_NONTEMPORAL=1, which lets tests reach that path deterministically)."""
+    if not has_streamed_path:
+        return 0
+    return 2 if config.nontemporal() == "always" else 1
+
+
+# Row elements per strip of a blocked (transposed) traversal: a block of rows (256, or 64
+# for small kernels: schedule.decisions) x a strip of 64 columns is the stage tile at the
+# local level; each output row is written in runs of 4 lines. Measured on a 2-core Zen 4
+# against 32 x 128 (2-line reads), 128 x 32 and 256 x 16 (per-row loops too short for the
+# computation that follows the load).
 TRANSPOSE_STRIP = 64
 
 
@@ -170,7 +179,7 @@ def emit_kernel(kernel: gir.Kernel) -> str:
     w()
     w(f"PFJAX_EXPORT_KERNEL({name}, {name}_body, {len(kernel.inputs)}, {name}_in_sizes, "
       f"{len(kernel.outputs)}, {name}_out_sizes, {par.size}, {max(1, par.chunk)}, "
-      f"{int(bool(streamed))}, nullptr, 0);")
+      f"{stream_mode(bool(streamed))}, nullptr, 0);")
     return "\n".join(w.lines) + "\n"
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 from pfjax import gir
 from pfjax.codegen.ctypes_table import (STORAGE, compute_expr, guarded_load, literal, load_expr,
                                         register_type, store_expr)
-from pfjax.codegen.cpu import _Writer, _elems
+from pfjax.codegen.cpu import _Writer, _elems, stream_mode
 from pfjax.gir import Op
 from pfjax.gir.loops import LoopNest, is_tile_load, loop_nest
 
@@ -624,7 +624,7 @@ class _Emitter:
         w("}  // namespace")
         w()
         w(f"PFJAX_EXPORT_KERNEL({name}, {name}_body, {len(k.inputs)}, {name}_in_sizes, "
-          f"{len(k.outputs)}, {name}_out_sizes, {par.units}, {max(1, par.chunk)}, {int(can_stream)}, "
+          f"{len(k.outputs)}, {name}_out_sizes, {par.units}, {max(1, par.chunk)}, {stream_mode(can_stream)}, "
           f"{name + '_finish' if finals or split_reduces else 'nullptr'}, "
           f"{8 * par.units * len(finals) + self.split_bytes(split_reduces)});")
         return "\n".join(w.lines) + "\n"

@@ -111,7 +111,9 @@ inline ffi::Error Launch(ffi::ThreadPool& pool, ffi::RemainingArgs& args,
                                          " has the wrong size");
     state->out[i] = (*buf)->untyped_data();
   }
-  if (k.can_stream) {
+  if (k.can_stream == 2) {  // PFJAX_NONTEMPORAL=1 at build time: stream unconditionally
+    state->stream = 1;
+  } else if (k.can_stream) {
     bool resident = true;
     for (size_t i = 0; i < num_out && resident; ++i) {
       auto buf = rets.get<ffi::AnyBuffer>(i);

@@ -37,7 +37,7 @@ struct KernelInfo {
   const int64_t* out_sizes;
   int64_t total;  // elements of the iteration space
   int64_t chunk;  // elements per parallel task
-  int32_t can_stream;  // has a non-temporal store path
+  int32_t can_stream;  // 0: no non-temporal store path; 1: used where the output is resident; 2: always
   FinishFn finish;     // nullptr when there is nothing to combine
   int64_t scratch_bytes;
 };
