@@ -226,6 +226,20 @@ def test_softmax_family(rng):
     one_kernel(jax.nn.logsumexp, x)
 
 
+def test_later_loops_prefetch_the_next_row(rng):
+    """A row unit's later loops prefetch the next unit's input row (also across the
+    outer dimensions and past the last row); broadcast weights and column reductions are
+    not prefetched."""
+    x, w = randn(rng, 3, 5, 301) * 4, randn(rng, 301)
+    f = lambda x, w: jax.nn.softmax(x, axis=-1) * w
+    one_kernel(f, x, w)
+    (group,) = pfjax.explain(f, x, w).groups
+    source = open(group.source_path).read()
+    assert "__builtin_prefetch" in source and source.count("const uintptr_t pf") == 1
+    (group,) = pfjax.explain(lambda x: x - x.mean(0), x[0]).groups
+    assert "__builtin_prefetch" not in open(group.source_path).read()
+
+
 @pytest.mark.parametrize("shape", [(37, 1000), (1, 7), (300, 64)])
 def test_cross_entropy_is_one_kernel(shape, rng):
     logits = randn(rng, *shape) * 3

@@ -20,6 +20,15 @@ from pfjax.gir import Op
 from pfjax.gir.loops import LoopNest, is_tile_load, loop_nest
 
 ROW_BLOCK = 2048  # elements per partial accumulation in row style
+# Row units with several loops: the first loop streams the row in from memory, the later
+# ones work from the cache with the memory idle. They prefetch the next unit's row, a few
+# lines per block of PREFETCH_BLOCK elements, so that its first loop finds it in cache
+# (softmax at 1024 x 4096 on a 2-core Zen 4: 2.70 -> 2.16 ms).
+PREFETCH = True
+PREFETCH_BLOCK = 256
+# Rows up to this size are prefetched into L1 next to the current row and its tile.
+# Longer rows (a 32000-wide log-softmax) measured no gain at any cache level.
+PREFETCH_MAX_ROW_BYTES = 16 * 1024
 COL_BLOCK = 64    # rows per partial accumulation of a column sum
 
 
@@ -82,6 +91,56 @@ class _Emitter:
         self.stage_of, self.staged = self._stages()
         self.tiles = sorted({n.src[0].arg.index: n.src[0] for n in self.nodes
                              if n.op is Op.STORE and n.src[0].arg.role == "tile"}.items())
+        self.loop_index = 0
+        self.prefetched = self._prefetched()
+
+    def _prefetched(self) -> list[tuple[str, gir.Node]]:
+        """Input rows the later loops of a row unit prefetch for the next unit: contiguous
+        along the row and varying from one unit to the next (not broadcast weights)."""
+        if not PREFETCH or self.column or self.rdims != (self.lane,) or self.nest.num_loops < 2:
+            return []
+        kept = [d for d in range(len(self.space)) if d not in self.rdims]
+        if not kept:
+            return []
+        unit_dim = kept[-1]
+        seen: dict[tuple, tuple[str, gir.Node]] = {}
+        for n in self.nodes:
+            if n.op is not Op.LOAD or n.src[0].arg.role != "in" or n.arg.dynamic \
+                    or n.arg.fill is not None or gir.load_guard(n) is not None:
+                continue
+            view = n.arg.view
+            if view.strides[self.lane] != 1 or view.strides[unit_dim] == 0 \
+                    or self.space[self.lane] * n.dtype.itemsize > PREFETCH_MAX_ROW_BYTES:
+                continue
+            key = (n.src[0].arg.index, view)
+            if key not in seen:
+                seen[key] = (f"pf{len(seen)}", n)
+        return list(seen.values())
+
+    def emit_prefetch_bases(self) -> None:
+        """Byte address of the next unit's row of each prefetched input (integer
+        arithmetic: past the last unit it points outside the buffer, which a prefetch
+        tolerates)."""
+        kept = [d for d in range(len(self.space)) if d not in self.rdims]
+        for name, n in self.prefetched:
+            view = n.arg.view
+            terms = [str(view.offset)] + [
+                f"{f'(i{d} + 1)' if d == kept[-1] else f'i{d}'} * {s}"
+                for d, s in enumerate(view.strides) if s and d != self.lane]
+            self.w(f"const uintptr_t {name} = reinterpret_cast<uintptr_t>(in{n.src[0].arg.index}) + "
+                   f"static_cast<uintptr_t>({' + '.join(terms)}) * {n.dtype.itemsize};")
+
+    def emit_prefetches(self) -> None:
+        """This block's share of the next unit's rows: loop k of the m later loops takes
+        the k-th m-th of each row, in step with its own position."""
+        m, k, n = self.nest.num_loops - 1, self.loop_index - 1, self.space[self.lane]
+        for name, node in self.prefetched:
+            size = node.dtype.itemsize
+            lo, hi = (f"{k * n} + t0", f"{k * n} + t1") if m > 1 else ("t0", "t1")
+            if m > 1:
+                lo, hi = f"({lo}) / {m}", f"({hi}) / {m}"
+            self.w(f"for (int64_t q = {lo}; q < {hi}; q += {max(1, 64 // size)}) "
+                   f"__builtin_prefetch(reinterpret_cast<const void*>({name} + q * {size}), 0, 3);")
 
     # -- indexing ---------------------------------------------------------------------
 
@@ -306,15 +365,19 @@ class _Emitter:
             w("}")
         else:
             n_lane = self.space[self.lane]
-            if n_lane <= ROW_BLOCK:  # one block: constant bounds
+            prefetch = bool(self.prefetched) and self.loop_index > 0
+            block = PREFETCH_BLOCK if prefetch else ROW_BLOCK
+            if n_lane <= block:  # one block: constant bounds
                 w("{")
                 w.indent()
                 w("constexpr int64_t t0 = 0;")
                 w(f"constexpr int64_t t1 = {n_lane};")
             else:
-                w(f"for (int64_t t0 = 0; t0 < {n_lane}; t0 += {ROW_BLOCK}) {{")
+                w(f"for (int64_t t0 = 0; t0 < {n_lane}; t0 += {block}) {{")
                 w.indent()
-                w(f"const int64_t t1 = std::min<int64_t>(t0 + {ROW_BLOCK}, {n_lane});")
+                w(f"const int64_t t1 = std::min<int64_t>(t0 + {block}, {n_lane});")
+            if prefetch:
+                self.emit_prefetches()
             for k, st in enumerate(r for r in roots if id(r) in self.streamed):
                 w(f"alignas(64) {STORAGE[st.dtype]} stile{k}[{ROW_BLOCK}];")
             clauses = []
@@ -577,8 +640,10 @@ class _Emitter:
                 w(f"pfjax::rt::stage_transpose({stage}, {par.block}, {self.stage_base(n)}, "
                   f"{n.arg.view.strides[self.lane]}, cn, {rows});")
         roots = self.nest.roots(self.nodes)
+        self.emit_prefetch_bases()
         for loop in range(self.nest.num_loops):
             w(f"// loop {loop}")
+            self.loop_index = loop
             self.emit_loop([r for r in roots if self.nest.loop_of(r) == loop])
         for stage, n in self.staged:
             if n.op is Op.STORE:  # back to rows
