@@ -304,6 +304,22 @@ def test_softmax_subtracts_the_max(rng):
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-7)
 
 
+def test_column_only_costly_values_are_computed_once_per_task(rng):
+    """rsqrt(var + eps) (and exp of a column iota) depend on the column only: computed
+    once per task into a tile, read per element; NaN/Inf in the weights propagate."""
+    x, mean, var = randn(rng, 3000, 77) * 2 + 3, randn(rng, 77), np.abs(randn(rng, 77)) + 0.1
+    var[5], var[9], mean[11] = np.nan, -1.0, np.inf
+    g, b = randn(rng, 77), randn(rng, 77)
+    one_kernel(batchnorm_apply, x, mean, var, g, b)
+    (group,) = pfjax.explain(batchnorm_apply, x, mean, var, g, b).groups
+    source = open(group.source_path).read()
+    assert "hoist0[col + " in source and "rsqrt" in source.split("while (begin")[0]
+    f = lambda x: x * jnp.exp(jnp.arange(77, dtype=jnp.float32) * 0.1) + 1.0
+    one_kernel(f, x)
+    (group,) = pfjax.explain(f, x).groups
+    assert "hoist0[col + " in open(group.source_path).read()
+
+
 def test_column_statistics_and_batchnorm(rng):
     x = randn(rng, 1000, 48) * 2 + 3
     one_kernel(column_mean_var, x, tol=dict(rtol=1e-4, atol=1e-5))

@@ -74,6 +74,7 @@ def emit_kernel(kernel: gir.Kernel) -> str:
     # Loads that walk across rows (a transpose) go through a tile at the local level: it
     # is filled reading each source line once, and the row loop reads it contiguously.
     staged = {_stage_key(n): n for n in accesses if par.block > 1 and _transposed_load(n)}
+    hoisted: dict[int, str] = {}
     if par.block > 1:
         # A transposed access (strided along the row, contiguous across rows) walks blocks
         # of `block` rows a column strip at a time: the cache lines one row's strided reads
@@ -94,6 +95,9 @@ def emit_kernel(kernel: gir.Kernel) -> str:
         w("for (int64_t row = row0; row < row0 + rows; ++row) {")
         w.indent()
     else:
+        hoisted = _hoisted(variants, len(space) - 1, par)
+        if hoisted:
+            _emit_hoisted(w, variants[0][2], hoisted, len(space) - 1)
         w("int64_t row = begin / kInner, col = begin % kInner;")
         if outer:
             # Outer indices: unravelled once, then stepped with carries (short rows pay
@@ -141,15 +145,15 @@ def emit_kernel(kernel: gir.Kernel) -> str:
         # checks that per call and picks the path.
         w("if (stream) {")
         w.indent()
-        _emit_row(w, variants, ptr_names, par.vector, streamed, len(space) - 1, unit)
+        _emit_row(w, variants, ptr_names, par.vector, streamed, len(space) - 1, unit, hoisted)
         w.indent(-1)
         w("} else {")
         w.indent()
-        _emit_row(w, variants, ptr_names, par.vector, set(), len(space) - 1, unit)
+        _emit_row(w, variants, ptr_names, par.vector, set(), len(space) - 1, unit, hoisted)
         w.indent(-1)
         w("}")
     else:
-        _emit_row(w, variants, ptr_names, par.vector, set(), len(space) - 1, unit)
+        _emit_row(w, variants, ptr_names, par.vector, set(), len(space) - 1, unit, hoisted)
     if par.block > 1:
         for _ in range(3):
             w.indent(-1)
@@ -184,7 +188,8 @@ def emit_kernel(kernel: gir.Kernel) -> str:
 
 
 def _emit_row(w: _Writer, variants, ptr_names: dict[int, str], vector: int,
-              streamed: set[int], inner_dim: int, unit: set[int]) -> None:
+              streamed: set[int], inner_dim: int, unit: set[int],
+              hoisted: dict[int, str]) -> None:
     """One row of n elements: a SIMD loop over the value graph per interval of the inner
     index (one interval unless a concatenation splits it). Streamed stores go to a tile at
     the local level first and leave it with non-temporal stores."""
@@ -223,7 +228,10 @@ def _emit_row(w: _Writer, variants, ptr_names: dict[int, str], vector: int,
                 continue
             v = f"v{len(values)}"
             values[id(n)] = v
-            w(f"const {register_type(n.dtype)} {v} = {_expr(n, values, ptr_names, offset, inner_dim, unit)};")
+            # (the cone of a hoisted value is left for the compiler to drop as dead code)
+            expr = f"{hoisted[id(n)]}[col + {offset}j]" if id(n) in hoisted else \
+                _expr(n, values, ptr_names, offset, inner_dim, unit)
+            w(f"const {register_type(n.dtype)} {v} = {expr};")
         w.indent(-1)
         w("}")
         tile_order.append(tiles)
@@ -235,6 +243,88 @@ def _emit_row(w: _Writer, variants, ptr_names: dict[int, str], vector: int,
             w(f"pfjax::rt::stream_copy({ptr_names[key]} + t0, {_tile_ptr(k, store)}, m);")
         w.indent(-1)
         w("}")
+
+
+# Values that depend on the column only (batchnorm's rsqrt(var + eps) * gamma) and cost
+# more than a few instructions are computed once per task for the whole row, into a tile
+# at the local level, instead of once per element: where rows are short and many, and the
+# tiles fit in L1.
+HOIST_MAX_ROW = 4096
+HOIST_MIN_ROWS_PER_TASK = 8
+_COSTLY = {"sqrt", "rsqrt", "div", "rem", "pow", "atan2"}
+
+
+def _costly(n: gir.Node) -> bool:
+    return n.op is Op.ALU and (n.arg in _COSTLY or gir.ops.ALU_OPS[n.arg].transcendental)
+
+
+def _hoisted(variants, inner_dim: int, par: gir.Parallel) -> dict[int, str]:
+    """id -> tile name of the column-only values worth computing once per task: costly
+    somewhere in their cone and read by a value that varies across rows."""
+    inner = par.space[inner_dim] if par.space else 1
+    if len(variants) != 1 or inner_dim == 0 or inner > HOIST_MAX_ROW \
+            or par.chunk < HOIST_MIN_ROWS_PER_TASK * inner:
+        return {}
+    nodes = variants[0][2]
+    column: dict[int, bool] = {}  # depends on the column index only
+    costly: dict[int, bool] = {}
+    for n in nodes:
+        src = [s for s in n.src if s.op is not Op.BUFFER]
+        if n.op is Op.LOAD:
+            view = n.arg.view
+            column[id(n)] = n.src[0].arg.role == "in" and not n.arg.dynamic and n.arg.fill is None \
+                and gir.load_guard(n) is None and not any(view.strides[:-1])
+        elif n.op is Op.INDEX:
+            column[id(n)] = n.arg == inner_dim
+        elif n.op in (Op.CONST, Op.ALU, Op.CAST, Op.SELECT):
+            column[id(n)] = all(column.get(id(s), False) for s in src)
+        else:
+            column[id(n)] = False
+        costly[id(n)] = _costly(n) or any(costly.get(id(s), False) for s in src)
+    hoisted: dict[int, str] = {}
+    for n in nodes:
+        for s in n.src:
+            if column.get(id(s)) and costly.get(id(s)) and not column[id(n)] \
+                    and id(s) not in hoisted and s.op is not Op.LOAD:
+                hoisted[id(s)] = f"hoist{len(hoisted)}"
+    return hoisted
+
+
+def _emit_hoisted(w: _Writer, nodes: list[gir.Node], hoisted: dict[int, str],
+                  inner_dim: int) -> None:
+    """This task's copy of each hoisted value for the whole row (the row loop reads
+    hoistK[col + j])."""
+    needed: set[int] = set()
+    stack = [n for n in nodes if id(n) in hoisted]
+    while stack:
+        n = stack.pop()
+        if id(n) not in needed and n.op is not Op.BUFFER:
+            needed.add(id(n))
+            stack.extend(n.src)
+    for n in nodes:
+        if id(n) in hoisted:
+            w(f"alignas(64) {register_type(n.dtype)} {hoisted[id(n)]}[kInner];")
+    w("{")
+    w.indent()
+    w("constexpr int64_t col = 0;")
+    w("#pragma omp simd")
+    w("for (int64_t j = 0; j < kInner; ++j) {")
+    w.indent()
+    values: dict[int, str] = {}
+    ptrs = {id(n): f"(in{n.src[0].arg.index} + {n.arg.view.offset})"
+            for n in nodes if n.op is Op.LOAD and id(n) in needed}
+    for n in nodes:
+        if id(n) not in needed:
+            continue
+        v = f"v{len(values)}"
+        values[id(n)] = v
+        w(f"const {register_type(n.dtype)} {v} = {_expr(n, values, ptrs, '', inner_dim, set())};")
+        if id(n) in hoisted:
+            w(f"{hoisted[id(n)]}[j] = {v};")
+    w.indent(-1)
+    w("}")
+    w.indent(-1)
+    w("}")
 
 
 def _tile_ptr(k: int, store: gir.Node) -> str:
