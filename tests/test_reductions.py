@@ -226,6 +226,24 @@ def test_softmax_family(rng):
     one_kernel(jax.nn.logsumexp, x)
 
 
+@pytest.mark.parametrize("f", [jax.nn.softmax, jax.nn.log_softmax, logsumexp_rows,
+                               lambda x: jax.nn.gelu(x * 2.0 + 1.0),
+                               lambda x: jax.nn.silu(x) * jnp.max(x, -1, keepdims=True)])
+def test_exp_loops_run_over_explicit_vectors(f, rng):
+    """Loops that call exp or logistic run over pfjax::vf16 for whole vectors and the
+    scalar loop for the remainder (301 = 18 x 16 + 13): both agree with XLA, including
+    NaN, +-inf and huge values in either part."""
+    x = randn(rng, 9, 301) * 4
+    x[1, 5], x[2, 299], x[3, 40], x[4, 300], x[5, 7] = np.nan, np.nan, np.inf, -np.inf, -1e30
+    x[6, :] = -np.inf
+    x[7, 100] = 1e30
+    got = pfjax.fuse(f)(x)
+    want = jax.jit(f)(x)
+    assert_tree_close(got, want, rtol=1e-5, atol=1e-6, equal_nan=True)
+    (group,) = pfjax.explain(f, x).groups
+    assert "pfjax::vf16" in open(group.source_path).read()
+
+
 def test_later_loops_prefetch_the_next_row(rng):
     """A row unit's later loops prefetch the next unit's input row (also across the
     outer dimensions and past the last row); broadcast weights and column reductions are

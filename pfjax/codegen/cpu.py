@@ -10,6 +10,8 @@ from pfjax import config, gir
 from pfjax.codegen.ctypes_table import (STORAGE, compute_expr, guarded_load, load_expr,
                                         register_type, store_expr)
 from pfjax.codegen.intervals import intervals
+from pfjax.codegen import vector as vector_mode
+from pfjax.codegen.vector import vector_body_ok, vector_decl, vector_store, vector_uniform
 from pfjax.gir import Op
 
 
@@ -210,6 +212,15 @@ def _emit_row(w: _Writer, variants, ptr_names: dict[int, str], vector: int,
             base = f"col + {offset}0"
             start = f"std::min<int64_t>(std::max<int64_t>({lo} - ({base}), 0), {loop_len})"
             stop = f"std::min<int64_t>(std::max<int64_t>({hi} - ({base}), 0), {loop_len})"
+        vectorized = len(variants) == 1 and vector == 16 and vector_mode.VECTOR_LOOPS and \
+            vector_body_ok(nodes, _lane_stride(unit, streamed))
+        if vectorized:
+            w("{")
+            w.indent()
+            w(f"int64_t jv = {start};")
+            _emit_vector_row(w, nodes, ptr_names, offset, streamed, unit, hoisted, start, stop,
+                             inner_dim)
+            start = "jv"
         w(f"#pragma omp simd simdlen({max(1, vector)})")
         w(f"for (int64_t j = {start}; j < {stop}; ++j) {{")
         w.indent()
@@ -234,6 +245,9 @@ def _emit_row(w: _Writer, variants, ptr_names: dict[int, str], vector: int,
             w(f"const {register_type(n.dtype)} {v} = {expr};")
         w.indent(-1)
         w("}")
+        if vectorized:
+            w.indent(-1)
+            w("}")
         tile_order.append(tiles)
     if streamed:
         # Every interval writes the same outputs in the same order: copy each tile once.
@@ -325,6 +339,50 @@ def _emit_hoisted(w: _Writer, nodes: list[gir.Node], hoisted: dict[int, str],
     w("}")
     w.indent(-1)
     w("}")
+
+
+def _lane_stride(unit: set[int], streamed: set[int]):
+    """An access's step per lane of the row loop (stage and streamed tiles are read and
+    written contiguously)."""
+    return lambda n: 1 if id(n) in unit or id(n) in streamed else n.arg.view.strides[-1]
+
+
+def _emit_vector_row(w: _Writer, nodes, ptr_names: dict[int, str], offset: str,
+                     streamed: set[int], unit: set[int], hoisted: dict[int, str], start: str,
+                     stop: str, inner_dim: int) -> None:
+    """The row's whole vectors over pfjax::vf16 (codegen/vector.py), up to `jv`; the
+    scalar `omp simd` loop that follows takes the remainder."""
+    w("#if PFJAX_VF16")
+    w(f"jv = {start} + ({stop} - {start}) / 16 * 16;")
+    w(f"for (int64_t j = {start}; j < jv; j += 16) {{")
+    w.indent()
+    values: dict[int, str] = {}
+    uniform: set[int] = set()
+    tiles = 0
+    stride = _lane_stride(unit, streamed)
+    for n in nodes:
+        if n.op in (Op.BUFFER, Op.PARALLEL):
+            continue
+        if n.op is Op.STORE:
+            if id(n) in streamed:
+                target = f"{_tile_ptr(tiles, n)}[j]"
+                tiles += 1
+            else:
+                target = f"{ptr_names[id(n)]}[{_index(n, offset)}]"
+            w(vector_store(values[id(n.src[1])], id(n.src[1]) in uniform, target))
+            continue
+        v = f"v{len(values)}"
+        values[id(n)] = v
+        if id(n) in hoisted:
+            w(f"const pfjax::vf16 {v} = pfjax::vf16::load(&{hoisted[id(n)]}[col + {offset}j]);")
+            continue
+        is_uniform = vector_uniform(n, uniform, values, stride)
+        if is_uniform:
+            uniform.add(id(n))
+        w(vector_decl(n, v, _expr(n, values, ptr_names, offset, inner_dim, unit), is_uniform))
+    w.indent(-1)
+    w("}")
+    w("#endif")
 
 
 def _tile_ptr(k: int, store: gir.Node) -> str:

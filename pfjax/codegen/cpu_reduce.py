@@ -16,6 +16,8 @@ from pfjax import gir
 from pfjax.codegen.ctypes_table import (STORAGE, compute_expr, guarded_load, literal, load_expr,
                                         register_type, store_expr)
 from pfjax.codegen.cpu import _Writer, _elems, stream_mode
+from pfjax.codegen import vector as vector_mode
+from pfjax.codegen.vector import vector_body_ok, vector_decl, vector_store, vector_uniform
 from pfjax.gir import Op
 from pfjax.gir.loops import LoopNest, is_tile_load, loop_nest
 
@@ -388,11 +390,16 @@ class _Emitter:
                 if r.arg.op in ("max", "min") and r.dtype.is_float:
                     w(f"int {p}_nan = 0;")
                     clauses.append(f"reduction(|:{p}_nan)")
+            start = "t0"
+            if vector_mode.VECTOR_LOOPS and n_lane >= 16 and self.par.vector == 16 and vector_body_ok(body, self.lane_stride):
+                w("int64_t tv = t0;")
+                self.emit_vector_loop(body, reduces)
+                start = "tv"
             if n_lane >= self.par.vector:
                 # Rows shorter than a vector are left to the compiler's straight-line code:
                 # mostly-masked vectors and horizontal reductions cost more there.
                 w(f"#pragma omp simd simdlen({self.par.vector}) {' '.join(clauses)}".rstrip())
-            w("for (int64_t j = t0; j < t1; ++j) {")
+            w(f"for (int64_t j = {start}; j < t1; ++j) {{")
             w.indent()
             local = self.emit_body(body)
             for r in reduces:
@@ -473,6 +480,68 @@ class _Emitter:
             local[id(n)] = v
             self.w(f"const {register_type(n.dtype)} {v} = {self.expr(n, local)};")
         return local
+
+    def lane_stride(self, n: gir.Node) -> int:
+        if n.src[0].arg.role == "tile":
+            return 1  # a row unit's tile is indexed by the lane
+        if id(n) in self.streamed:
+            return 1
+        return n.arg.view.strides[self.lane]
+
+    def emit_vector_loop(self, body: list[gir.Node], reduces: list[gir.Node]) -> None:
+        """The block's whole vectors over pfjax::vf16, up to `tv`; the scalar loop that
+        follows takes the remainder, its accumulators starting from these."""
+        w = self.w
+        w("#if PFJAX_VF16")
+        w("tv = t0 + (t1 - t0) / 16 * 16;")
+        w("{")
+        w.indent()
+        for r in reduces:
+            p = self.names[id(r)] + "_p"
+            w(f"pfjax::vf16 {p}_v({p});")
+            if r.arg.op in ("max", "min"):
+                w(f"int {p}_vnan = 0;")
+        w("for (int64_t j = t0; j < tv; j += 16) {")
+        w.indent()
+        local: dict[int, str] = {}
+        uniform: set[int] = set()
+        streamed = [n for n in body if id(n) in self.streamed]
+        for n in body:
+            if n.op is Op.REDUCE:
+                continue
+            if n.op is Op.STORE:
+                target = f"stile{streamed.index(n)}[j - t0]" if id(n) in self.streamed \
+                    else self.address(n)
+                w(vector_store(self.ref(n.src[1], local),
+                               id(n.src[1]) in uniform or id(n.src[1]) not in local, target))
+                continue
+            v = f"v{len(local)}"
+            local[id(n)] = v
+            is_uniform = vector_uniform(n, uniform, local, self.lane_stride)
+            if is_uniform:
+                uniform.add(id(n))
+            w(vector_decl(n, v, self.address(n) if n.op is Op.LOAD and not is_uniform
+                          else self.expr(n, local), is_uniform))
+        for r in reduces:
+            p = self.names[id(r)] + "_p"
+            v = self.ref(r.src[0], local)
+            if r.arg.op == "sum":
+                w(f"{p}_v = {p}_v + {v};")
+            else:
+                w(f"{p}_v = pfjax::acc_{r.arg.op}({p}_v, {v});")
+                w(f"{p}_vnan |= pfjax::any_nan({v});")
+        w.indent(-1)
+        w("}")
+        for r in reduces:
+            p = self.names[id(r)] + "_p"
+            if r.arg.op == "sum":
+                w(f"{p} = pfjax::reduce_sum({p}_v);")
+            else:
+                w(f"{p} = pfjax::reduce_{r.arg.op}({p}_v);")
+                w(f"{p}_nan |= {p}_vnan;")
+        w.indent(-1)
+        w("}")
+        w("#endif")
 
     def emit_epilogue(self, stores: list[gir.Node]) -> None:
         if not stores:

@@ -58,7 +58,7 @@ extern "C" __attribute__((const, nothrow)) float pfjax_exp_v(float x);
 extern "C" PFJAX_VECTOR_ABI float pfjax_exp_v_scalar(float x) asm("pfjax_exp_v");
 extern "C" PFJAX_VECTOR_ABI float pfjax_exp_v_scalar(float x) { return pfjax::math::exp_f32(x); }
 extern "C" PFJAX_VECTOR_ABI __m512 pfjax_exp_v16(__m512 x) asm("_ZGVeN16v_pfjax_exp_v");
-static inline __m512 pfjax_exp_core16(__m512 x) {
+static inline __attribute__((always_inline)) __m512 pfjax_exp_core16(__m512 x) {
   const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
@@ -72,14 +72,14 @@ static inline __m512 pfjax_exp_core16(__m512 x) {
   p = _mm512_fmadd_ps(_mm512_mul_ps(r, r), p, r);
   return _mm512_scalef_ps(_mm512_add_ps(p, _mm512_set1_ps(1.0f)), n);
 }
-extern "C" PFJAX_VECTOR_ABI __m512 pfjax_exp_v16(__m512 x) {
+static inline __attribute__((always_inline)) __m512 pfjax_exp16(__m512 x) {
   // Results below FLT_MIN are computed apart: producing a denormal (or an underflow) costs
   // a microcode assist per instruction, which a masked softmax's exp(-1e9) would pay on
   // every vector. min/max return their second operand when it is NaN: NaN survives.
   const __m512 lo = _mm512_set1_ps(-87.3365402f);  // log(FLT_MIN)
   __m512 y = pfjax_exp_core16(_mm512_max_ps(lo, _mm512_min_ps(_mm512_set1_ps(89.0f), x)));
   const __mmask16 tiny = _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ);
-  if (tiny) {
+  if (__builtin_expect(tiny != 0, 0)) {
     const __mmask16 denormal = tiny & _mm512_cmp_ps_mask(x, _mm512_set1_ps(-104.0f), _CMP_GE_OQ);
     y = _mm512_mask_mov_ps(y, tiny, _mm512_setzero_ps());
     if (denormal)
@@ -87,6 +87,7 @@ extern "C" PFJAX_VECTOR_ABI __m512 pfjax_exp_v16(__m512 x) {
   }
   return y;
 }
+extern "C" PFJAX_VECTOR_ABI __m512 pfjax_exp_v16(__m512 x) { return pfjax_exp16(x); }
 // logistic through the same ABI: 1 / (1 + exp(-x)) with the reciprocal from vrcp14ps and
 // one Newton step (three pipelined instructions instead of a division). -x is clamped to
 // +-87 so that 1 + exp(-x) and its reciprocal stay normal; below x = -87 the result is 0
@@ -95,7 +96,7 @@ extern "C" PFJAX_VECTOR_ABI __m512 pfjax_exp_v16(__m512 x) {
 extern "C" __attribute__((const, nothrow)) float pfjax_logistic_v(float x);
 extern "C" PFJAX_VECTOR_ABI float pfjax_logistic_v_scalar(float x) asm("pfjax_logistic_v");
 extern "C" PFJAX_VECTOR_ABI __m512 pfjax_logistic_v16(__m512 x) asm("_ZGVeN16v_pfjax_logistic_v");
-extern "C" PFJAX_VECTOR_ABI __m512 pfjax_logistic_v16(__m512 x) {
+static inline __attribute__((always_inline)) __m512 pfjax_logistic16(__m512 x) {
   const __m512 t = _mm512_min_ps(_mm512_set1_ps(87.0f),
                                  _mm512_max_ps(_mm512_set1_ps(-87.0f), _mm512_sub_ps(_mm512_setzero_ps(), x)));
   const __m512 d = _mm512_add_ps(pfjax_exp_core16(t), _mm512_set1_ps(1.0f));
@@ -105,6 +106,7 @@ extern "C" PFJAX_VECTOR_ABI __m512 pfjax_logistic_v16(__m512 x) {
   return _mm512_mask_mov_ps(y, _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.0f), _CMP_LT_OQ),
                             _mm512_setzero_ps());
 }
+extern "C" PFJAX_VECTOR_ABI __m512 pfjax_logistic_v16(__m512 x) { return pfjax_logistic16(x); }
 namespace pfjax {
 namespace math {
 PFJAX_MATH_INLINE float exp_v(float x) { return pfjax_exp_v(x); }

@@ -17,6 +17,7 @@
 
 #include "pfjax/fastmath.h"
 #include "pfjax/math.h"
+#include "pfjax/vec.h"
 
 namespace pfjax::rt {
 

@@ -1,0 +1,77 @@
+// pfjax/vec.h -- explicit 16-lane float vectors for the loops that call exp or logistic.
+//
+// In a `#pragma omp simd` loop g++ reaches the AVX-512 exp through the vector-function ABI:
+// a call per vector, with every live vector register spilled around it and the constants
+// reloaded inside (measured: 1.7 ms per 4M exps on one Zen 4 core, against 0.96 ms with
+// the same instructions inlined). The code generator writes such loops a second time over
+// `pfjax::vf16`, whose operators and math overloads mirror the scalar spellings of
+// codegen/ctypes_table.py, so the same expression text compiles for both. The scalar
+// `omp simd` loop then only runs the remainder of fewer than 16 elements.
+#pragma once
+
+#include "pfjax/fastmath.h"
+
+#if defined(__AVX512F__) && !defined(__CUDACC__)
+#define PFJAX_VF16 1
+#include <immintrin.h>
+
+namespace pfjax {
+
+struct vf16 {
+  __m512 v;
+  vf16() = default;
+  vf16(__m512 x) : v(x) {}                      // NOLINT: implicit, as a scalar would be
+  vf16(float s) : v(_mm512_set1_ps(s)) {}       // NOLINT: a uniform operand, broadcast
+  static vf16 load(const float* p) { return _mm512_loadu_ps(p); }
+  void store(float* p) const { _mm512_storeu_ps(p, v); }
+};
+
+#define PFJAX_VF16_INLINE static inline __attribute__((always_inline))
+PFJAX_VF16_INLINE vf16 operator+(vf16 a, vf16 b) { return _mm512_add_ps(a.v, b.v); }
+PFJAX_VF16_INLINE vf16 operator-(vf16 a, vf16 b) { return _mm512_sub_ps(a.v, b.v); }
+PFJAX_VF16_INLINE vf16 operator*(vf16 a, vf16 b) { return _mm512_mul_ps(a.v, b.v); }
+PFJAX_VF16_INLINE vf16 operator/(vf16 a, vf16 b) { return _mm512_div_ps(a.v, b.v); }
+PFJAX_VF16_INLINE vf16 operator-(vf16 a) {
+  return _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(a.v), _mm512_set1_epi32(INT32_MIN)));
+}
+// Uniform operands on either side (a per-row value, a constant) broadcast.
+PFJAX_VF16_INLINE vf16 operator+(vf16 a, float b) { return a + vf16(b); }
+PFJAX_VF16_INLINE vf16 operator+(float a, vf16 b) { return vf16(a) + b; }
+PFJAX_VF16_INLINE vf16 operator-(vf16 a, float b) { return a - vf16(b); }
+PFJAX_VF16_INLINE vf16 operator-(float a, vf16 b) { return vf16(a) - b; }
+PFJAX_VF16_INLINE vf16 operator*(vf16 a, float b) { return a * vf16(b); }
+PFJAX_VF16_INLINE vf16 operator*(float a, vf16 b) { return vf16(a) * b; }
+PFJAX_VF16_INLINE vf16 operator/(vf16 a, float b) { return a / vf16(b); }
+PFJAX_VF16_INLINE vf16 operator/(float a, vf16 b) { return vf16(a) / b; }
+
+// Lane-wise NaN-propagating max / min (math.h's max_f32 / min_f32: a NaN operand gives
+// a + b, itself NaN).
+PFJAX_VF16_INLINE vf16 nan_or(vf16 a, vf16 b, __m512 m) {
+  const __mmask16 nan = _mm512_cmp_ps_mask(a.v, b.v, _CMP_UNORD_Q);
+  return _mm512_mask_add_ps(m, nan, a.v, b.v);
+}
+
+// Reductions of a vector accumulator (the scalar remainder loop continues from these).
+PFJAX_VF16_INLINE float reduce_sum(vf16 a) { return _mm512_reduce_add_ps(a.v); }
+PFJAX_VF16_INLINE float reduce_max(vf16 a) { return _mm512_reduce_max_ps(a.v); }
+PFJAX_VF16_INLINE float reduce_min(vf16 a) { return _mm512_reduce_min_ps(a.v); }
+// acc = v > acc ? v : acc lane-wise (a NaN v keeps acc: the NaN flag records it)
+PFJAX_VF16_INLINE vf16 acc_max(vf16 acc, vf16 v) { return _mm512_max_ps(v.v, acc.v); }
+PFJAX_VF16_INLINE vf16 acc_min(vf16 acc, vf16 v) { return _mm512_min_ps(v.v, acc.v); }
+PFJAX_VF16_INLINE int any_nan(vf16 v) { return _mm512_cmp_ps_mask(v.v, v.v, _CMP_UNORD_Q) != 0; }
+
+namespace math {
+PFJAX_VF16_INLINE vf16 exp_v(vf16 x) { return pfjax_exp16(x.v); }
+PFJAX_VF16_INLINE vf16 logistic_v(vf16 x) { return pfjax_logistic16(x.v); }
+PFJAX_VF16_INLINE vf16 max_f32(vf16 a, vf16 b) { return nan_or(a, b, _mm512_max_ps(a.v, b.v)); }
+PFJAX_VF16_INLINE vf16 min_f32(vf16 a, vf16 b) { return nan_or(a, b, _mm512_min_ps(a.v, b.v)); }
+PFJAX_VF16_INLINE vf16 max_f32(vf16 a, float b) { return max_f32(a, vf16(b)); }
+PFJAX_VF16_INLINE vf16 max_f32(float a, vf16 b) { return max_f32(vf16(a), b); }
+PFJAX_VF16_INLINE vf16 min_f32(vf16 a, float b) { return min_f32(a, vf16(b)); }
+PFJAX_VF16_INLINE vf16 min_f32(float a, vf16 b) { return min_f32(vf16(a), b); }
+// exactly 1 / sqrt(x), two correctly rounded operations (as the scalar rsqrt_f32)
+PFJAX_VF16_INLINE vf16 rsqrt_f32(vf16 x) { return _mm512_div_ps(_mm512_set1_ps(1.0f), _mm512_sqrt_ps(x.v)); }
+}  // namespace math
+
+}  // namespace pfjax
+#endif
