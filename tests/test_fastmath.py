@@ -93,8 +93,16 @@ def test_special_values(lib):
 
 
 EXP_SOURCE = r"""
-#include "pfjax/fastmath.h"
+#include "pfjax/vec.h"
 #include <cstdint>
+// the functions over pfjax::vf16, as kernels' explicit-vector loops call them
+extern "C" __attribute__((visibility("default"))) void apply_vf16(int which, const float* x, float* y, int64_t n) {
+  for (int64_t i = 0; i + 16 <= n; i += 16) {
+    const pfjax::vf16 v = pfjax::vf16::load(x + i);
+    (which == 0 ? pfjax::math::exp_v(v) : which == 1 ? pfjax::math::logistic_v(v)
+                : pfjax::math::erfc_fast(v)).store(y + i);
+  }
+}
 extern "C" __attribute__((visibility("default"))) void apply_exp(const float* x, float* y, int64_t n) {
   #pragma omp simd simdlen(16)
   for (int64_t i = 0; i < n; ++i) y[i] = pfjax::math::exp_v(x[i]);
@@ -157,3 +165,27 @@ def test_logistic_v_through_the_vector_abi(vector_lib, rng):
     assert (y[x < -87] == 0).all() and (y[(x >= -87) & ~exact_range] < 2e-38).all()
     np.testing.assert_array_equal(np.isnan(y), np.isnan(x))
     assert y[np.isposinf(x)][0] == 1 and y[np.isneginf(x)][0] == 0 and y[x == 0][0] == 0.5
+
+
+@pytest.mark.parametrize("which", [0, 1, 2])
+def test_vf16_forms_match_the_vector_abi(vector_lib, lib, rng, which):
+    """exp_v, logistic_v and erfc_fast over pfjax::vf16 (the explicit-vector loops of
+    kernels): the same values as the forms above, specials included."""
+    specials = np.array([np.nan, np.inf, -np.inf, 0, -0.0, 88.7229, -87.5, -103.97, -150,
+                         9.2, -9.2, 10.5, 1e-8, -1e-8, 3.0, -3.0], np.float32)
+    x = np.concatenate([_inputs(rng), np.linspace(-110, 95, 100_000, dtype=np.float32),
+                        specials])[: (600_016 // 16) * 16]
+    x = np.concatenate([specials, x])[: x.size]
+    y = np.empty_like(x)
+    vector_lib.apply_vf16(ctypes.c_int(which), x.ctypes.data_as(ctypes.c_void_p),
+                          y.ctypes.data_as(ctypes.c_void_p), ctypes.c_int64(x.size))
+    if which == 2:
+        ref = np.vectorize(math.erfc)(x.astype(np.float64))
+        m = ref >= 1e-37
+        assert np.max(np.abs(y[m] - ref[m]) / ref[m]) <= 5e-7
+        np.testing.assert_array_equal(y[:4], _apply(lib, 2, specials[:4]))
+        assert (y[~m & ~np.isnan(x)] < 1e-36).all()
+    else:
+        fn = vector_lib.apply_exp if which == 0 else vector_lib.apply_logistic
+        np.testing.assert_array_equal(y, _apply_vector(fn, x))
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(x))

@@ -228,9 +228,10 @@ def test_softmax_family(rng):
 
 @pytest.mark.parametrize("f", [jax.nn.softmax, jax.nn.log_softmax, logsumexp_rows,
                                lambda x: jax.nn.gelu(x * 2.0 + 1.0),
+                               lambda x: jax.nn.gelu(x - 1.0, approximate=False),
                                lambda x: jax.nn.silu(x) * jnp.max(x, -1, keepdims=True)])
 def test_exp_loops_run_over_explicit_vectors(f, rng):
-    """Loops that call exp or logistic run over pfjax::vf16 for whole vectors and the
+    """Loops that call exp, logistic or erfc run over pfjax::vf16 for whole vectors and the
     scalar loop for the remainder (301 = 18 x 16 + 13): both agree with XLA, including
     NaN, +-inf and huge values in either part."""
     x = randn(rng, 9, 301) * 4

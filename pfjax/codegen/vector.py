@@ -1,9 +1,10 @@
 """Which loops the CPU emitters also write over pfjax::vf16 (csrc/include/pfjax/vec.h).
 
 In a `#pragma omp simd` loop g++ reaches the AVX-512 exp and logistic through the
-vector-function ABI: a call per vector, with the loop's live vectors spilled around it.
-Loops that call them are written a second time over explicit 16-lane vectors, where the
-same functions inline (the scalar loop then only takes the remainder). The expression text
+vector-function ABI: a call per vector, with the loop's live vectors spilled around it;
+erfc_fast's clamps and selects it if-converts into long mask sequences. Loops that call
+them are written a second time over explicit 16-lane vectors, where the same functions
+inline as straight AVX-512 code (the scalar loop then only takes the remainder). The expression text
 is the scalar one: vf16's operators and math overloads mirror ctypes_table's spellings.
 """
 from __future__ import annotations
@@ -11,9 +12,9 @@ from __future__ import annotations
 from pfjax import gir
 from pfjax.gir import Op
 
-VECTOR_CALLS = {"exp", "logistic"}
+VECTOR_CALLS = {"exp", "logistic", "erfc"}
 VECTOR_LOOPS = True
-VECTOR_ALU = {"add", "sub", "mul", "div", "neg", "max", "min", "exp", "logistic", "rsqrt"}
+VECTOR_ALU = {"add", "sub", "mul", "div", "neg", "max", "min", "rsqrt"} | VECTOR_CALLS
 
 
 def vector_body_ok(body: list[gir.Node], lane_stride) -> bool:

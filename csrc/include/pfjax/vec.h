@@ -15,6 +15,9 @@
 #define PFJAX_VF16 1
 #include <immintrin.h>
 
+#include <cstdint>
+#include <initializer_list>
+
 namespace pfjax {
 
 struct vf16 {
@@ -69,6 +72,40 @@ PFJAX_VF16_INLINE vf16 max_f32(vf16 a, float b) { return max_f32(a, vf16(b)); }
 PFJAX_VF16_INLINE vf16 max_f32(float a, vf16 b) { return max_f32(vf16(a), b); }
 PFJAX_VF16_INLINE vf16 min_f32(vf16 a, float b) { return min_f32(a, vf16(b)); }
 PFJAX_VF16_INLINE vf16 min_f32(float a, vf16 b) { return min_f32(vf16(a), b); }
+// fastmath.h's erfc_fast, lane for lane (the scalar form's clamps and selects become
+// min/max and masked moves; scalef replaces the exponent arithmetic, equal in the normal
+// range exp_lean_sum keeps to).
+PFJAX_VF16_INLINE vf16 erfc_fast(vf16 xv) {
+  const __m512 x = xv.v, one = _mm512_set1_ps(1.0f);
+  const __m512 ax = _mm512_abs_ps(x);
+  const __m512 z = _mm512_min_ps(_mm512_set1_ps(10.0f), ax);  // NaN stays
+  const __m512 t = _mm512_div_ps(one, _mm512_fmadd_ps(_mm512_set1_ps(0.5f), z, one));
+  __m512 p = _mm512_set1_ps(0.17087277f);
+  for (float c : {-0.82215223f, 1.48851587f, -1.13520398f, 0.27886807f, -0.18628806f,
+                  0.09678418f, 0.37409196f, 1.00002368f, -1.26551223f})
+    p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(c));
+  const __m512 hi = _mm512_mul_ps(z, z);
+  const __m512 lo = _mm512_fmsub_ps(z, z, hi);
+  // exp_lean_sum(-hi, p - lo): arguments below -87.3 clamp to it (the result is then
+  // zeroed beyond z = 9.2 anyway)
+  const __m512 a = _mm512_sub_ps(_mm512_setzero_ps(), hi), b = _mm512_sub_ps(p, lo);
+  const __mmask16 below = _mm512_cmp_ps_mask(_mm512_add_ps(a, b), _mm512_set1_ps(-87.3f), _CMP_LT_OQ);
+  const __m512 ac = _mm512_mask_mov_ps(a, below, _mm512_set1_ps(-87.3f));
+  const __m512 bc = _mm512_mask_mov_ps(b, below, _mm512_setzero_ps());
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(_mm512_add_ps(ac, bc), _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fmadd_ps(n, _mm512_set1_ps(-0.693359375f), ac);
+  r = _mm512_add_ps(_mm512_fmadd_ps(n, _mm512_set1_ps(2.12194440e-4f), r), bc);
+  __m512 q = _mm512_set1_ps(1.9875691500E-4f);
+  for (float c : {1.3981999507E-3f, 8.3334519073E-3f, 4.1665795894E-2f, 1.6666665459E-1f,
+                  5.0000001201E-1f})
+    q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(c));
+  const __m512 y = _mm512_add_ps(_mm512_fmadd_ps(_mm512_mul_ps(r, r), q, r), one);
+  __m512 e = _mm512_mul_ps(t, _mm512_scalef_ps(y, n));
+  e = _mm512_mask_mov_ps(e, _mm512_cmp_ps_mask(ax, _mm512_set1_ps(9.2f), _CMP_GT_OQ), _mm512_setzero_ps());
+  return _mm512_mask_mov_ps(e, _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LT_OQ),
+                            _mm512_sub_ps(_mm512_set1_ps(2.0f), e));
+}
 // exactly 1 / sqrt(x), two correctly rounded operations (as the scalar rsqrt_f32)
 PFJAX_VF16_INLINE vf16 rsqrt_f32(vf16 x) { return _mm512_div_ps(_mm512_set1_ps(1.0f), _mm512_sqrt_ps(x.v)); }
 }  // namespace math
