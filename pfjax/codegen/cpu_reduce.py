@@ -25,12 +25,10 @@ ROW_BLOCK = 2048  # elements per partial accumulation in row style
 # Row units with several loops: the first loop streams the row in from memory, the later
 # ones work from the cache with the memory idle. They prefetch the next unit's row, a few
 # lines per block of PREFETCH_BLOCK elements, so that its first loop finds it in cache
-# (softmax at 1024 x 4096 on a 2-core Zen 4: 2.70 -> 2.16 ms).
+# (on a 2-core Zen 4: softmax at 1024 x 4096 2.70 -> 2.16 ms; 32000-wide rows, which
+# do not fit L1 but stay in L2, 5-12% on logsumexp, cross-entropy and log-softmax).
 PREFETCH = True
 PREFETCH_BLOCK = 256
-# Rows up to this size are prefetched into L1 next to the current row and its tile.
-# Longer rows (a 32000-wide log-softmax) measured no gain at any cache level.
-PREFETCH_MAX_ROW_BYTES = 16 * 1024
 COL_BLOCK = 64    # rows per partial accumulation of a column sum
 
 
@@ -111,8 +109,7 @@ class _Emitter:
                     or n.arg.fill is not None or gir.load_guard(n) is not None:
                 continue
             view = n.arg.view
-            if view.strides[self.lane] != 1 or view.strides[unit_dim] == 0 \
-                    or self.space[self.lane] * n.dtype.itemsize > PREFETCH_MAX_ROW_BYTES:
+            if view.strides[self.lane] != 1 or view.strides[unit_dim] == 0:
                 continue
             key = (n.src[0].arg.index, view)
             if key not in seen:
