@@ -245,6 +245,31 @@ def test_exp_loops_run_over_explicit_vectors(f, rng):
     assert "pfjax::vf16" in open(group.source_path).read()
 
 
+@pytest.mark.parametrize("f,is_lse", [
+    (logsumexp_rows, True), (lambda x: jax.nn.logsumexp(x, axis=-1), True),
+    (lambda x: cross_entropy(x, (jnp.arange(x.shape[0]) * 37) % x.shape[1]), False)])
+def test_online_max_and_shifted_sum(f, is_lse, rng):
+    """Long rows take the max and the shifted sum in one pass, rescaling as the max grows
+    (ascending rows rescale at every block); rows with NaN, +-inf or all -inf take the
+    two-pass form again and match XLA exactly in kind."""
+    x = randn(rng, 8, 5003) * 4
+    x[1] = np.linspace(-300, 60, 5003)          # the max grows in every block
+    x[2, 4000] = np.nan
+    x[3, 17] = np.inf
+    x[4, :] = -np.inf
+    x[5, 5002] = -np.inf
+    x[6] = randn(rng, 5003) - 120.0             # all exps underflow without the shift
+    got = pfjax.fuse(f)(x)
+    want = jax.jit(f)(x)
+    assert_tree_close(got, want, rtol=2e-6, atol=1e-5, equal_nan=True)
+    (group,) = pfjax.explain(f, x).groups
+    assert "shift_of" in open(group.source_path).read()
+    if is_lse:  # against float64 on the finite rows
+        rows = x[[0, 1, 6]].astype(np.float64)
+        ref = np.log(np.exp(rows - rows.max(-1, keepdims=True)).sum(-1)) + rows.max(-1)
+        np.testing.assert_allclose(np.asarray(got)[[0, 1, 6]], ref, rtol=1e-6)
+
+
 def test_later_loops_prefetch_the_next_row(rng):
     """A row unit's later loops prefetch the next unit's input row (also across the
     outer dimensions and past the last row); broadcast weights and column reductions are

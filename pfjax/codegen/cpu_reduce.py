@@ -16,6 +16,7 @@ from pfjax import gir
 from pfjax.codegen.ctypes_table import (STORAGE, compute_expr, guarded_load, literal, load_expr,
                                         register_type, store_expr)
 from pfjax.codegen.cpu import _Writer, _elems, stream_mode
+from pfjax.codegen.cpu_online import emit_online, online_plan
 from pfjax.codegen import vector as vector_mode
 from pfjax.codegen.vector import vector_body_ok, vector_decl, vector_store, vector_uniform
 from pfjax.gir import Op
@@ -93,6 +94,10 @@ class _Emitter:
                              if n.op is Op.STORE and n.src[0].arg.role == "tile"}.items())
         self.loop_index = 0
         self.prefetched = self._prefetched()
+        self.online = online_plan(self)
+        # Loops that prefetch the next unit's rows: the later ones, unless fused online.
+        self.prefetch_loops = [k for k in range(1, self.nest.num_loops)
+                               if not (self.online and k == 1)]
 
     def _prefetched(self) -> list[tuple[str, gir.Node]]:
         """Input rows the later loops of a row unit prefetch for the next unit: contiguous
@@ -120,6 +125,8 @@ class _Emitter:
         """Byte address of the next unit's row of each prefetched input (integer
         arithmetic: past the last unit it points outside the buffer, which a prefetch
         tolerates)."""
+        if not self.prefetch_loops:
+            return
         kept = [d for d in range(len(self.space)) if d not in self.rdims]
         for name, n in self.prefetched:
             view = n.arg.view
@@ -130,9 +137,10 @@ class _Emitter:
                    f"static_cast<uintptr_t>({' + '.join(terms)}) * {n.dtype.itemsize};")
 
     def emit_prefetches(self) -> None:
-        """This block's share of the next unit's rows: loop k of the m later loops takes
-        the k-th m-th of each row, in step with its own position."""
-        m, k, n = self.nest.num_loops - 1, self.loop_index - 1, self.space[self.lane]
+        """This block's share of the next unit's rows: loop k of the m loops that prefetch
+        (the later ones) takes the k-th m-th of each row, in step with its own position."""
+        m, n = len(self.prefetch_loops), self.space[self.lane]
+        k = self.prefetch_loops.index(self.loop_index)
         for name, node in self.prefetched:
             size = node.dtype.itemsize
             lo, hi = (f"{k * n} + t0", f"{k * n} + t1") if m > 1 else ("t0", "t1")
@@ -364,7 +372,7 @@ class _Emitter:
             w("}")
         else:
             n_lane = self.space[self.lane]
-            prefetch = bool(self.prefetched) and self.loop_index > 0
+            prefetch = bool(self.prefetched) and self.loop_index in self.prefetch_loops
             block = PREFETCH_BLOCK if prefetch else ROW_BLOCK
             if n_lane <= block:  # one block: constant bounds
                 w("{")
@@ -708,6 +716,10 @@ class _Emitter:
         roots = self.nest.roots(self.nodes)
         self.emit_prefetch_bases()
         for loop in range(self.nest.num_loops):
+            if self.online and loop < 2:
+                if loop == 0:
+                    emit_online(self, self.online)
+                continue
             w(f"// loop {loop}")
             self.loop_index = loop
             self.emit_loop([r for r in roots if self.nest.loop_of(r) == loop])
