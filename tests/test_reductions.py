@@ -362,6 +362,12 @@ def test_column_only_costly_values_are_computed_once_per_task(rng):
     one_kernel(f, x)
     (group,) = pfjax.explain(f, x).groups
     assert "hoist0[col + " in open(group.source_path).read()
+    # with an exp per element too: the explicit-vector loop reads the hoisted tile
+    f = lambda x, var: jnp.exp(x * 0.1) * jax.lax.rsqrt(var + 1e-5)
+    one_kernel(f, x, var, tol=dict(rtol=1e-5, atol=1e-6, equal_nan=True))
+    (group,) = pfjax.explain(f, x, var).groups
+    source = open(group.source_path).read()
+    assert "pfjax::vf16::load(&hoist0[col + " in source
 
 
 def test_column_statistics_and_batchnorm(rng):
