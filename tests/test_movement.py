@@ -315,6 +315,19 @@ def test_split_pieces_fuse_into_their_consumers(rng):
         assert num_kernel_calls(fused, x) == 3  # exp is computed by each piece's kernel
 
 
+def test_bare_split_pieces_of_a_computation_are_kernels(rng):
+    """Pieces of a split that only slice a computed value (no work of their own) are
+    kernels computing their part of it, not slices left to XLA next to a full exp."""
+    x = randn(rng, 64, 130)
+    f = lambda x: jnp.split(jnp.exp(x) * 2.0, [64], axis=1)
+    want = jax.jit(f)(x)
+    fused = pfjax.fuse(f)
+    assert_tree_close(jax.jit(fused)(x), want, **TOL)
+    assert num_kernel_calls(fused, x) == 2
+    hlo = jax.jit(fused).lower(x).compile().as_text()
+    assert not LEFT_OVER.search(hlo), hlo
+
+
 GRAD_CASES = {
     "rope": lambda x: rope(x, jnp.cos(x[:1] * 0.0 + 0.3), jnp.sin(x[:1] * 0.0 + 0.3)),
     "pad_slice": lambda x: jnp.pad(jnp.sin(x), ((1, 0), (0, 0), (2, 1)))[::2] * 2.0,

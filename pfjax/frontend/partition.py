@@ -349,8 +349,7 @@ def _finish(program, eqns, group_of, spaces, reasons, producer) -> Partition:
     # computes; phase 2 may then recompute values of groups that were dropped. A value
     # computed by a kept group is never recomputed elsewhere (its inputs may be internal).
     unfusable = set(reasons)
-    dissolved: set[int] = set()
-    kept: list[tuple[Group, set[int]]] = []
+    candidates: list[tuple[Group, set[int]]] = []
     for g, idx in sorted(members.items()):
         group = Group(spaces[g][0], spaces[g][1], [eqns[i] for i in idx])
         inside = set(idx)
@@ -358,16 +357,29 @@ def _finish(program, eqns, group_of, spaces, reasons, producer) -> Partition:
             for v in eqns[i].outvars:
                 if v.id in program_outs or users.get(v.id, set()) - inside:
                     group.outputs.append(v)
+        candidates.append((group, inside))
+    # Groups whose results only the pieces of a split read are computed inside those
+    # pieces' kernels: their readers are judged with them recomputed (a lone slice of
+    # exp(x) is then a kernel, not "only data movement").
+    dissolved: set[int] = set()
+    for group, inside in candidates:
         _collect_inputs(group, eqns, inside, producer, unfusable | set(group_of))
+        if group.outputs and not _not_worth_it(group) and _read_only_through_movement(
+                group, inside, users, program_outs, eqns, group_of):
+            dissolved.update(inside)
+    kept: list[tuple[Group, set[int]]] = []
+    for group, inside in candidates:
+        if inside <= dissolved:
+            for i in inside:
+                reasons[i] = "computed inside the kernels that read it through data movement"
+            continue
+        group.inputs = []
+        _collect_inputs(group, eqns, inside, producer,
+                        unfusable | (set(group_of) - dissolved), dissolved=dissolved)
         why_not = _not_worth_it(group)
         if why_not or not group.outputs:
-            for i in idx:
+            for i in inside:
                 reasons[i] = why_not or "result unused"
-            continue
-        if _read_only_through_movement(group, inside, users, program_outs, eqns, group_of):
-            for i in idx:
-                reasons[i] = "computed inside the kernels that read it through data movement"
-            dissolved.update(idx)
             continue
         kept.append((group, inside))
     kept_members = set().union(*(inside for _, inside in kept)) if kept else set()
