@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 from pfjax import gir
 from pfjax.codegen.ctypes_table import register_type
-from pfjax.codegen.vector import vector_body_ok
 from pfjax.gir import Op
 
 ONLINE = True
@@ -141,11 +140,9 @@ def emit_online(em, plan: OnlinePlan) -> None:
     for a in sums:
         w(f"float {a}_p = 0.0f;")
         clauses.append(f"reduction(+:{a}_p)")
-    w("int64_t tv = t0;")
-    if em.par.vector == 16 and vector_body_ok(body, em.lane_stride):
-        em.emit_vector_loop(body, plan.sums)
+    start = em.emit_vector_part(body, plan.sums)
     w(f"#pragma omp simd simdlen({em.par.vector}) {' '.join(clauses)}")
-    w("for (int64_t j = tv; j < t1; ++j) {")
+    w(f"for (int64_t j = {start}; j < t1; ++j) {{")
     w.indent()
     local = em.emit_body(body)
     for r, a in zip(plan.sums, sums):

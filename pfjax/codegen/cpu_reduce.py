@@ -395,11 +395,7 @@ class _Emitter:
                 if r.arg.op in ("max", "min") and r.dtype.is_float:
                     w(f"int {p}_nan = 0;")
                     clauses.append(f"reduction(|:{p}_nan)")
-            start = "t0"
-            if vector_mode.VECTOR_LOOPS and n_lane >= 16 and self.par.vector == 16 and vector_body_ok(body, self.lane_stride):
-                w("int64_t tv = t0;")
-                self.emit_vector_loop(body, reduces)
-                start = "tv"
+            start = self.emit_vector_part(body, reduces)
             if n_lane >= self.par.vector:
                 # Rows shorter than a vector are left to the compiler's straight-line code:
                 # mostly-masked vectors and horizontal reductions cost more there.
@@ -493,6 +489,16 @@ class _Emitter:
             return 1
         return n.arg.view.strides[self.lane]
 
+    def emit_vector_part(self, body: list[gir.Node], reduces: list[gir.Node]) -> str:
+        """The vf16 loop over the block [t0, t1) where the body has that form; returns
+        where the scalar loop starts."""
+        if not (vector_mode.VECTOR_LOOPS and self.space[self.lane] >= 16
+                and self.par.vector == 16 and vector_body_ok(body, self.lane_stride)):
+            return "t0"
+        self.w("int64_t tv = t0;")
+        self.emit_vector_loop(body, reduces)
+        return "tv"
+
     def emit_vector_loop(self, body: list[gir.Node], reduces: list[gir.Node]) -> None:
         """The block's whole vectors over pfjax::vf16, up to `tv`; the scalar loop that
         follows takes the remainder, its accumulators starting from these."""
@@ -527,23 +533,17 @@ class _Emitter:
                 uniform.add(id(n))
             w(vector_decl(n, v, self.address(n) if n.op is Op.LOAD and not is_uniform
                           else self.expr(n, local), is_uniform))
-        for r in reduces:
+        for r in reduces:  # lane-wise into the vector accumulators
             p = self.names[id(r)] + "_p"
             v = self.ref(r.src[0], local)
-            if r.arg.op == "sum":
-                w(f"{p}_v = {p}_v + {v};")
-            else:
-                w(f"{p}_v = pfjax::acc_{r.arg.op}({p}_v, {v});")
-                w(f"{p}_vnan |= pfjax::any_nan({v});")
+            w(f"{p}_v = {p}_v + {v};" if r.arg.op == "sum" else
+              f"{p}_v = pfjax::acc_{r.arg.op}({p}_v, {v}); {p}_vnan |= pfjax::any_nan({v});")
         w.indent(-1)
         w("}")
-        for r in reduces:
+        for r in reduces:  # across the lanes, into the scalar loop's accumulators
             p = self.names[id(r)] + "_p"
-            if r.arg.op == "sum":
-                w(f"{p} = pfjax::reduce_sum({p}_v);")
-            else:
-                w(f"{p} = pfjax::reduce_{r.arg.op}({p}_v);")
-                w(f"{p}_nan |= {p}_vnan;")
+            w(f"{p} = pfjax::reduce_sum({p}_v);" if r.arg.op == "sum" else
+              f"{p} = pfjax::reduce_{r.arg.op}({p}_v); {p}_nan |= {p}_vnan;")
         w.indent(-1)
         w("}")
         w("#endif")
