@@ -11,7 +11,8 @@ from pfjax.codegen.ctypes_table import (STORAGE, compute_expr, guarded_load, loa
                                         register_type, store_expr)
 from pfjax.codegen.intervals import intervals
 from pfjax.codegen import vector as vector_mode
-from pfjax.codegen.vector import vector_body_ok, vector_decl, vector_store, vector_uniform
+from pfjax.codegen.vector import (vector_body_ok, vector_decl, vector_expr, vector_store,
+                                   vector_uniform)
 from pfjax.gir import Op
 
 
@@ -379,7 +380,14 @@ def _emit_vector_row(w: _Writer, nodes, ptr_names: dict[int, str], offset: str,
         is_uniform = vector_uniform(n, uniform, values, stride)
         if is_uniform:
             uniform.add(id(n))
-        w(vector_decl(n, v, _expr(n, values, ptr_names, offset, inner_dim, unit), is_uniform))
+        if is_uniform:
+            expr = _expr(n, values, ptr_names, offset, inner_dim, unit)
+        elif n.op is Op.LOAD:
+            expr = f"{ptr_names[id(n)]}[{_index(n, offset, unit)}]"
+        else:
+            expr = vector_expr(n, lambda s: values[id(s)]) or \
+                _expr(n, values, ptr_names, offset, inner_dim, unit)
+        w(vector_decl(n, v, expr, is_uniform))
     w.indent(-1)
     w("}")
     w("#endif")

@@ -18,7 +18,8 @@ from pfjax.codegen.ctypes_table import (STORAGE, compute_expr, guarded_load, lit
 from pfjax.codegen.cpu import _Writer, _elems, stream_mode
 from pfjax.codegen.cpu_online import emit_online, online_plan
 from pfjax.codegen import vector as vector_mode
-from pfjax.codegen.vector import vector_body_ok, vector_decl, vector_store, vector_uniform
+from pfjax.codegen.vector import (vector_body_ok, vector_decl, vector_expr, vector_store,
+                                   vector_uniform)
 from pfjax.gir import Op
 from pfjax.gir.loops import LoopNest, is_tile_load, loop_nest
 
@@ -531,8 +532,13 @@ class _Emitter:
             is_uniform = vector_uniform(n, uniform, local, self.lane_stride)
             if is_uniform:
                 uniform.add(id(n))
-            w(vector_decl(n, v, self.address(n) if n.op is Op.LOAD and not is_uniform
-                          else self.expr(n, local), is_uniform))
+            if is_uniform:
+                expr = self.expr(n, local)
+            elif n.op is Op.LOAD:
+                expr = self.address(n)
+            else:
+                expr = vector_expr(n, lambda s: self.ref(s, local)) or self.expr(n, local)
+            w(vector_decl(n, v, expr, is_uniform))
         for r in reduces:  # lane-wise into the vector accumulators
             p = self.names[id(r)] + "_p"
             v = self.ref(r.src[0], local)

@@ -15,12 +15,38 @@ from pfjax.gir import Op
 VECTOR_CALLS = {"exp", "logistic", "erfc"}
 VECTOR_LOOPS = True
 VECTOR_ALU = {"add", "sub", "mul", "div", "neg", "max", "min", "rsqrt"} | VECTOR_CALLS
+# float32 operands, bool result (a pfjax::vb16 lane mask)
+VECTOR_COMPARE = {"eq", "ne", "lt", "le", "gt", "ge", "is_finite"}
+# bool operands and result (ctypes_table spells them with C++'s logical operators)
+VECTOR_LOGIC = {"not", "and", "or", "xor", "add", "mul", "max", "min", "eq", "ne"}
+
+
+def _vector_node_ok(n: gir.Node) -> bool:
+    """A value node of a vf16 loop: float32 arithmetic, or a bool predicate (a compare,
+    logic on predicates) that only selects between float32 values."""
+    f32, boolean = gir.DType.F32, gir.DType.BOOL
+    if n.op is Op.CONST:
+        return n.dtype in (f32, boolean)
+    if n.op is Op.SELECT:
+        return n.dtype is f32 and n.src[0].dtype is boolean
+    if n.op is Op.CAST:  # bool -> float32 is a select of 1 and 0; float32 -> bool is != 0
+        return {n.dtype, n.src[0].dtype} == {f32, boolean}
+    if n.op is not Op.ALU:
+        return False
+    operands = {s.dtype for s in n.src}
+    if n.dtype is f32:
+        return n.arg in VECTOR_ALU and operands == {f32}
+    if n.dtype is boolean:
+        return (n.arg in VECTOR_COMPARE and operands == {f32}) or \
+            (n.arg in VECTOR_LOGIC and operands == {boolean})
+    return False
 
 
 def vector_body_ok(body: list[gir.Node], lane_stride) -> bool:
-    """The loop body is float32 arithmetic of VECTOR_ALU on contiguous loads and stores
-    (lane_stride(node) gives an access's step per lane; loads may also be uniform), with
-    an exp or logistic in it: it has a pfjax::vf16 form."""
+    """The loop body is float32 arithmetic of VECTOR_ALU (and bool predicates selecting
+    between float32 values) on contiguous loads and float32 stores (lane_stride(node)
+    gives an access's step per lane; loads may also be uniform), with an exp, logistic or
+    erfc in it: it has a pfjax::vf16 form."""
     calls = False
     for n in body:
         if n.op in (Op.BUFFER, Op.PARALLEL):
@@ -29,19 +55,16 @@ def vector_body_ok(body: list[gir.Node], lane_stride) -> bool:
             if n.dtype is not gir.DType.F32 or n.arg.op not in ("sum", "max", "min"):
                 return False
             continue
-        if n.dtype is not gir.DType.F32:
-            return False
         if n.op in (Op.LOAD, Op.STORE):
+            kinds = (gir.DType.F32, gir.DType.BOOL) if n.op is Op.LOAD else (gir.DType.F32,)
             # contiguous, or (loads) the same for every lane: a uniform scalar
-            if n.arg.dynamic or n.arg.fill is not None or gir.load_guard(n) is not None \
+            if n.dtype not in kinds or n.arg.dynamic or n.arg.fill is not None \
+                    or gir.load_guard(n) is not None \
                     or lane_stride(n) not in ((0, 1) if n.op is Op.LOAD else (1,)):
                 return False
-        elif n.op is Op.ALU:
-            if n.arg not in VECTOR_ALU:
-                return False
-            calls |= n.arg in VECTOR_CALLS
-        elif n.op is not Op.CONST:
+        elif not _vector_node_ok(n):
             return False
+        calls |= n.op is Op.ALU and n.arg in VECTOR_CALLS
     return calls
 
 
@@ -57,14 +80,27 @@ def vector_uniform(n: gir.Node, uniform: set[int], local: dict[int, str], lane_s
 
 
 
+def vector_expr(n: gir.Node, operand) -> str | None:
+    """The vf16 spelling of a node whose scalar one is a C++ conditional (which cannot be
+    overloaded): a select, a bool -> float cast. operand(node) names a value. None: the
+    scalar spelling serves."""
+    if n.op is Op.SELECT:
+        return f"pfjax::select({operand(n.src[0])}, {operand(n.src[2])}, {operand(n.src[1])})"
+    if n.op is Op.CAST and n.src[0].dtype is gir.DType.BOOL:
+        return f"pfjax::select({operand(n.src[0])}, 1.0f, 0.0f)"
+    return None
+
+
 def vector_decl(n: gir.Node, name: str, expr: str, uniform: bool) -> str:
-    """Declaration of a node's value in a vf16 loop, given its scalar expression (for a
-    load: the element it reads)."""
+    """Declaration of a node's value in a vf16 loop, given its expression (for a
+    non-uniform load: the element it reads). Bools are pfjax::vb16 lane masks."""
+    boolean = n.dtype is gir.DType.BOOL
     if uniform:
-        return f"const float {name} = {expr};"
+        return f"const {'bool' if boolean else 'float'} {name} = {expr};"
+    kind = "pfjax::vb16" if boolean else "pfjax::vf16"
     if n.op is Op.LOAD:
-        return f"const pfjax::vf16 {name} = pfjax::vf16::load(&{expr});"
-    return f"const pfjax::vf16 {name} = {expr};"
+        return f"const {kind} {name} = {kind}::load(&{expr});"
+    return f"const {kind} {name} = {expr};"
 
 
 def vector_store(value: str, uniform: bool, target: str) -> str:

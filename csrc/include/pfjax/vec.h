@@ -29,7 +29,35 @@ struct vf16 {
   void store(float* p) const { _mm512_storeu_ps(p, v); }
 };
 
+// 16 lane predicates: a bool value of a vf16 loop (a compare, a bool input), which only
+// selects between float lanes. A uniform bool converts to all lanes.
+struct vb16 {
+  __mmask16 m;
+  vb16() = default;
+  vb16(bool b) : m(b ? 0xFFFF : 0) {}           // NOLINT: a uniform operand, broadcast
+  static vb16 of(__mmask16 x) { vb16 r; r.m = x; return r; }
+  // bool arrays hold a byte per element, true where it is not 0
+  static vb16 load(const uint8_t* p) {
+    const __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    return of(_mm512_test_epi32_mask(b, b));
+  }
+};
+
 #define PFJAX_VF16_INLINE static inline __attribute__((always_inline))
+PFJAX_VF16_INLINE vb16 operator!(vb16 a) { return vb16::of(static_cast<__mmask16>(~a.m)); }
+PFJAX_VF16_INLINE vb16 operator&&(vb16 a, vb16 b) { return vb16::of(a.m & b.m); }
+PFJAX_VF16_INLINE vb16 operator||(vb16 a, vb16 b) { return vb16::of(a.m | b.m); }
+PFJAX_VF16_INLINE vb16 operator!=(vb16 a, vb16 b) { return vb16::of(a.m ^ b.m); }
+PFJAX_VF16_INLINE vb16 operator==(vb16 a, vb16 b) { return vb16::of(static_cast<__mmask16>(~(a.m ^ b.m))); }
+// Float compares with C++'s NaN rules: only != holds for a NaN operand.
+PFJAX_VF16_INLINE vb16 operator==(vf16 a, vf16 b) { return vb16::of(_mm512_cmp_ps_mask(a.v, b.v, _CMP_EQ_OQ)); }
+PFJAX_VF16_INLINE vb16 operator!=(vf16 a, vf16 b) { return vb16::of(_mm512_cmp_ps_mask(a.v, b.v, _CMP_NEQ_UQ)); }
+PFJAX_VF16_INLINE vb16 operator<(vf16 a, vf16 b) { return vb16::of(_mm512_cmp_ps_mask(a.v, b.v, _CMP_LT_OQ)); }
+PFJAX_VF16_INLINE vb16 operator<=(vf16 a, vf16 b) { return vb16::of(_mm512_cmp_ps_mask(a.v, b.v, _CMP_LE_OQ)); }
+PFJAX_VF16_INLINE vb16 operator>(vf16 a, vf16 b) { return vb16::of(_mm512_cmp_ps_mask(a.v, b.v, _CMP_GT_OQ)); }
+PFJAX_VF16_INLINE vb16 operator>=(vf16 a, vf16 b) { return vb16::of(_mm512_cmp_ps_mask(a.v, b.v, _CMP_GE_OQ)); }
+// c ? a : b lane-wise (the scalar form's conditional cannot be overloaded)
+PFJAX_VF16_INLINE vf16 select(vb16 c, vf16 a, vf16 b) { return _mm512_mask_blend_ps(c.m, b.v, a.v); }
 PFJAX_VF16_INLINE vf16 operator+(vf16 a, vf16 b) { return _mm512_add_ps(a.v, b.v); }
 PFJAX_VF16_INLINE vf16 operator-(vf16 a, vf16 b) { return _mm512_sub_ps(a.v, b.v); }
 PFJAX_VF16_INLINE vf16 operator*(vf16 a, vf16 b) { return _mm512_mul_ps(a.v, b.v); }
@@ -105,6 +133,10 @@ PFJAX_VF16_INLINE vf16 erfc_fast(vf16 xv) {
   e = _mm512_mask_mov_ps(e, _mm512_cmp_ps_mask(ax, _mm512_set1_ps(9.2f), _CMP_GT_OQ), _mm512_setzero_ps());
   return _mm512_mask_mov_ps(e, _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LT_OQ),
                             _mm512_sub_ps(_mm512_set1_ps(2.0f), e));
+}
+// x - x is 0 exactly for finite x, NaN for inf and NaN
+PFJAX_VF16_INLINE vb16 is_finite_f32(vf16 x) {
+  return vb16::of(_mm512_cmp_ps_mask(_mm512_sub_ps(x.v, x.v), _mm512_setzero_ps(), _CMP_EQ_OQ));
 }
 // exactly 1 / sqrt(x), two correctly rounded operations (as the scalar rsqrt_f32)
 PFJAX_VF16_INLINE vf16 rsqrt_f32(vf16 x) { return _mm512_div_ps(_mm512_set1_ps(1.0f), _mm512_sqrt_ps(x.v)); }
