@@ -242,7 +242,10 @@ def plan(fun: Callable, avals: list) -> Plan:
 
 
 def group_bytes(gp: GroupPlan) -> tuple[int, int]:
-    return bytes_moved(gp.group)
+    """(fused, unfused) bytes of a group; the fused figure from its kernel's loads where
+    it has one (a kernel that reads a slice of an input moves only that slice)."""
+    fused, unfused = bytes_moved(gp.group)
+    return (fused if gp.kernel is None else gir.global_bytes(gp.kernel)), unfused
 
 
 

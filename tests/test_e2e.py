@@ -362,6 +362,21 @@ def test_broadcast_operands(rng):
 
 # ---- explain -----------------------------------------------------------------------------
 
+@pytest.mark.parametrize("f,read", [
+    (lambda x: x[:, :64] * 2, 256 * 64),                    # a slice: only its part
+    (lambda x: x[::2, 100:300].T + 1, 128 * 200),           # strided and transposed
+    (lambda x: jnp.exp(x) + x[0], 256 * 1024),              # a row of x read again: x once
+    (lambda x: jnp.concatenate([x[:, 512:], x[:, :512]], 1) * 3, 256 * 1024),
+])
+def test_explain_counts_the_bytes_a_kernel_reads(f, read, rng):
+    """The fused figure counts the elements a kernel's loads can touch (never more than
+    the whole input), not the whole of every input."""
+    x = randn(rng, 256, 1024)
+    (gp,) = explain(f, x).plan.groups
+    out = sum(int(np.prod(o.shape)) for o in jax.tree.leaves(jax.eval_shape(f, x)))
+    assert pfjax.compile.group_bytes(gp)[0] == (read + out) * 4
+
+
 def test_explain_report(rng):
     x, w, b = randn(rng, 7, 13), randn(rng, 13, 5), randn(rng, 5)
     rep = explain(mlp_fn, x, w, b)

@@ -9,4 +9,4 @@ from pfjax.gir.printer import format_kernel
 from pfjax.gir.target import GLOBAL, LOCAL, REG, MemoryLevel, Target, cpu_target, cuda_target
 from pfjax.gir.verify import GirError, verify
 from pfjax.gir import interp
-from pfjax.gir.loops import LoopNest, column_block_bytes, loop_nest
+from pfjax.gir.loops import LoopNest, column_block_bytes, global_bytes, loop_nest

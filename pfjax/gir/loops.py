@@ -12,6 +12,7 @@ done, from per-unit partial results left in a scratch buffer.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from pfjax.gir.graph import Kernel, Node, Op, is_tile_load, toposort
@@ -94,3 +95,18 @@ def column_block_bytes(kernel: Kernel, columns: int) -> int:
     for d in par.rdims:
         rows *= par.space[d]
     return rows * columns * (sum(b.dtype.itemsize for b in kernel.inputs) or 4)
+
+
+def global_bytes(kernel: Kernel) -> int:
+    """Bytes the kernel moves at the global level: for each input, the distinct elements
+    its loads can touch (a slice reads its part only, a broadcast its source once; never
+    more than the whole buffer), and each output written once."""
+    views: dict[int, tuple[Node, set]] = {}
+    for n in toposort(kernel.root):
+        if n.op is Op.LOAD and not is_tile_load(n):
+            views.setdefault(id(n.src[0]), (n.src[0], set()))[1].add(n.arg.view)
+    total = 0
+    for buf, seen in views.values():
+        touched = sum(math.prod(s for s, st in zip(v.shape, v.strides) if st) for v in seen)
+        total += min(math.prod(buf.arg.shape), touched) * buf.dtype.itemsize
+    return total + sum(math.prod(b.arg.shape) * b.dtype.itemsize for b in kernel.outputs)
