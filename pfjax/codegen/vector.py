@@ -2,10 +2,12 @@
 
 In a `#pragma omp simd` loop g++ reaches the AVX-512 exp and logistic through the
 vector-function ABI: a call per vector, with the loop's live vectors spilled around it;
-erfc_fast's clamps and selects it if-converts into long mask sequences. Loops that call
-them are written a second time over explicit 16-lane vectors, where the same functions
-inline as straight AVX-512 code (the scalar loop then only takes the remainder). The expression text
-is the scalar one: vf16's operators and math overloads mirror ctypes_table's spellings.
+erfc_fast's clamps and selects it if-converts into long mask sequences. And it gives a
+reduction one vector accumulator: a chain of dependent adds. Loops that call them or
+reduce are written a second time over explicit 16-lane vectors, where the functions
+inline as straight AVX-512 code and a reduction keeps several accumulators (the scalar
+loop then only takes the remainder). The expression text is the scalar one: vf16's
+operators and math overloads mirror ctypes_table's spellings.
 """
 from __future__ import annotations
 
@@ -14,6 +16,9 @@ from pfjax.gir import Op
 
 VECTOR_CALLS = {"exp", "logistic", "erfc"}
 VECTOR_LOOPS = True
+# Independent accumulators of a vf16 reduction loop without calls (with calls: 2; the
+# calls' own latency already overlaps vectors).
+VECTOR_WAYS = 4
 VECTOR_ALU = {"add", "sub", "mul", "div", "neg", "max", "min", "rsqrt"} | VECTOR_CALLS
 # float32 operands, bool result (a pfjax::vb16 lane mask)
 VECTOR_COMPARE = {"eq", "ne", "lt", "le", "gt", "ge", "is_finite"}
@@ -46,14 +51,15 @@ def vector_body_ok(body: list[gir.Node], lane_stride) -> bool:
     """The loop body is float32 arithmetic of VECTOR_ALU (and bool predicates selecting
     between float32 values) on contiguous loads and float32 stores (lane_stride(node)
     gives an access's step per lane; loads may also be uniform), with an exp, logistic or
-    erfc in it: it has a pfjax::vf16 form."""
-    calls = False
+    erfc or a reduction in it: it has a pfjax::vf16 form worth writing."""
+    worth = False
     for n in body:
         if n.op in (Op.BUFFER, Op.PARALLEL):
             continue
         if n.op is Op.REDUCE:
             if n.dtype is not gir.DType.F32 or n.arg.op not in ("sum", "max", "min"):
                 return False
+            worth = True
             continue
         if n.op in (Op.LOAD, Op.STORE):
             kinds = (gir.DType.F32, gir.DType.BOOL) if n.op is Op.LOAD else (gir.DType.F32,)
@@ -64,8 +70,8 @@ def vector_body_ok(body: list[gir.Node], lane_stride) -> bool:
                 return False
         elif not _vector_node_ok(n):
             return False
-        calls |= n.op is Op.ALU and n.arg in VECTOR_CALLS
-    return calls
+        worth |= n.op is Op.ALU and n.arg in VECTOR_CALLS
+    return worth
 
 
 def vector_uniform(n: gir.Node, uniform: set[int], local: dict[int, str], lane_stride) -> bool:
