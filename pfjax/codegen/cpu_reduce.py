@@ -418,7 +418,14 @@ class _Emitter:
             w("}")
             self.lane_var = "t0"
             for k, st in enumerate(r for r in roots if id(r) in self.streamed):
-                w(f"pfjax::rt::stream_copy(&{self.address(st)}, stile{k}, t1 - t0);")
+                if start == "tv":  # whole vectors went straight out where aligned
+                    self.lane_var = "tv"
+                    w(f"if (direct{k}) pfjax::rt::stream_copy(&{self.address(st)}, "
+                      f"stile{k} + (tv - t0), t1 - tv);")
+                    self.lane_var = "t0"
+                    w(f"else pfjax::rt::stream_copy(&{self.address(st)}, stile{k}, t1 - t0);")
+                else:
+                    w(f"pfjax::rt::stream_copy(&{self.address(st)}, stile{k}, t1 - t0);")
             self.lane_var = "j"
             for r in reduces:
                 a, p = self.names[id(r)], self.names[id(r)] + "_p"
@@ -493,10 +500,18 @@ class _Emitter:
     def emit_vector_part(self, body: list[gir.Node], reduces: list[gir.Node]) -> str:
         """The vf16 loop over the block [t0, t1) where the body has that form; returns
         where the scalar loop starts."""
+        streamed = [n for n in body if id(n) in self.streamed]
         if not (vector_mode.VECTOR_LOOPS and self.space[self.lane] >= 16
-                and self.par.vector == 16 and vector_body_ok(body, self.lane_stride)):
+                and self.par.vector == 16
+                and vector_body_ok(body, self.lane_stride, streams=bool(streamed))):
             return "t0"
         self.w("int64_t tv = t0;")
+        # whole vectors of a streamed store leave registers with non-temporal stores where
+        # the block's destination is 64-byte aligned (codegen.cpu explains why)
+        self.lane_var = "t0"
+        for k, st in enumerate(streamed):
+            self.w(f"const bool direct{k} = reinterpret_cast<uintptr_t>(&{self.address(st)}) % 64 == 0;")
+        self.lane_var = "j"
         self.emit_vector_loop(body, reduces)
         return "tv"
 
@@ -528,10 +543,14 @@ class _Emitter:
             if n.op is Op.REDUCE:
                 continue
             if n.op is Op.STORE:
-                target = f"stile{streamed.index(n)}[j - t0]" if id(n) in self.streamed \
-                    else self.address(n)
-                w(vector_store(self.ref(n.src[1], local),
-                               id(n.src[1]) in uniform or id(n.src[1]) not in local, target))
+                value = self.ref(n.src[1], local)
+                is_uniform = id(n.src[1]) in uniform or id(n.src[1]) not in local
+                if id(n) in self.streamed:
+                    k = streamed.index(n)
+                    w(f"if (direct{k}) {vector_store(value, is_uniform, self.address(n), stream=True)}")
+                    w(f"else {vector_store(value, is_uniform, f'stile{k}[j - t0]')}")
+                else:
+                    w(vector_store(value, is_uniform, self.address(n)))
                 continue
             v = f"v{len(local)}"
             local[id(n)] = v

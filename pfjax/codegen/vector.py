@@ -47,12 +47,13 @@ def _vector_node_ok(n: gir.Node) -> bool:
     return False
 
 
-def vector_body_ok(body: list[gir.Node], lane_stride) -> bool:
+def vector_body_ok(body: list[gir.Node], lane_stride, streams: bool = False) -> bool:
     """The loop body is float32 arithmetic of VECTOR_ALU (and bool predicates selecting
     between float32 values) on contiguous loads and float32 stores (lane_stride(node)
     gives an access's step per lane; loads may also be uniform), with an exp, logistic or
-    erfc or a reduction in it: it has a pfjax::vf16 form worth writing."""
-    worth = False
+    erfc or a reduction in it, or stores that `streams` (non-temporal stores straight
+    from registers): it has a pfjax::vf16 form worth writing."""
+    worth = streams
     for n in body:
         if n.op in (Op.BUFFER, Op.PARALLEL):
             continue
@@ -109,6 +110,7 @@ def vector_decl(n: gir.Node, name: str, expr: str, uniform: bool) -> str:
     return f"const {kind} {name} = {expr};"
 
 
-def vector_store(value: str, uniform: bool, target: str) -> str:
-    """Store of a vf16 value (a uniform one broadcast) at the element `target`."""
-    return f"({f'pfjax::vf16({value})' if uniform else value}).store(&{target});"
+def vector_store(value: str, uniform: bool, target: str, stream: bool = False) -> str:
+    """Store of a vf16 value (a uniform one broadcast) at the element `target`; `stream`:
+    a non-temporal store (target 64-byte aligned)."""
+    return f"({f'pfjax::vf16({value})' if uniform else value}).{'stream' if stream else 'store'}(&{target});"

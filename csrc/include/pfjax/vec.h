@@ -27,6 +27,7 @@ struct vf16 {
   vf16(float s) : v(_mm512_set1_ps(s)) {}       // NOLINT: a uniform operand, broadcast
   static vf16 load(const float* p) { return _mm512_loadu_ps(p); }
   void store(float* p) const { _mm512_storeu_ps(p, v); }
+  void stream(float* p) const { _mm512_stream_ps(p, v); }  // p 64-byte aligned
 };
 
 // 16 lane predicates: a bool value of a vf16 loop (a compare, a bool input), which only
