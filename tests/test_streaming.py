@@ -40,6 +40,7 @@ def test_large_outputs_match_xla(monkeypatch, rng, mode):
     lambda x, w: x * 2.0 + w,                                          # elementwise
     lambda x, w: (x - x.mean(-1, keepdims=True)) * w,                  # a row reduction's output loop
     lambda x, w: (jax.nn.softmax(x, -1) * w, jnp.exp(x).sum(-1) + w[0]),  # vf16 loops with exp
+    lambda x, w: (x - 0.01 * w / (jnp.sqrt(jnp.abs(x)) + 1e-8), jnp.sqrt(x) * w),  # Adam-like
 ])
 def test_vector_stores_stream_straight_from_registers(monkeypatch, rng, shape, f):
     """Whole vectors of a streamed store leave registers as non-temporal stores where the

@@ -19,7 +19,9 @@ VECTOR_LOOPS = True
 # Independent accumulators of a vf16 reduction loop without calls (with calls: 2; the
 # calls' own latency already overlaps vectors).
 VECTOR_WAYS = 4
-VECTOR_ALU = {"add", "sub", "mul", "div", "neg", "max", "min", "rsqrt"} | VECTOR_CALLS
+VECTOR_ALU = {"add", "sub", "mul", "div", "neg", "max", "min", "rsqrt", "sqrt", "abs"} | VECTOR_CALLS
+# float32 ops whose scalar spelling is a std:: function (not overloadable for vf16)
+_VECTOR_STD = {"sqrt": "pfjax::sqrt({0})", "abs": "pfjax::abs({0})"}
 # float32 operands, bool result (a pfjax::vb16 lane mask)
 VECTOR_COMPARE = {"eq", "ne", "lt", "le", "gt", "ge", "is_finite"}
 # bool operands and result (ctypes_table spells them with C++'s logical operators)
@@ -88,11 +90,13 @@ def vector_uniform(n: gir.Node, uniform: set[int], local: dict[int, str], lane_s
 
 
 def vector_expr(n: gir.Node, operand) -> str | None:
-    """The vf16 spelling of a node whose scalar one is a C++ conditional (which cannot be
-    overloaded): a select, a bool -> float cast. operand(node) names a value. None: the
-    scalar spelling serves."""
+    """The vf16 spelling of a node whose scalar one cannot be overloaded: a C++ conditional
+    (a select, a bool -> float cast) or a std:: function. operand(node) names a value.
+    None: the scalar spelling serves."""
     if n.op is Op.SELECT:
         return f"pfjax::select({operand(n.src[0])}, {operand(n.src[2])}, {operand(n.src[1])})"
+    if n.op is Op.ALU and n.arg in _VECTOR_STD and n.dtype is gir.DType.F32:
+        return _VECTOR_STD[n.arg].format(operand(n.src[0]))
     if n.op is Op.CAST and n.src[0].dtype is gir.DType.BOOL:
         return f"pfjax::select({operand(n.src[0])}, 1.0f, 0.0f)"
     return None

@@ -57,6 +57,9 @@ PFJAX_VF16_INLINE vb16 operator<(vf16 a, vf16 b) { return vb16::of(_mm512_cmp_ps
 PFJAX_VF16_INLINE vb16 operator<=(vf16 a, vf16 b) { return vb16::of(_mm512_cmp_ps_mask(a.v, b.v, _CMP_LE_OQ)); }
 PFJAX_VF16_INLINE vb16 operator>(vf16 a, vf16 b) { return vb16::of(_mm512_cmp_ps_mask(a.v, b.v, _CMP_GT_OQ)); }
 PFJAX_VF16_INLINE vb16 operator>=(vf16 a, vf16 b) { return vb16::of(_mm512_cmp_ps_mask(a.v, b.v, _CMP_GE_OQ)); }
+// std::sqrt and std::fabs, lane-wise
+PFJAX_VF16_INLINE vf16 sqrt(vf16 x) { return _mm512_sqrt_ps(x.v); }
+PFJAX_VF16_INLINE vf16 abs(vf16 x) { return _mm512_abs_ps(x.v); }
 // c ? a : b lane-wise (the scalar form's conditional cannot be overloaded)
 PFJAX_VF16_INLINE vf16 select(vb16 c, vf16 a, vf16 b) { return _mm512_mask_blend_ps(c.m, b.v, a.v); }
 PFJAX_VF16_INLINE vf16 operator+(vf16 a, vf16 b) { return _mm512_add_ps(a.v, b.v); }
