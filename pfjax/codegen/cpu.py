@@ -11,8 +11,8 @@ from pfjax.codegen.ctypes_table import (STORAGE, compute_expr, guarded_load, loa
                                         register_type, store_expr)
 from pfjax.codegen.intervals import intervals
 from pfjax.codegen import vector as vector_mode
-from pfjax.codegen.vector import (vector_body_ok, vector_decl, vector_expr, vector_store,
-                                   vector_uniform)
+from pfjax.codegen.vector import (direct_flag, vector_body_ok, vector_decl, vector_store,
+                                   vector_streamed_store, vector_uniform)
 from pfjax.gir import Op
 
 
@@ -215,16 +215,14 @@ def _emit_row(w: _Writer, variants, ptr_names: dict[int, str], vector: int,
             stop = f"std::min<int64_t>(std::max<int64_t>({hi} - ({base}), 0), {loop_len})"
         vectorized = len(variants) == 1 and vector == 16 and vector_mode.VECTOR_LOOPS and \
             vector_body_ok(nodes, _lane_stride(unit, streamed), streams=bool(streamed))
-        # Whole vectors of a streamed store leave registers with non-temporal stores where
-        # the tile's destination is 64-byte aligned: staging them costs a store and a load
-        # more per element at the local level (x * 2 + y: 1.17x on 2 threads).
+        # streamed vectors go straight out where aligned (vector.direct_flag)
         direct = [n for n in nodes if id(n) in streamed] if vectorized else []
         if vectorized:
             w("{")
             w.indent()
             w(f"int64_t jv = {start};")
             for k, st in enumerate(direct):
-                w(f"const bool direct{k} = reinterpret_cast<uintptr_t>({ptr_names[id(st)]} + t0) % 64 == 0;")
+                w(direct_flag(k, f"{ptr_names[id(st)]} + t0"))
             _emit_vector_row(w, nodes, ptr_names, offset, streamed, unit, hoisted, start, stop,
                              inner_dim)
             start = "jv"
@@ -378,8 +376,9 @@ def _emit_vector_row(w: _Writer, nodes, ptr_names: dict[int, str], offset: str,
             value, is_uniform = values[id(n.src[1])], id(n.src[1]) in uniform
             target = f"{ptr_names[id(n)]}[{_index(n, offset)}]"
             if id(n) in streamed:
-                w(f"if (direct{tiles}) {vector_store(value, is_uniform, target, stream=True)}")
-                w(f"else {vector_store(value, is_uniform, f'{_tile_ptr(tiles, n)}[j]')}")
+                for line in vector_streamed_store(tiles, value, is_uniform, target,
+                                                  f"{_tile_ptr(tiles, n)}[j]"):
+                    w(line)
                 tiles += 1
             else:
                 w(vector_store(value, is_uniform, target))
@@ -392,14 +391,10 @@ def _emit_vector_row(w: _Writer, nodes, ptr_names: dict[int, str], offset: str,
         is_uniform = vector_uniform(n, uniform, values, stride)
         if is_uniform:
             uniform.add(id(n))
-        if is_uniform:
-            expr = _expr(n, values, ptr_names, offset, inner_dim, unit)
-        elif n.op is Op.LOAD:
-            expr = f"{ptr_names[id(n)]}[{_index(n, offset, unit)}]"
-        else:
-            expr = vector_expr(n, lambda s: values[id(s)]) or \
-                _expr(n, values, ptr_names, offset, inner_dim, unit)
-        w(vector_decl(n, v, expr, is_uniform))
+        w(vector_decl(n, v, is_uniform,
+                      lambda: _expr(n, values, ptr_names, offset, inner_dim, unit),
+                      lambda: f"{ptr_names[id(n)]}[{_index(n, offset, unit)}]",
+                      lambda s: values[id(s)]))
     w.indent(-1)
     w("}")
     w("#endif")

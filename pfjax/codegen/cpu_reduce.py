@@ -18,8 +18,9 @@ from pfjax.codegen.ctypes_table import (STORAGE, compute_expr, guarded_load, lit
 from pfjax.codegen.cpu import _Writer, _elems, stream_mode
 from pfjax.codegen.cpu_online import emit_online, online_plan
 from pfjax.codegen import vector as vector_mode
-from pfjax.codegen.vector import (VECTOR_CALLS, VECTOR_WAYS, vector_body_ok, vector_decl,
-                                   vector_expr, vector_store, vector_uniform)
+from pfjax.codegen.vector import (VECTOR_CALLS, VECTOR_WAYS, direct_flag, vector_body_ok,
+                                   vector_decl, vector_store, vector_streamed_store,
+                                   vector_uniform)
 from pfjax.gir import Op
 from pfjax.gir.loops import LoopNest, is_tile_load, loop_nest
 
@@ -506,11 +507,9 @@ class _Emitter:
                 and vector_body_ok(body, self.lane_stride, streams=bool(streamed))):
             return "t0"
         self.w("int64_t tv = t0;")
-        # whole vectors of a streamed store leave registers with non-temporal stores where
-        # the block's destination is 64-byte aligned (codegen.cpu explains why)
         self.lane_var = "t0"
         for k, st in enumerate(streamed):
-            self.w(f"const bool direct{k} = reinterpret_cast<uintptr_t>(&{self.address(st)}) % 64 == 0;")
+            self.w(direct_flag(k, f"&{self.address(st)}"))
         self.lane_var = "j"
         self.emit_vector_loop(body, reduces)
         return "tv"
@@ -547,8 +546,9 @@ class _Emitter:
                 is_uniform = id(n.src[1]) in uniform or id(n.src[1]) not in local
                 if id(n) in self.streamed:
                     k = streamed.index(n)
-                    w(f"if (direct{k}) {vector_store(value, is_uniform, self.address(n), stream=True)}")
-                    w(f"else {vector_store(value, is_uniform, f'stile{k}[j - t0]')}")
+                    for line in vector_streamed_store(k, value, is_uniform, self.address(n),
+                                                      f"stile{k}[j - t0]"):
+                        w(line)
                 else:
                     w(vector_store(value, is_uniform, self.address(n)))
                 continue
@@ -557,13 +557,8 @@ class _Emitter:
             is_uniform = vector_uniform(n, uniform, local, self.lane_stride)
             if is_uniform:
                 uniform.add(id(n))
-            if is_uniform:
-                expr = self.expr(n, local)
-            elif n.op is Op.LOAD:
-                expr = self.address(n)
-            else:
-                expr = vector_expr(n, lambda s: self.ref(s, local)) or self.expr(n, local)
-            w(vector_decl(n, v, expr, is_uniform))
+            w(vector_decl(n, v, is_uniform, lambda: self.expr(n, local),
+                          lambda: self.address(n), lambda s: self.ref(s, local)))
         for r in reduces:  # lane-wise into the vector accumulators
             acc = self.names[id(r)] + "_p_v[k]"
             v = self.ref(r.src[0], local)

@@ -102,19 +102,36 @@ def vector_expr(n: gir.Node, operand) -> str | None:
     return None
 
 
-def vector_decl(n: gir.Node, name: str, expr: str, uniform: bool) -> str:
-    """Declaration of a node's value in a vf16 loop, given its expression (for a
-    non-uniform load: the element it reads). Bools are pfjax::vb16 lane masks."""
+def vector_decl(n: gir.Node, name: str, uniform: bool, scalar, element, operand) -> str:
+    """Declaration of a node's value in a vf16 loop. scalar() gives its scalar expression
+    (what a uniform value keeps), element() the element a non-uniform load reads,
+    operand(node) another value's name. Bools are pfjax::vb16 lane masks."""
     boolean = n.dtype is gir.DType.BOOL
     if uniform:
-        return f"const {'bool' if boolean else 'float'} {name} = {expr};"
+        return f"const {'bool' if boolean else 'float'} {name} = {scalar()};"
     kind = "pfjax::vb16" if boolean else "pfjax::vf16"
     if n.op is Op.LOAD:
-        return f"const {kind} {name} = {kind}::load(&{expr});"
-    return f"const {kind} {name} = {expr};"
+        return f"const {kind} {name} = {kind}::load(&{element()});"
+    return f"const {kind} {name} = {vector_expr(n, operand) or scalar()};"
 
 
 def vector_store(value: str, uniform: bool, target: str, stream: bool = False) -> str:
     """Store of a vf16 value (a uniform one broadcast) at the element `target`; `stream`:
     a non-temporal store (target 64-byte aligned)."""
     return f"({f'pfjax::vf16({value})' if uniform else value}).{'stream' if stream else 'store'}(&{target});"
+
+
+# Whole vectors of a streamed store leave registers as non-temporal stores where the
+# block's destination is 64-byte aligned, the rest through the staging tile: staging
+# costs a store and a load more per element at the local level (x * 2 + y: 1.17x on
+# 2 threads). Flag k is decided once per block.
+def direct_flag(k: int, block_start: str) -> str:
+    """Declares direct{k}: the streamed store's block starts at address `block_start`."""
+    return f"const bool direct{k} = reinterpret_cast<uintptr_t>({block_start}) % 64 == 0;"
+
+
+def vector_streamed_store(k: int, value: str, uniform: bool, target: str, staged: str) -> list[str]:
+    """Store k of a streamed output: straight out at `target` where direct{k}, else into
+    the staging tile's element `staged`."""
+    return [f"if (direct{k}) {vector_store(value, uniform, target, stream=True)}",
+            f"else {vector_store(value, uniform, staged)}"]
