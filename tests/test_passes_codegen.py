@@ -384,6 +384,65 @@ def test_tanh_gelu_runs_as_logistic_and_matches_float64(rng):
     np.testing.assert_allclose(got, np.asarray(jax.jit(f)(x)), rtol=1e-5, atol=1e-6)
 
 
+def _tanh_gate_kernel(z_of_x, extra_use=False):
+    """0.5 * (1 + tanh(z(x))) over 256 floats, optionally also storing z."""
+    space = (256,)
+    x_buf = gir.buffer(0, "in", DType.F32, space)
+    x = gir.load(x_buf, View(space, (1,)))
+    z = z_of_x(x)
+    gate = gir.alu("mul", DType.F32, gir.const(0.5, DType.F32),
+                   gir.alu("add", DType.F32, gir.const(1.0, DType.F32),
+                           gir.alu("tanh", DType.F32, z)))
+    values = [gate, z] if extra_use else [gate]
+    outs = [gir.buffer(k, "out", DType.F32, space) for k in range(len(values))]
+    stores = [gir.store(o, v, View(space, (1,))) for o, v in zip(outs, values)]
+    return gir.Kernel(gir.parallel(gir.Parallel(space), stores), (x_buf,), tuple(outs))
+
+
+@pytest.mark.parametrize("const_first", [True, False])
+def test_tanh_to_logistic_folds_the_doubling_into_a_constant_factor(rng, const_first):
+    """logistic(2 * (c * x)) becomes logistic((2c) * x): one multiplication fewer, and
+    bit-identical, since doubling commutes with rounding (except where c * x is subnormal,
+    where the logistic is 0.5 either way)."""
+    from pfjax.passes.logistic import tanh_to_logistic
+    c = gir.const(np.float32(0.7978846), DType.F32)
+    scaled = lambda x: gir.alu("mul", DType.F32, *((c, x) if const_first else (x, c)))
+    folded = tanh_to_logistic(_tanh_gate_kernel(scaled))
+    (logistic,) = [n for n in gir.toposort(folded.root) if n.op is Op.ALU and n.arg == "logistic"]
+    arg = logistic.src[0]
+    assert arg.op is Op.ALU and arg.arg == "mul"
+    consts = [float(s.arg) for s in arg.src if s.op is Op.CONST]
+    assert consts == [2 * float(np.float32(0.7978846))]
+    # the unfolded form, spelled out: logistic((c * x) * 2)
+    x_node = gir.load(folded.inputs[0], View((256,), (1,)))
+    spelled = gir.alu("logistic", DType.F32, gir.alu("mul", DType.F32, scaled(x_node),
+                                                      gir.const(2.0, DType.F32)))
+    x = np.concatenate([rng.standard_normal(250) * 3, [1e-40, -1e-40, 3e38, np.inf, np.nan, 0]]
+                       ).astype(np.float32)
+    def run(value):
+        out = gir.buffer(0, "out", DType.F32, (256,))
+        store = gir.store(out, value, View((256,), (1,)))
+        kernel = gir.Kernel(gir.parallel(gir.Parallel((256,)), [store]), folded.inputs, (out,))
+        return gir.interp.run(kernel, [x])[0]
+    two_z = run(arg)
+    with np.errstate(over="ignore"):
+        want = (np.float32(0.7978846) * x) * np.float32(2)
+    normal = ~(np.abs(np.float32(0.7978846) * x) < np.finfo(np.float32).tiny)
+    assert normal.sum() == 250 + 4 - 1  # all but the two subnormal products and 0
+    np.testing.assert_array_equal(two_z[normal], want[normal])
+    np.testing.assert_allclose(two_z[~normal], want[~normal], rtol=1e-4, atol=0)
+    np.testing.assert_array_equal(gir.interp.run(folded, [x])[0], run(spelled))
+
+
+def test_tanh_to_logistic_keeps_a_shared_factor():
+    """z = c * x also stored elsewhere: 2z stays a multiplication of z (no second product)."""
+    from pfjax.passes.logistic import tanh_to_logistic
+    c = gir.const(np.float32(0.5), DType.F32)
+    k = tanh_to_logistic(_tanh_gate_kernel(lambda x: gir.alu("mul", DType.F32, x, c), True))
+    (logistic,) = [n for n in gir.toposort(k.root) if n.op is Op.ALU and n.arg == "logistic"]
+    assert [float(s.arg) for s in logistic.src[0].src if s.op is Op.CONST] == [2.0]
+
+
 def test_tanh_kept_where_the_backward_reuses_it(rng):
     x = rng.standard_normal((64, 33)).astype(np.float32)
     g = jax.grad(lambda x: jnp.sum(jax.nn.gelu(x, approximate=True) * x))

@@ -5,11 +5,17 @@ a division plus clamps and special-value selects per element, which makes tanh-G
 compute-bound on a CPU; logistic(2z) = 1 / (1 + exp(-2z)) needs one exponential and one
 division, and is more accurate where tanh(z) is near -1 (the tanh form cancels there).
 Only rewritten when nothing else reads tanh(z) or 1 + tanh(z): a backward pass that also
-needs 1 - tanh(z)^2 would otherwise compute both functions.
+needs 1 - tanh(z)^2 would otherwise compute both functions. When z is itself c * e for a
+constant c (GELU's sqrt(2/pi) * (x + 0.044715 x^3)), 2z is (2c) * e: the same bits, since
+doubling commutes with rounding (but for subnormal c * e, where the logistic is 0.5 either
+way), and one multiplication fewer per element.
 """
 from __future__ import annotations
 
+import math
 from collections import Counter
+
+import numpy as np
 
 from pfjax import gir
 from pfjax.gir import Op
@@ -41,11 +47,20 @@ def tanh_to_logistic(kernel: gir.Kernel) -> gir.Kernel:
             return None
         return t.src[0]
 
+    def doubled(z: gir.Node) -> gir.Node:
+        """2 * z, folding the 2 into z's constant factor where z = c * e is used only here."""
+        if z.op is Op.ALU and z.arg == "mul" and users[id(z)] == 1:
+            for c, e in (z.src, z.src[::-1]):
+                if c.op is Op.CONST and math.isfinite(float(np.float32(2.0 * float(c.arg)))):
+                    return gir.alu("mul", z.dtype, done[id(e)],
+                                   gir.const(2.0 * float(c.arg), z.dtype))
+        return gir.alu("mul", z.dtype, done[id(z)], gir.const(2.0, z.dtype))
+
     done: dict[int, gir.Node] = {}
     for n in nodes:
         z = tanh_argument(n)
         if z is not None:
-            two_z = gir.alu("mul", n.dtype, done[id(z)], gir.const(2.0, n.dtype))
+            two_z = doubled(z)
             done[id(n)] = gir.alu("logistic", n.dtype, two_z)
             continue
         src = tuple(done[id(s)] for s in n.src)

@@ -128,12 +128,7 @@ PFJAX_VF16_INLINE vf16 erfc_fast(vf16 xv) {
                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   __m512 r = _mm512_fmadd_ps(n, _mm512_set1_ps(-0.693359375f), ac);
   r = _mm512_add_ps(_mm512_fmadd_ps(n, _mm512_set1_ps(2.12194440e-4f), r), bc);
-  __m512 q = _mm512_set1_ps(1.9875691500E-4f);
-  for (float c : {1.3981999507E-3f, 8.3334519073E-3f, 4.1665795894E-2f, 1.6666665459E-1f,
-                  5.0000001201E-1f})
-    q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(c));
-  const __m512 y = _mm512_add_ps(_mm512_fmadd_ps(_mm512_mul_ps(r, r), q, r), one);
-  __m512 e = _mm512_mul_ps(t, _mm512_scalef_ps(y, n));
+  __m512 e = _mm512_mul_ps(t, _mm512_scalef_ps(pfjax_exp_poly16(r), n));
   e = _mm512_mask_mov_ps(e, _mm512_cmp_ps_mask(ax, _mm512_set1_ps(9.2f), _CMP_GT_OQ), _mm512_setzero_ps());
   return _mm512_mask_mov_ps(e, _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LT_OQ),
                             _mm512_sub_ps(_mm512_set1_ps(2.0f), e));
