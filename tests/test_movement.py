@@ -15,6 +15,7 @@ import pfjax
 from pfjax.compile import plan
 from pfjax.frontend import lower_group
 from pfjax import gir
+from pfjax.schedule import decisions
 from tests.test_e2e import assert_tree_close, num_kernel_calls, randn
 from tests.test_reductions import one_kernel as reductions_one_kernel
 
@@ -272,10 +273,10 @@ def test_transpose_goes_through_a_stage_tile(shape, dtype, rng):
 
 
 @pytest.mark.parametrize("mode", ["1", "auto"])
-def test_large_transpose_streams_256_row_blocks(monkeypatch, rng, mode):
-    """A large transpose takes 256-row blocks (not a multiple of its 1100-row runs) and
-    streams its stores: always with PFJAX_NONTEMPORAL=1, else where the output is
-    resident."""
+def test_large_transpose_streams_full_row_blocks(monkeypatch, rng, mode):
+    """A large transpose takes full-size row blocks (512 rows: not a divisor of its
+    1100-row runs) and streams its stores: always with PFJAX_NONTEMPORAL=1, else where the
+    output is resident."""
     monkeypatch.setenv("PFJAX_NONTEMPORAL", mode)
     x, b = randn(rng, 3, 1030, 1100), randn(rng, 1100)
 
@@ -286,8 +287,29 @@ def test_large_transpose_streams_256_row_blocks(monkeypatch, rng, mode):
     for _ in range(3):
         assert_tree_close(fused(x, b), want, **TOL)
     (group,) = pfjax.explain(f, x, b).groups
-    assert group.schedule.block == 256 and group.schedule.nontemporal
+    assert group.schedule.block == decisions.TRANSPOSE_BLOCK_ROWS == 512
+    assert group.schedule.nontemporal
     assert "stream_copy" in open(group.source_path).read()
+
+
+@pytest.mark.parametrize("rows, cores, n_inputs, dtype, want", [
+    (4096, 2, 1, "f32", 512), (3300, 2, 1, "f32", 512), (2047, 2, 1, "f32", 256),
+    (1024, 2, 1, "f32", 256), (4096, 16, 1, "f32", 128), (300, 2, 1, "f32", 64),
+    (40, 2, 1, "f32", 64), (4096, 2, 2, "f64", 512), (4096, 2, 3, "f64", 256)])
+def test_transpose_block_leaves_each_thread_two_blocks(rows, cores, n_inputs, dtype, want):
+    """512-row blocks, halved until every thread gets two of them and the stage tiles
+    (rows x 16 columns per transposed input) fit MAX_STAGE_BYTES; 64 at the least."""
+    dt = {"f32": gir.DType.F32, "f64": gir.DType.F64}[dtype]
+    space = (rows, 64)
+    inputs = [gir.buffer(k, "in", dt, space[::-1]) for k in range(n_inputs)]
+    value = gir.load(inputs[0], gir.View(space, (1, rows)))  # x.T
+    for b in inputs[1:]:
+        value = gir.alu("add", dt, value, gir.load(b, gir.View(space, (1, rows))))
+    out = gir.buffer(0, "out", dt, space)
+    kernel = gir.Kernel(gir.parallel(gir.Parallel(space), [
+        gir.store(out, value, gir.View(space, (64, 1)))]), tuple(inputs), (out,))
+    target = gir.cpu_target({"num_cores": cores, "simd_bytes": 64})
+    assert decisions.transpose_block(kernel, target) == want
 
 
 def test_causal_mask_from_iotas_is_computed_inline(rng):

@@ -14,6 +14,7 @@ from pfjax.codegen import vector as vector_mode
 from pfjax.codegen.vector import (direct_flag, vector_body_ok, vector_decl, vector_store,
                                    vector_streamed_store, vector_uniform)
 from pfjax.gir import Op
+from pfjax.schedule.decisions import TRANSPOSE_STRIP
 
 
 class _Writer:
@@ -35,14 +36,6 @@ def stream_mode(has_streamed_path: bool) -> int:
     if not has_streamed_path:
         return 0
     return 2 if config.nontemporal() == "always" else 1
-
-
-# Row elements per strip of a blocked (transposed) traversal: a block of rows (256, or 64
-# for small kernels: schedule.decisions) x a strip of 64 columns is the stage tile at the
-# local level; each output row is written in runs of 4 lines. Measured on a 2-core Zen 4
-# against 32 x 128 (2-line reads), 128 x 32 and 256 x 16 (per-row loops too short for the
-# computation that follows the load).
-TRANSPOSE_STRIP = 64
 
 
 def emit_kernel(kernel: gir.Kernel) -> str:
