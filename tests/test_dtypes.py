@@ -213,3 +213,90 @@ def test_uint8_bool_to_float(rng):
     compare(lambda u, b: (u.astype(jnp.float32) / 255.0 - b, u.astype(jnp.int32) * 3 - 7,
                           b.astype(jnp.uint8) + u, b.astype(jnp.bfloat16) * 2),
             u, b, rtol=1e-6, atol=1e-6)
+
+
+# ---- half-precision vector loops -----------------------------------------------------------
+
+def _half_specials(dtype, n, rng):
+    """n random values of dtype with NaN, +-inf, -0, the largest, the smallest normal and
+    subnormal ones, and values that round, in both the whole vectors and the remainder."""
+    info = ml_dtypes.finfo(dtype)
+    x = (rng.standard_normal(n) * 3).astype(np.float32)
+    specials = [np.nan, np.inf, -np.inf, -0.0, float(info.max), -float(info.max),
+                float(info.tiny), float(info.smallest_subnormal), -float(info.smallest_subnormal) * 3]
+    for k, v in enumerate(specials):
+        x[(k * 37) % (n - 8)] = v  # spread over the vector part
+        x[n - 1 - k % 7] = v if k < 7 else x[n - 1 - k % 7]  # and the remainder
+    return x.astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, np.float16], ids=["bfloat16", "float16"])
+@pytest.mark.parametrize("stream", ["0", "1"])
+def test_half_loops_run_over_vectors_and_convert_exactly(monkeypatch, rng, dtype, stream):
+    """bf16 / f16 loops of whole vectors (pfjax::load_bf16, store_f16, round_bf16, ...):
+    conversions and exact operations equal XLA bit for bit, on rows whose output blocks are
+    64-byte aligned and rows whose are not (streamed stores then go through the tile)."""
+    monkeypatch.setenv("PFJAX_NONTEMPORAL", stream)
+    x = _half_specials(dtype, 5 * 1001, rng).reshape(5, 1001)
+    y = _half_specials(dtype, 1001, rng)
+    z = rng.standard_normal((5, 1001)).astype(np.float32) * 1e3
+    # exact ties for both roundings (to bf16: low 16 bits 0x8000; to f16: low 13 bits
+    # 0x1000), above even and odd mantissas, and NaNs whose payload sits in the low bits
+    bits = z.view(np.uint32).ravel()
+    bits[:64:2] = (bits[:64:2] & ~np.uint32(0xFFFF)) | np.uint32(0x8000)
+    bits[1:64:2] = (bits[1:64:2] & ~np.uint32(0x1FFF)) | np.uint32(0x1000)
+    bits[64:68] = [0x7F800001, 0xFF800001, 0x7F808000, 0x7FC00001]
+    bits[-40:] = bits[:40]  # in the remainder too
+    other = np.float16 if dtype is jnp.bfloat16 else jnp.bfloat16
+
+    def f(x, y, z):
+        # (the conversions read their inputs beside other work: pfjax leaves a lone
+        # conversion to XLA)
+        return (-x, x.astype(jnp.float32) * 2.0, z.astype(dtype), z * 2.0, x.astype(other),
+                jnp.where(x > y, x, y) * 1.0, jnp.abs(y) + x * 0.0,
+                z.astype(dtype).astype(jnp.float32) * 3.0)  # rounded in registers
+
+    want = jax.jit(f)(x, y, z)
+    got = pfjax.fuse(f)(x, y, z)
+    for g, w in zip(got, want):
+        assert g.dtype == w.dtype
+        g_bits = np.asarray(g).view(np.uint16 if g.dtype.itemsize == 2 else np.uint32)
+        w_bits = np.asarray(w).view(g_bits.dtype)
+        nan = np.isnan(np.asarray(w, np.float32))
+        np.testing.assert_array_equal(np.isnan(np.asarray(g, np.float32)), nan)
+        np.testing.assert_array_equal(g_bits[~nan], w_bits[~nan])
+    sources = [open(g.source_path).read() for g in pfjax.explain(f, x, y, z).groups]
+    name = "bf16" if dtype is jnp.bfloat16 else "f16"
+    assert any(f"pfjax::load_{name}(" in s and f"pfjax::store_{name}(" in s for s in sources)
+    assert any("pfjax::round_" in s for s in sources)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, np.float16], ids=["bfloat16", "float16"])
+def test_half_vector_loops_with_calls_and_reductions(rng, dtype):
+    """tanh-GELU (a logistic), SiLU (a logistic) and a layernorm over a bf16 / f16 input:
+    vector loops with calls and float32 accumulators, within one rounding of XLA."""
+    x = _half_specials(dtype, 3 * 2003, rng).reshape(3, 2003)
+    x = np.where(np.isfinite(x.astype(np.float32)), x, np.asarray(1.5, dtype))
+    b = (rng.standard_normal(2003)).astype(dtype)
+
+    def layernorm(x):
+        h = x.astype(jnp.float32)
+        m = h.mean(-1, keepdims=True)
+        v = ((h - m) ** 2).mean(-1, keepdims=True)
+        return ((h - m) * jax.lax.rsqrt(v + 1e-5)).astype(dtype)
+
+    tol = FLOAT_TOL[dtype]
+    compare(lambda x, b: jax.nn.gelu(x + b, approximate=True), x, b, **tol)
+    compare(lambda x, b: jax.nn.silu(x) * b, x, b, **tol)
+    compare(layernorm, x, **tol)
+    # reductions of the half type itself (float32 accumulators in both loop forms)
+    compare(lambda x: jax.nn.softmax(x, axis=-1), x, **tol)
+    compare(lambda x: (jnp.max(x, axis=-1), jnp.min(x * 2, axis=-1)), x)
+    plain = rng.standard_normal((3, 2003)).astype(dtype)  # (a sum of +-max cancels)
+    compare(lambda x: jnp.sum(x, axis=-1, dtype=jnp.float32) * 2, plain, rtol=1e-5, atol=1e-4)
+    source = open(pfjax.explain(lambda x, b: jax.nn.gelu(x + b, approximate=True), x, b)
+                  .groups[0].source_path).read()
+    assert "pfjax::math::logistic_v(v" in source and "pfjax::load_" in source
+    source = open(pfjax.explain(lambda x: jax.nn.softmax(x, axis=-1), x)
+                  .groups[0].source_path).read()
+    assert "pfjax::acc_max(" in source and "pfjax::math::exp_v(v" in source

@@ -370,11 +370,11 @@ def _emit_vector_row(w: _Writer, nodes, ptr_names: dict[int, str], offset: str,
             target = f"{ptr_names[id(n)]}[{_index(n, offset)}]"
             if id(n) in streamed:
                 for line in vector_streamed_store(tiles, value, is_uniform, target,
-                                                  f"{_tile_ptr(tiles, n)}[j]"):
+                                                  f"{_tile_ptr(tiles, n)}[j]", n.dtype):
                     w(line)
                 tiles += 1
             else:
-                w(vector_store(value, is_uniform, target))
+                w(vector_store(value, is_uniform, target, dtype=n.dtype))
             continue
         v = f"v{len(values)}"
         values[id(n)] = v

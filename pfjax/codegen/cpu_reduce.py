@@ -547,10 +547,10 @@ class _Emitter:
                 if id(n) in self.streamed:
                     k = streamed.index(n)
                     for line in vector_streamed_store(k, value, is_uniform, self.address(n),
-                                                      f"stile{k}[j - t0]"):
+                                                      f"stile{k}[j - t0]", n.dtype):
                         w(line)
                 else:
-                    w(vector_store(value, is_uniform, self.address(n)))
+                    w(vector_store(value, is_uniform, self.address(n), dtype=n.dtype))
                 continue
             v = f"v{len(local)}"
             local[id(n)] = v

@@ -37,7 +37,7 @@ def tanh_to_logistic(kernel: gir.Kernel) -> gir.Kernel:
 
     def tanh_argument(node: gir.Node) -> gir.Node | None:
         """z when node is 0.5 * (1 + tanh(z)) with single-use inner nodes."""
-        if node.op is not Op.ALU or node.arg != "mul" or node.dtype is not gir.DType.F32:
+        if node.op is not Op.ALU or node.arg != "mul" or node.dtype.compute is not gir.DType.F32:
             return None
         inc = _other(node, 0.5)
         if inc is None or inc.op is not Op.ALU or inc.arg != "add" or users[id(inc)] != 1:

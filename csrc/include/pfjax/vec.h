@@ -30,6 +30,49 @@ struct vf16 {
   void stream(float* p) const { _mm512_stream_ps(p, v); }  // p 64-byte aligned
 };
 
+// Half-precision storage (uint16_t arrays) in vf16 loops, which compute in float like the
+// scalar loops. f16 converts in hardware (F16C's vcvtph2ps / vcvtps2ph: exact, rounding to
+// nearest even, as XLA's own conversion); bf16 is the upper half of a float, rounded to
+// nearest even as math.h's f32_to_bf16 (a NaN stays a quiet NaN).
+#define PFJAX_HALF_INLINE static inline __attribute__((always_inline))
+PFJAX_HALF_INLINE vf16 load_f16(const uint16_t* p) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+PFJAX_HALF_INLINE vf16 load_bf16(const uint16_t* p) {
+  const __m512i h = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(h, 16));
+}
+PFJAX_HALF_INLINE __m256i f16_bits(vf16 x) {
+  return _mm512_cvtps_ph(x.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+}
+PFJAX_HALF_INLINE __m256i bf16_bits(vf16 x) {
+  const __m512i u = _mm512_castps_si512(x.v);
+  const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+  const __m512i rounded = _mm512_srli_epi32(
+      _mm512_add_epi32(u, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7fff))), 16);
+  const __m512i quiet = _mm512_or_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x0040));
+  const __mmask16 nan = _mm512_cmp_ps_mask(x.v, x.v, _CMP_UNORD_Q);
+  return _mm512_cvtepi32_epi16(_mm512_mask_mov_epi32(rounded, nan, quiet));
+}
+PFJAX_HALF_INLINE void store_f16(vf16 x, uint16_t* p) {
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), f16_bits(x));
+}
+PFJAX_HALF_INLINE void store_bf16(vf16 x, uint16_t* p) {
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), bf16_bits(x));
+}
+// non-temporal: p 32-byte aligned
+PFJAX_HALF_INLINE void stream_f16(vf16 x, uint16_t* p) {
+  _mm256_stream_si256(reinterpret_cast<__m256i*>(p), f16_bits(x));
+}
+PFJAX_HALF_INLINE void stream_bf16(vf16 x, uint16_t* p) {
+  _mm256_stream_si256(reinterpret_cast<__m256i*>(p), bf16_bits(x));
+}
+// A float value rounded to the half type and back (a cast to f16 / bf16 in registers).
+PFJAX_HALF_INLINE vf16 round_f16(vf16 x) { return _mm512_cvtph_ps(f16_bits(x)); }
+PFJAX_HALF_INLINE vf16 round_bf16(vf16 x) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bf16_bits(x)), 16));
+}
+
 // 16 lane predicates: a bool value of a vf16 loop (a compare, a bool input), which only
 // selects between float lanes. A uniform bool converts to all lanes.
 struct vb16 {
