@@ -42,5 +42,8 @@ def test_bytes_moved_counts_inputs_and_outputs():
 
 def test_filter_selects_subset():
     from pfjax.bench.workloads import select
-    assert [w.name for w in select("bias_gelu")] == ["bias_gelu_tanh", "bias_gelu_erf"]
+    assert [w.name for w in select("bias_gelu")] == ["bias_gelu_tanh", "bias_gelu_erf",
+                                                    "bias_gelu_bf16"]
+    assert [w.name for w in select("half precision")] == ["layernorm_bf16", "bias_gelu_bf16",
+                                                         "softmax_f16"]
     assert [w.name for w in select("training")] == ["train_step"]

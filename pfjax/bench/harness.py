@@ -18,6 +18,7 @@ from typing import Optional
 
 import numpy as np
 import jax
+import jax.numpy as jnp
 
 import pfjax
 from pfjax.bench import ceiling as ceil_mod
@@ -26,6 +27,21 @@ from pfjax.bench.workloads import SIZES, Workload, select
 STAND_IN_NOTE = ("STAND-IN: pfjax.fuse is not available; the 'pfjax' columns are "
                  "plain jax.jit of the unfused function")
 
+
+
+def _to_torch(torch, x):
+    """A JAX array as a torch CPU tensor (bf16 through its bits: numpy has no bfloat16)."""
+    a = np.array(x)
+    if a.dtype == jnp.bfloat16:
+        return torch.from_numpy(a.view(np.uint16)).view(torch.bfloat16)
+    return torch.from_numpy(a)
+
+
+def _from_torch(torch, t):
+    t = t.detach()
+    if t.dtype == torch.bfloat16:  # exactly, through float32
+        return t.float().numpy().astype(jnp.bfloat16)
+    return t.numpy()
 
 def log(msg: str) -> None:
     print(f"[pfjax.bench] {msg}", file=sys.stderr, flush=True)
@@ -165,11 +181,11 @@ def run_workload(w: Workload, size: str, fuse, timing: Timing, torch=None) -> Re
     if torch is not None and w.torch_fn is not None:
         try:
             log(f"{label}: compiling torch.compile")
-            t_in = tuple(torch.from_numpy(np.array(x)) for x in inputs)
+            t_in = tuple(_to_torch(torch, x) for x in inputs)
             tf = torch.compile(w.torch_fn)
             t_out = tf(*t_in)
             res.torch_check = compare(ref_out, jax.tree_util.tree_map(
-                lambda t: t.detach().numpy(), t_out), 1e-4, 1e-5)
+                lambda t: _from_torch(torch, t), t_out), max(w.rtol, 1e-4), max(w.atol, 1e-5))
             del t_out
             cands["torch"] = (tf, t_in, lambda o: None)   # torch CPU is synchronous
         except Exception as e:
