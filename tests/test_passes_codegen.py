@@ -330,10 +330,14 @@ def test_compile_broadcast_and_convert_matches_interpreter(rng):
             np.testing.assert_array_equal(g, w)
 
 
-def test_elementwise_float32_loop_is_vectorized(tmp_path):
+@pytest.mark.parametrize("f", [
+    lambda x, y: x * y + jnp.sqrt(jnp.abs(x)),
+    # a saturating float -> int32 conversion, then integer selects (floor division)
+    lambda x, y: (x * 100).astype(jnp.int32) // 7 + (y > 0).astype(jnp.int32)],
+    ids=["float32", "to_int32_floor_div"])
+def test_elementwise_loop_is_vectorized(tmp_path, f):
     toolchain = _toolchain()
-    [k] = _kernels(lambda x, y: x * y + jnp.sqrt(jnp.abs(x)), ((64, 256), jnp.float32),
-                   ((64, 256), jnp.float32))
+    [k] = _kernels(f, ((64, 256), jnp.float32), ((64, 256), jnp.float32))
     k = _ready(k)
     src = emit_kernel(k)
     cc = tmp_path / "kernel.cc"

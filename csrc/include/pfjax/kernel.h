@@ -48,10 +48,21 @@ constexpr int32_t kAbiVersion = 3;
 // Float to integer with XLA's semantics: NaN -> 0, out of range saturates.
 template <typename I, typename F>
 static inline __attribute__((always_inline)) I f2i(F x) {
-  constexpr F lo = static_cast<F>(std::numeric_limits<I>::min());
-  constexpr F hi = static_cast<F>(std::numeric_limits<I>::max());
-  const F c = x != x ? F(0) : (x < lo ? lo : x);
-  return c >= hi ? std::numeric_limits<I>::max() : static_cast<I>(c);
+  if constexpr (sizeof(I) <= 4) {
+    // Clamped in double, where both bounds are exact: the conversion is then in range
+    // and no integer select follows a float compare (which kept g++ from vectorizing a
+    // loop that also selects between integers: x.astype(int32) // 7 ran 10x slower).
+    constexpr double lo = static_cast<double>(std::numeric_limits<I>::min());
+    constexpr double hi = static_cast<double>(std::numeric_limits<I>::max());
+    const double d = static_cast<double>(x);
+    const double c = d != d ? 0.0 : (d < lo ? lo : (d > hi ? hi : d));
+    return static_cast<I>(c);
+  } else {
+    constexpr F lo = static_cast<F>(std::numeric_limits<I>::min());
+    constexpr F hi = static_cast<F>(std::numeric_limits<I>::max());
+    const F c = x != x ? F(0) : (x < lo ? lo : x);
+    return c >= hi ? std::numeric_limits<I>::max() : static_cast<I>(c);
+  }
 }
 
 // Copy a tile from the local level to global memory with non-temporal (streaming)
