@@ -100,12 +100,19 @@ extern "C" __attribute__((visibility("default"))) void apply_vf16(int which, con
   for (int64_t i = 0; i + 16 <= n; i += 16) {
     const pfjax::vf16 v = pfjax::vf16::load(x + i);
     (which == 0 ? pfjax::math::exp_v(v) : which == 1 ? pfjax::math::logistic_v(v)
-                : pfjax::math::erfc_fast(v)).store(y + i);
+                : which == 2 ? pfjax::math::erfc_fast(v) : which == 3 ? pfjax::math::log_f32(v)
+                : pfjax::math::log1p_f32(v)).store(y + i);
   }
 }
 extern "C" __attribute__((visibility("default"))) void apply_exp(const float* x, float* y, int64_t n) {
   #pragma omp simd simdlen(16)
   for (int64_t i = 0; i < n; ++i) y[i] = pfjax::math::exp_v(x[i]);
+}
+extern "C" __attribute__((visibility("default"))) void apply_log(const float* x, float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] = pfjax::math::log_f32(x[i]);
+}
+extern "C" __attribute__((visibility("default"))) void apply_log1p(const float* x, float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] = pfjax::math::log1p_f32(x[i]);
 }
 extern "C" __attribute__((visibility("default"))) void apply_logistic(const float* x, float* y, int64_t n) {
   #pragma omp simd simdlen(16)
@@ -165,6 +172,34 @@ def test_logistic_v_through_the_vector_abi(vector_lib, rng):
     assert (y[x < -87] == 0).all() and (y[(x >= -87) & ~exact_range] < 2e-38).all()
     np.testing.assert_array_equal(np.isnan(y), np.isnan(x))
     assert y[np.isposinf(x)][0] == 1 and y[np.isneginf(x)][0] == 0 and y[x == 0][0] == 0.5
+
+
+@pytest.mark.parametrize("which", ["log", "log1p"])
+def test_vf16_log_matches_the_scalar_form_bit_for_bit(vector_lib, rng, which):
+    """log_f32 and log1p_f32 over pfjax::vf16 (getexp / getmant): math.h's scalar forms
+    to the bit, over the whole positive range (denormals too) and their specials."""
+    specials = np.array([np.nan, np.inf, -np.inf, 0, -0.0, -1.0, -1e-40, 1e-45, 1e-40,
+                         1.17549435e-38, 1.0, 1.41421354, 1.41421366, 0.70710677, 3.4e38,
+                         -np.nan], np.float32)
+    bits = rng.integers(0, 0x7F800000, 400_000, dtype=np.uint32)  # every positive float
+    near = rng.standard_normal(99_984).astype(np.float32) * 1e-3
+    x = np.concatenate([specials, bits.view(np.float32),
+                        near + np.float32(1) if which == "log" else near])
+    if which == "log1p":  # and the negative side down to -1
+        x[16:200_016] = -rng.random(200_000).astype(np.float32)
+    y = np.empty_like(x)
+    vector_lib.apply_vf16(ctypes.c_int(3 if which == "log" else 4),
+                          x.ctypes.data_as(ctypes.c_void_p), y.ctypes.data_as(ctypes.c_void_p),
+                          ctypes.c_int64(x.size))
+    want = _apply_vector(getattr(vector_lib, f"apply_{which}"), x)
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(want))
+    ok = ~np.isnan(want)
+    np.testing.assert_array_equal(y[ok].view(np.uint32), want[ok].view(np.uint32))
+    assert np.isposinf(y[1]) and np.isnan(y[2])
+    if which == "log":
+        assert np.isneginf(y[3]) and np.isneginf(y[4]) and np.isnan(y[5])
+    else:
+        assert y[3] == 0 and np.signbit(y[4]) and np.isneginf(y[5])
 
 
 @pytest.mark.parametrize("which", [0, 1, 2])

@@ -2,19 +2,21 @@
 
 In a `#pragma omp simd` loop g++ reaches the AVX-512 exp and logistic through the
 vector-function ABI: a call per vector, with the loop's live vectors spilled around it;
-erfc_fast's clamps and selects it if-converts into long mask sequences. And it gives a
-reduction one vector accumulator: a chain of dependent adds. Loops that call them or
-reduce are written a second time over explicit 16-lane vectors, where the functions
-inline as straight AVX-512 code and a reduction keeps several accumulators (the scalar
-loop then only takes the remainder). The expression text is the scalar one: vf16's
-operators and math overloads mirror ctypes_table's spellings.
+erfc_fast's clamps and selects it if-converts into long mask sequences; math.h's log
+splits exponent and mantissa with a dozen integer operations where AVX-512 has getexp and
+getmant. It gives a reduction one vector accumulator: a chain of dependent adds. And it
+converts half-precision floats in software. Such loops are written a second time over
+explicit 16-lane vectors, where the functions inline as straight AVX-512 code, a
+reduction keeps several accumulators and halves convert in hardware (the scalar loop then
+only takes the remainder). The expression text is the scalar one: vf16's operators and
+math overloads mirror ctypes_table's spellings.
 """
 from __future__ import annotations
 
 from pfjax import gir
 from pfjax.gir import Op
 
-VECTOR_CALLS = {"exp", "logistic", "erfc"}
+VECTOR_CALLS = {"exp", "logistic", "erfc", "log", "log1p"}
 VECTOR_LOOPS = True
 # Independent accumulators of a vf16 reduction loop without calls (with calls: 2; the
 # calls' own latency already overlaps vectors).

@@ -1,4 +1,5 @@
-// pfjax/vec.h -- explicit 16-lane float vectors for the loops that call exp or logistic.
+// pfjax/vec.h -- explicit 16-lane float vectors for the loops that call exp, logistic,
+// erfc or log, reduce, stream their stores or read and write half-precision floats.
 //
 // In a `#pragma omp simd` loop g++ reaches the AVX-512 exp through the vector-function ABI:
 // a call per vector, with every live vector register spilled around it and the constants
@@ -147,6 +148,55 @@ PFJAX_VF16_INLINE vf16 max_f32(vf16 a, float b) { return max_f32(a, vf16(b)); }
 PFJAX_VF16_INLINE vf16 max_f32(float a, vf16 b) { return max_f32(vf16(a), b); }
 PFJAX_VF16_INLINE vf16 min_f32(vf16 a, float b) { return min_f32(a, vf16(b)); }
 PFJAX_VF16_INLINE vf16 min_f32(float a, vf16 b) { return min_f32(vf16(a), b); }
+// math.h's log_f32 and log1p_f32, lane for lane and to the same bits: AVX-512's getexp /
+// getmant split x = 2^e * m (denormals too) where the scalar form needs shifts, masks and
+// a rescale. For positive finite x: e, f = m - 1 (m in [sqrt(1/2), sqrt(2))) and
+// lo = log(1 + f) - f.
+PFJAX_VF16_INLINE void log_parts(__m512 x, __m512& e, __m512& f, __m512& lo) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  __m512 m = _mm512_getmant_ps(x, _MM_MANT_NORM_1_2, _MM_MANT_SIGN_zero);  // [1, 2)
+  e = _mm512_getexp_ps(x);
+  const __mmask16 big = _mm512_cmp_ps_mask(m, _mm512_set1_ps(1.41421354f), _CMP_GT_OQ);
+  m = _mm512_mask_mul_ps(m, big, m, _mm512_set1_ps(0.5f));
+  e = _mm512_mask_add_ps(e, big, e, one);
+  f = _mm512_sub_ps(m, one);  // exact
+  const __m512 z = _mm512_mul_ps(f, f);
+  __m512 p = _mm512_set1_ps(7.0376836292E-2f);
+  for (float c : {-1.1514610310E-1f, 1.1676998740E-1f, -1.2420140846E-1f, 1.4249322787E-1f,
+                  -1.6668057665E-1f, 2.0000714765E-1f, -2.4999993993E-1f, 3.3333331174E-1f})
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(c));
+  lo = _mm512_fmadd_ps(_mm512_mul_ps(f, z), p, _mm512_mul_ps(_mm512_set1_ps(-0.5f), z));
+}
+// y where x is positive and finite; else log's special values of x: +-0 -> -inf, negative
+// and NaN -> NaN, +inf -> +inf (math.h's log_special)
+PFJAX_VF16_INLINE __m512 log_special(__m512 x, __m512 y) {
+  const __mmask16 normal = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_GT_OQ) &
+                           _mm512_cmp_ps_mask(x, _mm512_set1_ps(INFINITY), _CMP_LT_OQ);
+  if (__builtin_expect(normal == 0xFFFF, 1)) return y;
+  __m512 s = _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(x), _mm512_set1_epi32(0x7fc00000)));
+  s = _mm512_mask_mov_ps(s, _mm512_cmp_ps_mask(x, _mm512_set1_ps(INFINITY), _CMP_EQ_OQ), x);
+  s = _mm512_mask_mov_ps(s, _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_EQ_OQ),
+                         _mm512_set1_ps(-INFINITY));
+  return _mm512_mask_mov_ps(y, static_cast<__mmask16>(~normal), s);
+}
+PFJAX_VF16_INLINE vf16 log_f32(vf16 xv) {
+  __m512 e, f, lo;
+  log_parts(xv.v, e, f, lo);
+  const __m512 y = _mm512_fmadd_ps(e, _mm512_set1_ps(detail::kLn2Hi),
+      _mm512_add_ps(f, _mm512_fmadd_ps(e, _mm512_set1_ps(detail::kLn2Lo), lo)));
+  return log_special(xv.v, y);
+}
+PFJAX_VF16_INLINE vf16 log1p_f32(vf16 xv) {
+  const __m512 x = xv.v, one = _mm512_set1_ps(1.0f);
+  const __m512 u = _mm512_add_ps(one, x);
+  const __m512 c = _mm512_div_ps(_mm512_sub_ps(x, _mm512_sub_ps(u, one)), u);  // log(1+x) = log(u) + c
+  __m512 e, f, lo;
+  log_parts(u, e, f, lo);
+  __m512 y = _mm512_fmadd_ps(e, _mm512_set1_ps(detail::kLn2Hi),
+      _mm512_add_ps(f, _mm512_add_ps(_mm512_fmadd_ps(e, _mm512_set1_ps(detail::kLn2Lo), lo), c)));
+  y = log_special(u, y);  // x = -1 -> -inf, x < -1 -> NaN, inf, NaN
+  return _mm512_mask_mov_ps(y, _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_EQ_OQ), x);  // +-0
+}
 // fastmath.h's erfc_fast, lane for lane (the scalar form's clamps and selects become
 // min/max and masked moves; scalef replaces the exponent arithmetic, equal in the normal
 // range exp_lean_sum keeps to).
