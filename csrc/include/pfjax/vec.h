@@ -47,6 +47,15 @@ PFJAX_HALF_INLINE __m256i f16_bits(vf16 x) {
   return _mm512_cvtps_ph(x.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
 }
 PFJAX_HALF_INLINE __m256i bf16_bits(vf16 x) {
+#if defined(__AVX512BF16__)
+  // vcvtneps2bf16 rounds to nearest even and quiets NaNs as below, in one instruction,
+  // but takes denormal inputs as zero: vectors with one take the integer path. (Found by
+  // their bits: float compares would see them as zero too in the caller's DAZ mode.)
+  const __m512i bits = _mm512_castps_si512(x.v);
+  const __mmask16 denormal = _mm512_mask_test_epi32_mask(
+      _mm512_testn_epi32_mask(bits, _mm512_set1_epi32(0x7f800000)), bits, _mm512_set1_epi32(0x007fffff));
+  if (__builtin_expect(denormal == 0, 1)) return reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(x.v));
+#endif
   const __m512i u = _mm512_castps_si512(x.v);
   const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
   const __m512i rounded = _mm512_srli_epi32(
