@@ -11,8 +11,8 @@ from pfjax.codegen.ctypes_table import (STORAGE, compute_expr, guarded_load, loa
                                         register_type, store_expr)
 from pfjax.codegen.intervals import intervals
 from pfjax.codegen import vector as vector_mode
-from pfjax.codegen.vector import (direct_flag, vector_body_ok, vector_decl, vector_store,
-                                   vector_streamed_store, vector_uniform)
+from pfjax.codegen.vector import (direct_flag, stored_value, vector_body_ok, vector_decl,
+                                   vector_store, vector_streamed_store, vector_uniform)
 from pfjax.gir import Op
 from pfjax.schedule.decisions import TRANSPOSE_STRIP
 
@@ -366,7 +366,8 @@ def _emit_vector_row(w: _Writer, nodes, ptr_names: dict[int, str], offset: str,
         if n.op in (Op.BUFFER, Op.PARALLEL):
             continue
         if n.op is Op.STORE:
-            value, is_uniform = values[id(n.src[1])], id(n.src[1]) in uniform
+            stored = stored_value(n)
+            value, is_uniform = values[id(stored)], id(stored) in uniform
             target = f"{ptr_names[id(n)]}[{_index(n, offset)}]"
             if id(n) in streamed:
                 for line in vector_streamed_store(tiles, value, is_uniform, target,

@@ -18,8 +18,8 @@ from pfjax.codegen.ctypes_table import (STORAGE, compute_expr, guarded_load, lit
 from pfjax.codegen.cpu import _Writer, _elems, stream_mode
 from pfjax.codegen.cpu_online import emit_online, online_plan
 from pfjax.codegen import vector as vector_mode
-from pfjax.codegen.vector import (VECTOR_CALLS, VECTOR_WAYS, direct_flag, vector_body_ok,
-                                   vector_decl, vector_store, vector_streamed_store,
+from pfjax.codegen.vector import (VECTOR_CALLS, VECTOR_WAYS, direct_flag, stored_value,
+                                   vector_body_ok, vector_decl, vector_store, vector_streamed_store,
                                    vector_uniform)
 from pfjax.gir import Op
 from pfjax.gir.loops import LoopNest, is_tile_load, loop_nest
@@ -542,8 +542,9 @@ class _Emitter:
             if n.op is Op.REDUCE:
                 continue
             if n.op is Op.STORE:
-                value = self.ref(n.src[1], local)
-                is_uniform = id(n.src[1]) in uniform or id(n.src[1]) not in local
+                stored = stored_value(n)
+                value = self.ref(stored, local)
+                is_uniform = id(stored) in uniform or id(stored) not in local
                 if id(n) in self.streamed:
                     k = streamed.index(n)
                     for line in vector_streamed_store(k, value, is_uniform, self.address(n),

@@ -136,6 +136,17 @@ def vector_decl(n: gir.Node, name: str, uniform: bool, scalar, element, operand)
     return f"const {kind} {name} = {vector_expr(n, operand) or scalar()};"
 
 
+def stored_value(store: gir.Node) -> gir.Node:
+    """The value a vf16 store of `store` writes: a cast to the stored half type is left to
+    the store's own rounding (rounding twice to the same type gives the same bits, and the
+    round trip back to float lanes in between is dead code then)."""
+    value = store.src[1]
+    if store.dtype in _HALF and value.op is Op.CAST and value.dtype is store.dtype \
+            and value.src[0].dtype in VECTOR_FLOATS:
+        return value.src[0]
+    return value
+
+
 def vector_store(value: str, uniform: bool, target: str, stream: bool = False,
                  dtype: gir.DType = gir.DType.F32) -> str:
     """Store of a vf16 value (a uniform one broadcast) at the element `target` of a dtype
