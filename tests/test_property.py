@@ -163,3 +163,40 @@ def test_broadcast_chain_beside_full_chain(rng):
     got, want = pfjax.fuse(f)(x, y), jax.jit(f)(x, y)
     for g, w in zip(got, want):
         np.testing.assert_allclose(g, w, rtol=2e-6, atol=1e-6)
+
+
+# Half precision: pfjax computes a bf16 / f16 chain in float32 and rounds once, at its
+# store (README, Accuracy), so the oracle is the float32 program on the same inputs with
+# its outputs rounded to the half type. Roundings of float32 results a few ulp apart can
+# land one half ulp apart, and an op pfjax leaves to XLA (a lone scalar op) rounds its
+# intermediates as XLA does: a few eps of the half type, relative. (Bitwise conversions
+# are tests/test_dtypes.py's; this catches wrong lanes, loads and stores.)
+@pytest.mark.parametrize("half", ["bfloat16", "float16"])
+@settings(max_examples=10, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(prog=programs(), seed=st.integers(0, 2**31 - 1), specials=st.booleans())
+def test_random_half_precision_programs(prog, seed, specials, half):
+    shapes, instrs = prog
+    dtype = jnp.dtype(half)
+    rng = np.random.default_rng(seed)
+    inputs = []
+    for s in shapes:
+        x = (rng.standard_normal(s) * 2.0).astype(np.float32)
+        if specials and x.size > 1:
+            flat = x.reshape(-1)
+            idx = rng.choice(flat.size, size=min(3, flat.size), replace=False)
+            flat[idx] = rng.choice(SPECIALS, size=idx.size)
+        inputs.append(x.astype(dtype))
+    f = build(len(shapes), instrs)
+    msg = describe(shapes, instrs) + f"\n  dtype={half}"
+    want = [np.asarray(w.astype(dtype)) for w in
+            jax.jit(f)(*[jnp.asarray(x, jnp.float32) for x in inputs])]
+    got = pfjax.fuse(f)(*inputs)
+    n_trans = sum(op in TRANSCENDENTAL for op, _, _ in instrs)
+    eps = float(jnp.finfo(dtype).eps)
+    for g, w in zip(got, want):
+        assert np.asarray(g).dtype == dtype, msg
+        g32, w32 = np.asarray(g, np.float32), np.asarray(w, np.float32)
+        finite = np.abs(w32[np.isfinite(w32)])
+        scale = float(finite.max()) if finite.size else 1.0
+        assert_close_nan_aware(g32, w32, 4 * eps, 1e-6 * max(1.0, scale) * (1 + n_trans), msg)
