@@ -109,13 +109,8 @@ def assert_close_nan_aware(got, want, rtol, atol, msg):
 SPECIALS = np.array([np.nan, np.inf, -np.inf, -0.0, 0.0], np.float32)
 
 
-# derandomize: CI sees the same 25 programs every run (a failure is reproducible, never
-# flaky); run with a larger max_examples and derandomize=False locally to hunt further.
-@settings(max_examples=25, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(prog=programs(), seed=st.integers(0, 2**31 - 1), specials=st.booleans())
-def test_random_elementwise_programs(prog, seed, specials):
-    shapes, instrs = prog
+def random_inputs(shapes, seed, specials):
+    """float32 inputs of the given shapes, with a few NaN / inf / signed zeros if specials."""
     rng = np.random.default_rng(seed)
     inputs = []
     for s in shapes:
@@ -125,6 +120,17 @@ def test_random_elementwise_programs(prog, seed, specials):
             idx = rng.choice(flat.size, size=min(3, flat.size), replace=False)
             flat[idx] = rng.choice(SPECIALS, size=idx.size)
         inputs.append(x)
+    return inputs
+
+
+# derandomize: CI sees the same 25 programs every run (a failure is reproducible, never
+# flaky); run with a larger max_examples and derandomize=False locally to hunt further.
+@settings(max_examples=25, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(prog=programs(), seed=st.integers(0, 2**31 - 1), specials=st.booleans())
+def test_random_elementwise_programs(prog, seed, specials):
+    shapes, instrs = prog
+    inputs = random_inputs(shapes, seed, specials)
     f = build(len(shapes), instrs)
     msg = describe(shapes, instrs)
     want = jax.jit(f)(*inputs)
@@ -178,25 +184,17 @@ def test_broadcast_chain_beside_full_chain(rng):
 def test_random_half_precision_programs(prog, seed, specials, half):
     shapes, instrs = prog
     dtype = jnp.dtype(half)
-    rng = np.random.default_rng(seed)
-    inputs = []
-    for s in shapes:
-        x = (rng.standard_normal(s) * 2.0).astype(np.float32)
-        if specials and x.size > 1:
-            flat = x.reshape(-1)
-            idx = rng.choice(flat.size, size=min(3, flat.size), replace=False)
-            flat[idx] = rng.choice(SPECIALS, size=idx.size)
-        inputs.append(x.astype(dtype))
+    inputs = [x.astype(dtype) for x in random_inputs(shapes, seed, specials)]
     f = build(len(shapes), instrs)
     msg = describe(shapes, instrs) + f"\n  dtype={half}"
     want = [np.asarray(w.astype(dtype)) for w in
             jax.jit(f)(*[jnp.asarray(x, jnp.float32) for x in inputs])]
     got = pfjax.fuse(f)(*inputs)
-    n_trans = sum(op in TRANSCENDENTAL for op, _, _ in instrs)
     eps = float(jnp.finfo(dtype).eps)
     for g, w in zip(got, want):
         assert np.asarray(g).dtype == dtype, msg
         g32, w32 = np.asarray(g, np.float32), np.asarray(w, np.float32)
         finite = np.abs(w32[np.isfinite(w32)])
         scale = float(finite.max()) if finite.size else 1.0
-        assert_close_nan_aware(g32, w32, 4 * eps, 1e-6 * max(1.0, scale) * (1 + n_trans), msg)
+        # absolute: cancellation of intermediates XLA rounded to the half type
+        assert_close_nan_aware(g32, w32, 4 * eps, 4 * eps * max(1.0, scale), msg)

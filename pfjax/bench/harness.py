@@ -28,7 +28,6 @@ STAND_IN_NOTE = ("STAND-IN: pfjax.fuse is not available; the 'pfjax' columns are
                  "plain jax.jit of the unfused function")
 
 
-
 def _to_torch(torch, x):
     """A JAX array as a torch CPU tensor (bf16 through its bits: numpy has no bfloat16)."""
     a = np.array(x)
@@ -42,6 +41,7 @@ def _from_torch(torch, t):
     if t.dtype == torch.bfloat16:  # exactly, through float32
         return t.float().numpy().astype(jnp.bfloat16)
     return t.numpy()
+
 
 def log(msg: str) -> None:
     print(f"[pfjax.bench] {msg}", file=sys.stderr, flush=True)

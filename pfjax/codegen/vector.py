@@ -47,8 +47,7 @@ def _vector_node_ok(n: gir.Node) -> bool:
         return n.dtype in floats and n.src[0].dtype is boolean
     if n.op is Op.CAST:  # bool -> float is a select of 1 and 0; float -> bool is != 0
         kinds = {n.dtype, n.src[0].dtype}
-        return kinds <= set(floats) or (len(kinds) == 2 and boolean in kinds
-                                        and kinds - {boolean} <= set(floats))
+        return kinds <= {*floats, boolean} and kinds != {boolean}
     if n.op is not Op.ALU:
         return False
     operands = {s.dtype for s in n.src}
