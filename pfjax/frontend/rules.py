@@ -154,7 +154,13 @@ def _argmax(lw, eqn, imap):
     hit = gir.alu("eq", DType.BOOL, v, best)
     if v.dtype.is_float:
         hit = gir.alu("or", DType.BOOL, hit, gir.alu("ne", DType.BOOL, v, v))
-    where = gir.select(hit, [gir.const(2**62, DType.I64), lw.axis_index(x.aval.shape, axis)])
+    # int32 positions where the axis allows: twice the lanes of int64 per vector
+    narrow = x.aval.shape[axis] < 2**31 - 1
+    position = lw.axis_index(x.aval.shape, axis)
+    if narrow:
+        position = gir.cast(position, DType.I32)
+    none = gir.const(2**31 - 1, DType.I32) if narrow else gir.const(2**62, DType.I64)
+    where = gir.select(hit, [none, position])
     first = gir.reduce("min", where, lw.rdims)
     return [gir.cast(first, gir_dtype(eqn.outvars[0].aval))]
 

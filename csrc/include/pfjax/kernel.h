@@ -111,14 +111,19 @@ struct Scratch {
 };
 
 #if defined(__AVX512F__)
-// 16x16 transpose of 4-byte elements in registers: dst row c (c < 16) gets column c of the
-// 16 source rows. Unpacks of 32- and 64-bit pairs, then two 128-bit lane shuffles.
-static inline void transpose16x16_b32(void* dst, int64_t dst_stride, const void* src,
-                                      int64_t src_stride) {
+// Transpose in registers of a block of up to 16 x 16 4-byte elements: dst row c
+// (c < row_len) gets element c of each of the `rows` source rows. Only the block is read
+// and written (masked loads and stores: short rows packed back to back, up to a buffer's
+// end). Unpacks of 32- and 64-bit pairs, then two 128-bit lane shuffles.
+static inline __attribute__((always_inline)) void transpose_block_b32(
+    void* dst, int64_t dst_stride, const void* src, int64_t src_stride, int row_len, int rows) {
   const float* s = static_cast<const float*>(src);
   float* d = static_cast<float*>(dst);
-  __m512 r[16], t[16], u[16];
-  for (int k = 0; k < 16; ++k) r[k] = _mm512_loadu_ps(s + k * src_stride);
+  const __mmask16 in_row = static_cast<__mmask16>((1u << row_len) - 1);
+  const __mmask16 out_row = static_cast<__mmask16>((1u << rows) - 1);
+  __m512 r[16], t[16], u[16], o[16];
+  for (int k = 0; k < 16; ++k)
+    r[k] = k < rows ? _mm512_maskz_loadu_ps(in_row, s + k * src_stride) : _mm512_setzero_ps();
   for (int k = 0; k < 16; k += 2) {
     t[k] = _mm512_unpacklo_ps(r[k], r[k + 1]);
     t[k + 1] = _mm512_unpackhi_ps(r[k], r[k + 1]);
@@ -136,17 +141,25 @@ static inline void transpose16x16_b32(void* dst, int64_t dst_stride, const void*
     const __m512 v4 = _mm512_shuffle_f32x4(u[c], u[c + 4], 0xdd);
     const __m512 v8 = _mm512_shuffle_f32x4(u[c + 8], u[c + 12], 0x88);
     const __m512 v12 = _mm512_shuffle_f32x4(u[c + 8], u[c + 12], 0xdd);
-    _mm512_storeu_ps(d + c * dst_stride, _mm512_shuffle_f32x4(v0, v8, 0x88));
-    _mm512_storeu_ps(d + (c + 8) * dst_stride, _mm512_shuffle_f32x4(v0, v8, 0xdd));
-    _mm512_storeu_ps(d + (c + 4) * dst_stride, _mm512_shuffle_f32x4(v4, v12, 0x88));
-    _mm512_storeu_ps(d + (c + 12) * dst_stride, _mm512_shuffle_f32x4(v4, v12, 0xdd));
+    o[c] = _mm512_shuffle_f32x4(v0, v8, 0x88);
+    o[c + 8] = _mm512_shuffle_f32x4(v0, v8, 0xdd);
+    o[c + 4] = _mm512_shuffle_f32x4(v4, v12, 0x88);
+    o[c + 12] = _mm512_shuffle_f32x4(v4, v12, 0xdd);
   }
+  for (int c = 0; c < row_len; ++c) _mm512_mask_storeu_ps(d + c * dst_stride, out_row, o[c]);
+}
+
+static inline void transpose16x16_b32(void* dst, int64_t dst_stride, const void* src,
+                                      int64_t src_stride) {
+  transpose_block_b32(dst, dst_stride, src, src_stride, 16, 16);
 }
 #endif
 
 // Stage a transposed block at the local level: dst[tt * dst_stride + jj] =
 // src[jj * src_stride + tt] for jj < cols, tt < rows. Each source line is read once,
-// whole; full 16x16 blocks of 4-byte elements are transposed in registers.
+// whole; 4-byte elements go through registers in blocks of up to 16 x 16 (for reductions
+// over rows shorter than 16, masked: a scalar copy of 7-element rows cost 2.5x the kernel's
+// reduction loops).
 template <typename T>
 static inline void stage_transpose(T* __restrict dst, int64_t dst_stride,
                                    const T* __restrict src, int64_t src_stride, int64_t cols,
@@ -154,13 +167,17 @@ static inline void stage_transpose(T* __restrict dst, int64_t dst_stride,
   int64_t t0 = 0;
 #if defined(__AVX512F__)
   if constexpr (sizeof(T) == 4) {
-    for (; t0 + 16 <= rows; t0 += 16) {
+    // blocks of 16 x 16 in registers; the edges (short rows: everything) masked
+    for (; t0 < rows; t0 += 16) {
+      const int row_len = static_cast<int>(std::min<int64_t>(16, rows - t0));
       int64_t jj = 0;
-      for (; jj + 16 <= cols; jj += 16)
-        transpose16x16_b32(dst + t0 * dst_stride + jj, dst_stride, src + jj * src_stride + t0,
-                           src_stride);
-      for (; jj < cols; ++jj)
-        for (int64_t tt = t0; tt < t0 + 16; ++tt) dst[tt * dst_stride + jj] = src[jj * src_stride + tt];
+      if (row_len == 16)
+        for (; jj + 16 <= cols; jj += 16)
+          transpose16x16_b32(dst + t0 * dst_stride + jj, dst_stride, src + jj * src_stride + t0,
+                             src_stride);
+      for (; jj < cols; jj += 16)
+        transpose_block_b32(dst + t0 * dst_stride + jj, dst_stride, src + jj * src_stride + t0,
+                            src_stride, row_len, static_cast<int>(std::min<int64_t>(16, cols - jj)));
     }
   }
 #endif
