@@ -554,6 +554,61 @@ def test_column_reduction_split_into_row_segments(rows, rng):
     np.testing.assert_array_equal(np.isnan(got), np.isnan(x.max(0)))
 
 
+@pytest.mark.parametrize("shape", [(1, 200003), (3, 70001), (2, 5, 40000)])
+def test_few_long_rows_split_into_segments(shape, rng):
+    """Fewer rows than threads' worth: each row is reduced in segments (every reduction
+    kind, per-row values before and after), combined in order by the finish step."""
+    x = randn(rng, *shape)
+    w = randn(rng, *shape[:-1], 1)
+
+    def f(x, w):
+        return (jnp.sum(x * w, -1) + w[..., 0], jnp.max(x, -1), jnp.min(x * 2, -1),
+                jnp.prod(jnp.where(x > 3.5, 2.0, 1.0), -1), jnp.all(x > -6, -1), jnp.any(x > 4.2, -1),
+                jnp.sum((x * 100).astype(jnp.int32), -1), jnp.sqrt(jnp.mean(x * x, -1)))
+    assert "split=" in str(pfjax.explain(f, x, w))
+    one_kernel(f, x, w, tol=dict(rtol=1e-5, atol=1e-4))
+    one_kernel(lambda x: jnp.sum(x * x), x, tol=dict(rtol=1e-5, atol=1e-3))
+    x64 = x.astype(np.float64)
+    want = (x64 * w).sum(-1) + w[..., 0]
+    np.testing.assert_allclose(np.asarray(pfjax.fuse(f)(x, w)[0], np.float64), want, rtol=1e-6,
+                               atol=1e-6 * np.abs(x64 * w).sum(-1).max())
+    # a NaN in one segment reaches its row's max and min (XLA's own vectorised max on CPU
+    # drops it at this size; numpy and lax.max define it to propagate)
+    x.reshape(-1, shape[-1])[-1, shape[-1] // 2 + 7] = np.nan
+    got = pfjax.fuse(f)(x, w)
+    for k in (1, 2):
+        np.testing.assert_array_equal(np.isnan(np.asarray(got[k])), np.isnan(x.max(-1)))
+
+
+@pytest.mark.parametrize("shape", [(1, 200003), (3, 70001)])
+def test_few_long_rows_run_their_loops_as_phases(shape, rng):
+    """Softmax-like kernels over few long rows: every loop runs over all segments of the
+    rows as a phase, with the earlier phases' combined values (max, sums); results stored
+    inside loops (the residual sum), after them (logsumexp) and per element."""
+    x, r = randn(rng, *shape), randn(rng, *shape)
+    w, b = randn(rng, shape[-1]), randn(rng, shape[-1])
+    tol = dict(rtol=1e-5, atol=1e-5)
+
+    def residual_norm(x, r, w, b):
+        s = x + r
+        m = s.mean(-1, keepdims=True)
+        v = ((s - m) ** 2).mean(-1, keepdims=True)
+        return s, (s - m) * jax.lax.rsqrt(v + 1e-5) * w + b
+
+    for f in (lambda x: jax.nn.softmax(x * 1.5), jax.nn.log_softmax,
+              lambda x: (jax.nn.logsumexp(x, -1), jnp.max(x, -1))):
+        assert "phases" in open(pfjax.explain(f, x).groups[0].source_path).read()
+        one_kernel(f, x, tol=tol)
+    one_kernel(residual_norm, x, r, w, b, tol=dict(rtol=1e-4, atol=1e-4))
+    x64 = x.astype(np.float64)
+    e = np.exp(x64 - x64.max(-1, keepdims=True))
+    np.testing.assert_allclose(np.asarray(pfjax.fuse(jax.nn.softmax)(x), np.float64),
+                               e / e.sum(-1, keepdims=True), rtol=1e-5, atol=1e-12)
+    x.reshape(-1, shape[-1])[-1, -5] = np.nan  # in the last segment of the last row
+    got = np.asarray(pfjax.fuse(jax.nn.softmax)(x))
+    np.testing.assert_array_equal(np.isnan(got).all(-1), np.isnan(x).any(-1))
+
+
 @pytest.mark.parametrize("shape", [(301, 7), (5, 33, 9), (70, 1), (40, 15)])
 def test_short_rows_are_laid_across_the_lanes(shape, rng):
     """Rows shorter than a vector: units go across the SIMD lanes (a column reduction

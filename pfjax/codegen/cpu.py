@@ -38,6 +38,13 @@ def stream_mode(has_streamed_path: bool) -> int:
     return 2 if config.nontemporal() == "always" else 1
 
 
+def emit_sizes(w: "_Writer", kernel: gir.Kernel) -> None:
+    """The element counts of the inputs and outputs the kernel is built for."""
+    for role, bufs in (("in", kernel.inputs), ("out", kernel.outputs)):
+        sizes = "".join(f"{_elems(b)}, " for b in bufs)
+        w(f"constexpr int64_t {kernel.name}_{role}_sizes[] = {{{sizes}0}};")
+
+
 def emit_kernel(kernel: gir.Kernel) -> str:
     """C++ source exporting the descriptor `<kernel.name>_info` (pfjax/kernel.h)."""
     par = kernel.parallel
@@ -170,10 +177,7 @@ def emit_kernel(kernel: gir.Kernel) -> str:
     w.indent(-1)
     w("}")
     w()
-    in_sizes = ", ".join(str(_elems(b)) for b in kernel.inputs)
-    out_sizes = ", ".join(str(_elems(b)) for b in kernel.outputs)
-    w(f"constexpr int64_t {name}_in_sizes[] = {{{in_sizes + ', ' if in_sizes else ''}0}};")
-    w(f"constexpr int64_t {name}_out_sizes[] = {{{out_sizes + ', ' if out_sizes else ''}0}};")
+    emit_sizes(w, kernel)
     w()
     w("}  // namespace")
     w()

@@ -110,7 +110,7 @@ class Parallel:
     nontemporal: bool = False
     rdims: tuple[int, ...] = ()
     block: int = 1
-    split: int = 1   # column reductions: row segments reduced apart, then combined
+    split: int = 1   # segments of the reduced rows (column or row style), reduced apart, then combined
 
     @property
     def column_style(self) -> bool:

@@ -52,6 +52,33 @@ def _split(kernel: gir.Kernel, target: gir.Target, block: int) -> int:
     return max(1, min(want, par.space[0] // SPLIT_MIN_ROWS))
 
 
+# A row reduction with fewer rows than threads would leave threads idle (a sum of a whole
+# array is one row): its rows are cut into segments, reduced apart and combined in order
+# by a finish step. A kernel with several loops (softmax, layernorm) runs them as phases,
+# each over all segments, with the combined values of the earlier ones (codegen.cpu_reduce).
+# Rows kept at the local level between loops (tiles) are not split.
+ROW_SPLIT_MIN = 16384  # elements per segment, at least (2 KiB-aligned blocks of the row)
+ROW_SPLIT_OPS = ("sum", "prod", "max", "min", "and", "or")
+
+
+def _row_split(kernel: gir.Kernel, target: gir.Target) -> int:
+    par = kernel.parallel
+    if target.backend != "cpu" or par.column_style or par.rdims != (len(par.space) - 1,):
+        return 1
+    nest = gir.loop_nest(kernel)
+    nodes = gir.toposort(kernel.root)
+    if nest.finals(nodes) or any(
+            (n.op is Op.BUFFER and n.arg.role == "tile")
+            or (n.op is Op.REDUCE and n.arg.op not in ROW_SPLIT_OPS) for n in nodes):
+        return 1
+    if nest.num_loops > 1 and par.units >= 2 * target.groups:
+        return 1  # each phase reads its segment again: only where threads would idle
+    # 8 units per thread keep XLA's pool balanced (3 rows x 3 segments left one thread
+    # with 5 of 9)
+    want = -(-8 * target.groups // par.units)
+    return max(1, min(want, par.space[-1] // ROW_SPLIT_MIN))
+
+
 def _column_block(cols: int, lanes: int, wanted: int) -> int:
     """`wanted` columns rounded up to whole vectors, at least 4 vectors, at most 512 and
     no wider than the row."""
@@ -80,8 +107,11 @@ def _choose_reduction(kernel: gir.Kernel, target: gir.Target) -> Schedule:
             else:
                 while block > 2 * lanes and gir.column_block_bytes(kernel, block) > capacity:
                     block //= 2
-    split = _split(kernel, target, block)
-    if split > 1:
+    if not par.column_style:
+        split = _row_split(kernel, target)
+    else:
+        split = _split(kernel, target, block)
+    if par.column_style and split > 1:
         block = min(-(-par.space[-1] // lanes) * lanes, 512)
         split = _split(kernel, target, block)
     units = max(1, gir.Parallel(par.space, rdims=par.rdims, block=block, split=split).units)

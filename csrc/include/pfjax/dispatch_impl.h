@@ -43,6 +43,13 @@ struct ParallelState {
   std::condition_variable cv;
   unsigned int mxcsr = 0;
 
+  ParallelState() = default;
+  // The next phase's state: the same buffers and store mode, fresh counters.
+  ParallelState(const ParallelState& prev, BodyFn next_body) : body(next_body), stream(prev.stream) {
+    std::copy(std::begin(prev.in), std::end(prev.in), std::begin(in));
+    std::copy(std::begin(prev.out), std::end(prev.out), std::begin(out));
+  }
+
   void work() {
 #ifdef PFJAX_HAVE_MXCSR
     // Run with the caller's floating-point mode (XLA may flush denormals).
@@ -64,6 +71,27 @@ struct ParallelState {
 #endif
   }
 };
+
+// Runs body over [0, total) in chunks on the caller and up to pool.num_threads() - 1
+// helpers, and returns when every chunk is done.
+inline void RunParallel(ffi::ThreadPool& pool, const std::shared_ptr<ParallelState>& state,
+                        BodyFn body, int64_t total, int64_t chunk) {
+  state->body = body;
+  state->total = total;
+  state->chunk = chunk;
+  state->num_chunks = (total + chunk - 1) / chunk;
+#ifdef PFJAX_HAVE_MXCSR
+  state->mxcsr = _mm_getcsr();
+#endif
+  const int64_t helpers = std::min<int64_t>(pool.num_threads(), state->num_chunks) - 1;
+  for (int64_t t = 0; t < helpers; ++t) pool.Schedule([state] { state->work(); });
+  state->work();
+  // Every chunk was claimed by a running thread, so this wait always ends.
+  std::unique_lock<std::mutex> lock(state->mu);
+  state->cv.wait(lock, [&] {
+    return state->done.load(std::memory_order_acquire) == state->num_chunks;
+  });
+}
 
 // True when the first and last page of [p, p + bytes) are resident. Freshly mapped
 // output pages fault in zeroed (and cached), after which streaming stores only add traffic.
@@ -127,27 +155,18 @@ inline ffi::Error Launch(ffi::ThreadPool& pool, ffi::RemainingArgs& args,
     if (!scratch) return ffi::Error::Internal(name + ": out of memory for scratch");
     state->out[num_out] = scratch.get();
   }
-  if (total <= 0) {
-    if (k.finish) k.finish(state->in, state->out);
-    return ffi::Error::Success();
+  chunk = std::max<int64_t>(1, std::min(chunk, std::max<int64_t>(total, 1)));
+  for (int32_t phase = 0; phase < std::max(1, k.num_phases); ++phase) {
+    const BodyFn phase_body = phase == 0 ? body : k.later_bodies[phase - 1];
+    const FinishFn finish = phase == 0 ? k.finish : k.later_finishes[phase - 1];
+    if (total > 0) {
+      // A fresh state per phase: pool tasks of an earlier phase that start late find
+      // that phase's (exhausted) counters, never this one's.
+      if (phase > 0) state = std::make_shared<ParallelState>(*state, phase_body);
+      RunParallel(pool, state, phase_body, total, chunk);
+    }
+    if (finish) finish(state->in, state->out);
   }
-  chunk = std::max<int64_t>(1, std::min(chunk, total));
-  state->body = body;
-  state->total = total;
-  state->chunk = chunk;
-  state->num_chunks = (total + chunk - 1) / chunk;
-#ifdef PFJAX_HAVE_MXCSR
-  state->mxcsr = _mm_getcsr();
-#endif
-  const int64_t helpers = std::min<int64_t>(pool.num_threads(), state->num_chunks) - 1;
-  for (int64_t t = 0; t < helpers; ++t) pool.Schedule([state] { state->work(); });
-  state->work();
-  // Every chunk was claimed by a running thread, so this wait always ends.
-  std::unique_lock<std::mutex> lock(state->mu);
-  state->cv.wait(lock, [&] {
-    return state->done.load(std::memory_order_acquire) == state->num_chunks;
-  });
-  if (k.finish) k.finish(state->in, state->out);
   return ffi::Error::Success();
 }
 

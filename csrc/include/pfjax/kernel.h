@@ -41,9 +41,14 @@ struct KernelInfo {
   int32_t can_stream;  // 0: no non-temporal store path; 1: used where the output is resident; 2: always
   FinishFn finish;     // nullptr when there is nothing to combine
   int64_t scratch_bytes;
+  // Phases after the first (a row reduction split into segments runs each of its loops
+  // over all units, then that loop's finish, before the next loop starts).
+  int32_t num_phases;  // 1 + the later ones
+  const BodyFn* later_bodies;
+  const FinishFn* later_finishes;  // entries may be nullptr
 };
 
-constexpr int32_t kAbiVersion = 3;
+constexpr int32_t kAbiVersion = 4;
 
 // Float to integer with XLA's semantics: NaN -> 0, out of range saturates.
 template <typename I, typename F>
@@ -122,8 +127,10 @@ static inline __attribute__((always_inline)) void transpose_block_b32(
   const __mmask16 in_row = static_cast<__mmask16>((1u << row_len) - 1);
   const __mmask16 out_row = static_cast<__mmask16>((1u << rows) - 1);
   __m512 r[16], t[16], u[16], o[16];
+  const bool full = row_len == 16 && rows == 16;  // constant where inlined: no masks
   for (int k = 0; k < 16; ++k)
-    r[k] = k < rows ? _mm512_maskz_loadu_ps(in_row, s + k * src_stride) : _mm512_setzero_ps();
+    r[k] = full ? _mm512_loadu_ps(s + k * src_stride)
+                : k < rows ? _mm512_maskz_loadu_ps(in_row, s + k * src_stride) : _mm512_setzero_ps();
   for (int k = 0; k < 16; k += 2) {
     t[k] = _mm512_unpacklo_ps(r[k], r[k + 1]);
     t[k + 1] = _mm512_unpackhi_ps(r[k], r[k + 1]);
@@ -146,7 +153,10 @@ static inline __attribute__((always_inline)) void transpose_block_b32(
     o[c + 4] = _mm512_shuffle_f32x4(v4, v12, 0x88);
     o[c + 12] = _mm512_shuffle_f32x4(v4, v12, 0xdd);
   }
-  for (int c = 0; c < row_len; ++c) _mm512_mask_storeu_ps(d + c * dst_stride, out_row, o[c]);
+  for (int c = 0; c < row_len; ++c) {
+    if (full) _mm512_storeu_ps(d + c * dst_stride, o[c]);
+    else _mm512_mask_storeu_ps(d + c * dst_stride, out_row, o[c]);
+  }
 }
 
 static inline void transpose16x16_b32(void* dst, int64_t dst_stride, const void* src,
@@ -193,12 +203,18 @@ static inline void stream_fence() {
 
 }  // namespace pfjax::rt
 
+#define PFJAX_EXPORT_PHASED_KERNEL(NAME, BODY, NUM_IN, IN_SIZES, NUM_OUT, OUT_SIZES, TOTAL,   \
+                                   CHUNK, CAN_STREAM, FINISH, SCRATCH_BYTES, NUM_PHASES,      \
+                                   LATER_BODIES, LATER_FINISHES)                              \
+  extern "C" __attribute__((visibility("default"))) const pfjax::rt::KernelInfo*            \
+  NAME##_info() {                                                                            \
+    static const pfjax::rt::KernelInfo info{                                                 \
+        pfjax::rt::kAbiVersion, BODY, NUM_IN, NUM_OUT, IN_SIZES, OUT_SIZES, TOTAL, CHUNK,    \
+        CAN_STREAM, FINISH, SCRATCH_BYTES, NUM_PHASES, LATER_BODIES, LATER_FINISHES};        \
+    return &info;                                                                            \
+  }
+
 #define PFJAX_EXPORT_KERNEL(NAME, BODY, NUM_IN, IN_SIZES, NUM_OUT, OUT_SIZES, TOTAL, CHUNK, \
                             CAN_STREAM, FINISH, SCRATCH_BYTES)                             \
-  extern "C" __attribute__((visibility("default"))) const pfjax::rt::KernelInfo*           \
-  NAME##_info() {                                                                           \
-    static const pfjax::rt::KernelInfo info{pfjax::rt::kAbiVersion, BODY, NUM_IN, NUM_OUT,  \
-                                            IN_SIZES, OUT_SIZES, TOTAL, CHUNK, CAN_STREAM,  \
-                                            FINISH, SCRATCH_BYTES};                         \
-    return &info;                                                                           \
-  }
+  PFJAX_EXPORT_PHASED_KERNEL(NAME, BODY, NUM_IN, IN_SIZES, NUM_OUT, OUT_SIZES, TOTAL, CHUNK, \
+                             CAN_STREAM, FINISH, SCRATCH_BYTES, 1, nullptr, nullptr)
