@@ -554,10 +554,11 @@ def test_column_reduction_split_into_row_segments(rows, rng):
     np.testing.assert_array_equal(np.isnan(got), np.isnan(x.max(0)))
 
 
-@pytest.mark.parametrize("shape", [(1, 200003), (3, 70001), (2, 5, 40000)])
+@pytest.mark.parametrize("shape", [(1, 200003), (3, 70001), (3, 5, 40000)])
 def test_few_long_rows_split_into_segments(shape, rng):
     """Fewer rows than threads' worth: each row is reduced in segments (every reduction
     kind, per-row values before and after), combined in order by the finish step."""
+    threads = pfjax.compile.target().groups
     x = randn(rng, *shape)
     w = randn(rng, *shape[:-1], 1)
 
@@ -565,7 +566,8 @@ def test_few_long_rows_split_into_segments(shape, rng):
         return (jnp.sum(x * w, -1) + w[..., 0], jnp.max(x, -1), jnp.min(x * 2, -1),
                 jnp.prod(jnp.where(x > 3.5, 2.0, 1.0), -1), jnp.all(x > -6, -1), jnp.any(x > 4.2, -1),
                 jnp.sum((x * 100).astype(jnp.int32), -1), jnp.sqrt(jnp.mean(x * x, -1)))
-    assert "split=" in str(pfjax.explain(f, x, w))
+    if threads > 1:  # one thread has no use for segments
+        assert "split=" in str(pfjax.explain(f, x, w))
     one_kernel(f, x, w, tol=dict(rtol=1e-5, atol=1e-4))
     one_kernel(lambda x: jnp.sum(x * x), x, tol=dict(rtol=1e-5, atol=1e-3))
     x64 = x.astype(np.float64)
@@ -585,6 +587,7 @@ def test_few_long_rows_run_their_loops_as_phases(shape, rng):
     """Softmax-like kernels over few long rows: every loop runs over all segments of the
     rows as a phase, with the earlier phases' combined values (max, sums); results stored
     inside loops (the residual sum), after them (logsumexp) and per element."""
+    threads = pfjax.compile.target().groups
     x, r = randn(rng, *shape), randn(rng, *shape)
     w, b = randn(rng, shape[-1]), randn(rng, shape[-1])
     tol = dict(rtol=1e-5, atol=1e-5)
@@ -597,7 +600,8 @@ def test_few_long_rows_run_their_loops_as_phases(shape, rng):
 
     for f in (lambda x: jax.nn.softmax(x * 1.5), jax.nn.log_softmax,
               lambda x: (jax.nn.logsumexp(x, -1), jnp.max(x, -1))):
-        assert "phases" in open(pfjax.explain(f, x).groups[0].source_path).read()
+        if threads > 1:
+            assert "phases" in open(pfjax.explain(f, x).groups[0].source_path).read()
         one_kernel(f, x, tol=tol)
     one_kernel(residual_norm, x, r, w, b, tol=dict(rtol=1e-4, atol=1e-4))
     x64 = x.astype(np.float64)

@@ -71,8 +71,9 @@ def _row_split(kernel: gir.Kernel, target: gir.Target) -> int:
             (n.op is Op.BUFFER and n.arg.role == "tile")
             or (n.op is Op.REDUCE and n.arg.op not in ROW_SPLIT_OPS) for n in nodes):
         return 1
-    if nest.num_loops > 1 and par.units >= 2 * target.groups:
-        return 1  # each phase reads its segment again: only where threads would idle
+    if par.units % target.groups == 0 or (nest.num_loops > 1 and par.units >= 2 * target.groups):
+        return 1  # rows share out evenly; or each phase would read its segment again
+        # where threads idle only a little
     # 8 units per thread keep XLA's pool balanced (3 rows x 3 segments left one thread
     # with 5 of 9)
     want = -(-8 * target.groups // par.units)
