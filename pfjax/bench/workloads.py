@@ -186,3 +186,4 @@ register(Workload("adam", "Adam update (3 outputs)", "elementwise",
 from pfjax.bench import reductions as _reductions  # noqa: E402,F401
 from pfjax.bench import movement as _movement  # noqa: E402,F401
 from pfjax.bench import half as _half  # noqa: E402,F401
+from pfjax.bench import rows as _rows  # noqa: E402,F401

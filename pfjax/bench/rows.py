@@ -1,0 +1,53 @@
+"""Row shapes at the edges of the benchmark: few very long rows (a loss summed over a whole
+array, a softmax over 3 rows of a million) and very short ones (a router's softmax and
+argmax over 8 experts). A category of their own ("row shapes"), so that the reduction
+category stays the workloads of BASELINES.md.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from pfjax.bench.workloads import Workload, register
+
+_WHOLE = {"tiny": (64, 256), "cache": (1024, 4096), "dram": (16384, 4096)}
+_LONG = {"tiny": (3, 40000), "cache": (3, 1400000), "dram": (3, 22000000)}
+_SHORT = {"tiny": (4096, 8), "cache": (524288, 8), "dram": (8388608, 8)}
+
+
+def _build_one(shape, key):
+    return (jax.random.normal(key, shape, jnp.float32),)
+
+
+def sum_of_squares(x):
+    return jnp.sum(x * x)
+
+
+def _torch_sum_of_squares(x):
+    return (x * x).sum()
+
+
+def softmax(x):
+    return jax.nn.softmax(x, axis=-1)
+
+
+def _torch_softmax(x):
+    return x.softmax(-1)
+
+
+def argmax(x):
+    return jnp.argmax(x, axis=-1).astype(jnp.int32)
+
+
+def _torch_argmax(x):
+    return x.argmax(-1).int()
+
+
+register(Workload("sum_of_squares", "sum of squares of a whole array", "row shapes", _WHOLE,
+                  _build_one, sum_of_squares, _torch_sum_of_squares, rtol=1e-5, atol=1e-2))
+register(Workload("softmax_long_rows", "softmax over 3 long rows", "row shapes", _LONG,
+                  _build_one, softmax, _torch_softmax, rtol=1e-5, atol=1e-9))
+register(Workload("softmax_short_rows", "softmax over 8 (router)", "row shapes", _SHORT,
+                  _build_one, softmax, _torch_softmax, rtol=1e-5, atol=1e-6))
+register(Workload("argmax_short_rows", "argmax over 8 (router)", "row shapes", _SHORT,
+                  _build_one, argmax, _torch_argmax, rtol=0, atol=0))
