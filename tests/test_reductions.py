@@ -583,7 +583,7 @@ def test_few_long_rows_split_into_segments(shape, rng):
 
 
 @pytest.mark.parametrize("shape", [(1, 200003), (3, 70001)])
-def test_few_long_rows_run_their_loops_as_phases(shape, rng):
+def test_few_long_rows_run_their_loops_as_phases(shape, rng, monkeypatch):
     """Softmax-like kernels over few long rows: every loop runs over all segments of the
     rows as a phase, with the earlier phases' combined values (max, sums); results stored
     inside loops (the residual sum), after them (logsumexp) and per element."""
@@ -608,6 +608,13 @@ def test_few_long_rows_run_their_loops_as_phases(shape, rng):
     e = np.exp(x64 - x64.max(-1, keepdims=True))
     np.testing.assert_allclose(np.asarray(pfjax.fuse(jax.nn.softmax)(x), np.float64),
                                e / e.sum(-1, keepdims=True), rtol=1e-5, atol=1e-12)
+    monkeypatch.setenv("PFJAX_NONTEMPORAL", "1")  # the last phase streams its stores
+    streamed = lambda x: jax.nn.softmax(x * 1.0)
+    assert "stream_copy" in open(pfjax.explain(streamed, x).groups[0].source_path).read()
+    for _ in range(2):  # the second call finds its output pages resident
+        np.testing.assert_allclose(np.asarray(jax.jit(pfjax.fuse(streamed))(x), np.float64),
+                                   e / e.sum(-1, keepdims=True), rtol=1e-5, atol=1e-12)
+    monkeypatch.delenv("PFJAX_NONTEMPORAL")
     x.reshape(-1, shape[-1])[-1, -5] = np.nan  # in the last segment of the last row
     got = np.asarray(pfjax.fuse(jax.nn.softmax)(x))
     np.testing.assert_array_equal(np.isnan(got).all(-1), np.isnan(x).any(-1))
