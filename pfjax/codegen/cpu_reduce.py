@@ -33,6 +33,9 @@ ROW_BLOCK = 2048  # elements per partial accumulation in row style
 PREFETCH = True
 PREFETCH_BLOCK = 256
 COL_BLOCK = 64    # rows per partial accumulation of a column sum
+# Short rows staged across the lanes: the next block's rows are prefetched once this one
+# is staged (its loads otherwise wait on memory at the start of every block).
+STAGE_PREFETCH = True
 
 
 def _init(op: str, dtype: gir.DType) -> str:
@@ -886,8 +889,12 @@ class _Emitter:
         rows = self.space[self.rdims[0]] if self.staged else 0
         for stage, n in self.staged:
             if n.op is Op.LOAD:  # the block's short rows, laid across the lanes
+                stride = n.arg.view.strides[self.lane]
                 w(f"pfjax::rt::stage_transpose({stage}, {par.block}, {self.stage_base(n)}, "
-                  f"{n.arg.view.strides[self.lane]}, cn, {rows});")
+                  f"{stride}, cn, {rows});")
+                if STAGE_PREFETCH and stride == rows:  # packed rows: the next block follows
+                    w(f"pfjax::rt::prefetch_range({self.stage_base(n)} + {par.block * stride}, "
+                      f"{par.block * stride * n.dtype.itemsize});")
         roots = self.nest.roots(self.nodes)
         self.emit_prefetch_bases()
         for loop in range(self.nest.num_loops):

@@ -195,6 +195,11 @@ static inline void stage_transpose(T* __restrict dst, int64_t dst_stride,
     for (int64_t tt = t0; tt < rows; ++tt) dst[tt * dst_stride + jj] = src[jj * src_stride + tt];
 }
 
+// Prefetch [p, p + bytes) into the caches (past a buffer's end it does nothing).
+static inline void prefetch_range(const void* p, int64_t bytes) {
+  for (int64_t q = 0; q < bytes; q += 64) __builtin_prefetch(static_cast<const char*>(p) + q, 0, 3);
+}
+
 static inline void stream_fence() {
 #if defined(__SSE2__)
   _mm_sfence();

@@ -1,0 +1,63 @@
+"""pfjax::rt::stage_transpose against numpy: whole 16 x 16 register blocks, masked edge
+blocks, short rows packed back to back or with gaps, in both directions."""
+from __future__ import annotations
+
+import ctypes
+import itertools
+import subprocess
+
+import numpy as np
+import pytest
+
+from tests.test_math_header import FLAGS, INCLUDE, _gxx
+
+SOURCE = r"""
+#include "pfjax/kernel.h"
+extern "C" void stage(float* dst, int64_t dst_stride, const float* src, int64_t src_stride,
+                      int64_t cols, int64_t rows) {
+  pfjax::rt::stage_transpose(dst, dst_stride, src, src_stride, cols, rows);
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def stage(tmp_path_factory):
+    if _gxx() is None:
+        pytest.skip("g++ not on PATH")
+    d = tmp_path_factory.mktemp("stage_transpose")
+    (d / "stage.cc").write_text(SOURCE)
+    subprocess.run([_gxx(), *FLAGS, "-I", INCLUDE, str(d / "stage.cc"), "-o", str(d / "stage.so")],
+                   check=True, capture_output=True, text=True)
+    fn = ctypes.CDLL(str(d / "stage.so")).stage
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64,
+                   ctypes.c_int64, ctypes.c_int64]
+    return fn
+
+
+def _check(stage, rng, cols, rows, src_stride, dst_stride):
+    """dst[tt * dst_stride + jj] = src[jj * src_stride + tt] for jj < cols, tt < rows;
+    everything else in dst is left alone, nothing outside src's rows is needed."""
+    src = rng.standard_normal(max(1, cols * src_stride)).astype(np.float32)
+    src[::7] = np.nan  # moved as bits, never computed on
+    dst = np.full(max(1, rows * dst_stride) + 16, -1.0, np.float32)
+    want = dst.copy()
+    for jj, tt in itertools.product(range(cols), range(rows)):
+        want[tt * dst_stride + jj] = src[jj * src_stride + tt]
+    stage(dst.ctypes.data, dst_stride, src.ctypes.data, src_stride, cols, rows)
+    np.testing.assert_array_equal(dst.view(np.uint32), want.view(np.uint32))
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 7, 8, 16, 17, 33])
+@pytest.mark.parametrize("cols", [1, 5, 16, 40, 512])
+def test_short_rows_staged_in(stage, rng, rows, cols):
+    # rows of the input packed back to back and with a gap
+    _check(stage, rng, cols, rows, rows, cols)
+    _check(stage, rng, cols, rows, rows + 3, cols + 5)
+
+
+@pytest.mark.parametrize("cols", [1, 2, 3, 4, 7, 8, 16, 17])
+@pytest.mark.parametrize("rows", [1, 5, 16, 40, 512])
+def test_short_rows_staged_out(stage, rng, rows, cols):
+    # back into packed rows of `cols` elements, from a stage
+    _check(stage, rng, cols, rows, 512, cols)
+    _check(stage, rng, cols, rows, 515, cols + 1)
