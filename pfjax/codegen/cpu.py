@@ -28,6 +28,12 @@ class _Writer:
     def indent(self, n: int = 1) -> None:
         self.depth += n
 
+    def close(self, blocks: int = 1) -> None:
+        """End the `blocks` innermost open braces."""
+        for _ in range(blocks):
+            self.indent(-1)
+            self("}")
+
 
 def stream_mode(has_streamed_path: bool) -> int:
     """KernelInfo.can_stream: 0 without a streamed store path; 1 streamed where the output

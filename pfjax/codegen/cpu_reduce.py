@@ -715,10 +715,7 @@ class _Emitter:
             w(f"for (int64_t j = 0; j < cn; ++j) {a}[j] = static_cast<{rt}>({a}_t[j]);")
             self.names[id(r)] = a
         self.emit_epilogue(epilogue)
-        w.indent(-1)
-        w("}")
-        w.indent(-1)
-        w("}")
+        w.close(2)
         w()
 
     # -- the kernel -------------------------------------------------------------------
@@ -795,10 +792,7 @@ class _Emitter:
                     w(f"const {register_type(r.dtype)} c{slot} = comb{slot}[q];")
             if last:
                 self.emit_epilogue(epilogue)
-            w.indent(-1)
-            w("}")
-            w.indent(-1)
-            w("}")
+            w.close(2)
             w()
         emit_sizes(w, k)
         if loops > 1:
