@@ -386,7 +386,8 @@ class _Emitter:
             prefetch = bool(self.prefetched) and self.loop_index in self.prefetch_loops
             block = PREFETCH_BLOCK if prefetch else ROW_BLOCK
             if self.row_split:  # this unit's segment of the row, in whole blocks
-                seg = -(-(-(-n_lane // self.par.split)) // block) * block
+                per_segment = -(-n_lane // self.par.split)
+                seg = -(-per_segment // block) * block
                 w(f"const int64_t seg_end = std::min<int64_t>(seg * {seg} + {seg}, {n_lane});")
                 w(f"for (int64_t t0 = seg * {seg}; t0 < seg_end; t0 += {block}) {{")
                 w.indent()

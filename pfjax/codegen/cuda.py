@@ -11,7 +11,7 @@ are loaded and stored as such and computed in float32.
 from __future__ import annotations
 
 from pfjax import gir
-from pfjax.codegen.cpu import _Writer, _elems
+from pfjax.codegen.cpu import _Writer, emit_sizes
 from pfjax.codegen.ctypes_table import (STORAGE, compute_expr, guarded_load, load_expr,
                                         register_type, store_expr)
 from pfjax.gir import Op
@@ -55,10 +55,7 @@ def _pointer_args(kernel: gir.Kernel) -> tuple[list[str], list[str]]:
 
 def _footer(w: _Writer, kernel: gir.Kernel) -> None:
     name = kernel.name
-    in_sizes = ", ".join(str(_elems(b)) for b in kernel.inputs)
-    out_sizes = ", ".join(str(_elems(b)) for b in kernel.outputs)
-    w(f"constexpr int64_t {name}_in_sizes[] = {{{in_sizes + ', ' if in_sizes else ''}0}};")
-    w(f"constexpr int64_t {name}_out_sizes[] = {{{out_sizes + ', ' if out_sizes else ''}0}};")
+    emit_sizes(w, kernel)
     w()
     w(f"}}  // namespace {name}_k")
     w()

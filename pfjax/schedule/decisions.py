@@ -71,9 +71,10 @@ def _row_split(kernel: gir.Kernel, target: gir.Target) -> int:
             (n.op is Op.BUFFER and n.arg.role == "tile")
             or (n.op is Op.REDUCE and n.arg.op not in ROW_SPLIT_OPS) for n in nodes):
         return 1
+    # Not where the rows share out evenly, and with several loops (each phase reads its
+    # segment again) not where threads idle only a little.
     if par.units % target.groups == 0 or (nest.num_loops > 1 and par.units >= 2 * target.groups):
-        return 1  # rows share out evenly; or each phase would read its segment again
-        # where threads idle only a little
+        return 1
     # 8 units per thread keep XLA's pool balanced (3 rows x 3 segments left one thread
     # with 5 of 9)
     want = -(-8 * target.groups // par.units)
@@ -108,13 +109,13 @@ def _choose_reduction(kernel: gir.Kernel, target: gir.Target) -> Schedule:
             else:
                 while block > 2 * lanes and gir.column_block_bytes(kernel, block) > capacity:
                     block //= 2
-    if not par.column_style:
-        split = _row_split(kernel, target)
+    if par.column_style:
+        split = _split(kernel, target, block)
+        if split > 1:
+            block = min(-(-par.space[-1] // lanes) * lanes, 512)
+            split = _split(kernel, target, block)
     else:
-        split = _split(kernel, target, block)
-    if par.column_style and split > 1:
-        block = min(-(-par.space[-1] // lanes) * lanes, 512)
-        split = _split(kernel, target, block)
+        split = _row_split(kernel, target)
     units = max(1, gir.Parallel(par.space, rdims=par.rdims, block=block, split=split).units)
     cost = estimate(kernel, target)
     per_unit = max(1, cost.global_bytes // units)
