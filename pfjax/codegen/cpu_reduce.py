@@ -17,6 +17,7 @@ from pfjax.codegen.ctypes_table import (STORAGE, compute_expr, guarded_load, lit
                                         register_type, store_expr)
 from pfjax.codegen.cpu import _Writer, emit_sizes, stream_mode
 from pfjax.codegen.cpu_online import emit_online, online_plan
+from pfjax.codegen.cpu_segments import segment_plan
 from pfjax.codegen import vector as vector_mode
 from pfjax.codegen.vector import (VECTOR_CALLS, VECTOR_WAYS, direct_flag, stored_value,
                                    vector_body_ok, vector_decl, vector_store, vector_streamed_store,
@@ -890,6 +891,11 @@ class _Emitter:
             for d in reversed(kept):
                 w(f"const int64_t i{d} = r % {self.space[d]}; r /= {self.space[d]};")
             w("(void)r;")
+        segments = segment_plan(self)
+        if segments:
+            w("#if PFJAX_VF16")
+            segments.emit_unit()
+            w("#else")
         rows = self.space[self.rdims[0]] if self.staged else 0
         for stage, n in self.staged:
             if n.op is Op.LOAD:  # the block's short rows, laid across the lanes
@@ -924,6 +930,8 @@ class _Emitter:
         else:
             w("// per-unit results")
             self.emit_epilogue(epilogue)
+        if segments:
+            w("#endif")
         for slot, f in enumerate(finals):
             self.emit_unit_values([f.src[0]])
             w(f"scratch{slot}[u] = {self.ref(f.src[0], {})};")

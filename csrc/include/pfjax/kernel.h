@@ -18,6 +18,7 @@
 #include "pfjax/fastmath.h"
 #include "pfjax/math.h"
 #include "pfjax/vec.h"
+#include "pfjax/segments.h"
 
 namespace pfjax::rt {
 

@@ -1,0 +1,123 @@
+// pfjax/segments.h -- short rows reduced inside the vector registers.
+//
+// Rows of L = 2, 4, 8 or 16 float32 elements stored back to back fill a 16-lane vector
+// with 16 / L whole rows, each in a segment of L lanes. A reduction over the rows is a
+// butterfly inside each segment (log2 L swaps of lanes L/2 ... 1 apart), which leaves
+// the row's result in every lane of its segment: per-row values and per-element values
+// are then vectors of the same layout, and a kernel runs in one pass over the block's
+// vectors (codegen/cpu_segments.py), where the general plan transposes the rows across
+// the lanes first.
+#pragma once
+
+#include "pfjax/vec.h"
+
+#if PFJAX_VF16
+namespace pfjax {
+
+// 16 int32 lanes: argmax / argmin positions (selected, then reduced by min).
+struct vi16 {
+  __m512i v;
+  vi16() = default;
+  vi16(__m512i x) : v(x) {}                    // NOLINT: implicit, as a scalar would be
+  vi16(int32_t s) : v(_mm512_set1_epi32(s)) {} // NOLINT: a uniform operand, broadcast
+};
+PFJAX_VF16_INLINE vi16 select_i32(vb16 c, vi16 a, vi16 b) { return _mm512_mask_blend_epi32(c.m, b.v, a.v); }
+
+namespace seg {
+
+// Lanes `d` apart swapped (d = 1, 2, 4, 8): inside 128-bit lanes, then whole ones.
+template <int D>
+PFJAX_VF16_INLINE __m512 swap(__m512 v) {
+  if constexpr (D == 1) return _mm512_permute_ps(v, 0xB1);
+  else if constexpr (D == 2) return _mm512_permute_ps(v, 0x4E);
+  else if constexpr (D == 4) return _mm512_shuffle_f32x4(v, v, 0xB1);
+  else return _mm512_shuffle_f32x4(v, v, 0x4E);
+}
+template <int D>
+PFJAX_VF16_INLINE __m512i swap(__m512i v) {
+  return _mm512_castps_si512(swap<D>(_mm512_castsi512_ps(v)));
+}
+
+// Butterflies: every lane of a segment ends with the same bits (the adds and NaN-
+// propagating max / min combine the same pairs in the same order, only commuted).
+template <int L, typename T, typename F>
+PFJAX_VF16_INLINE T butterfly(T v, F combine) {
+  if constexpr (L >= 16) v = combine(v, T(swap<8>(v.v)));
+  if constexpr (L >= 8) v = combine(v, T(swap<4>(v.v)));
+  if constexpr (L >= 4) v = combine(v, T(swap<2>(v.v)));
+  if constexpr (L >= 2) v = combine(v, T(swap<1>(v.v)));
+  return v;
+}
+template <int L>
+PFJAX_VF16_INLINE vf16 sum(vf16 v) {
+  return butterfly<L>(v, [](vf16 a, vf16 b) __attribute__((always_inline)) { return a + b; });
+}
+template <int L>
+PFJAX_VF16_INLINE vf16 max(vf16 v) {
+  return butterfly<L>(v, [](vf16 a, vf16 b) __attribute__((always_inline)) { return math::max_f32(a, b); });
+}
+template <int L>
+PFJAX_VF16_INLINE vf16 min(vf16 v) {
+  return butterfly<L>(v, [](vf16 a, vf16 b) __attribute__((always_inline)) { return math::min_f32(a, b); });
+}
+template <int L>
+PFJAX_VF16_INLINE vi16 max(vi16 v) {
+  return butterfly<L>(v, [](vi16 a, vi16 b) __attribute__((always_inline)) { return vi16(_mm512_max_epi32(a.v, b.v)); });
+}
+template <int L>
+PFJAX_VF16_INLINE vi16 min(vi16 v) {
+  return butterfly<L>(v, [](vi16 a, vi16 b) __attribute__((always_inline)) { return vi16(_mm512_min_epi32(a.v, b.v)); });
+}
+
+// The lanes of the first `rows` rows of a vector (rows >= 16 / L: all of them).
+template <int L>
+PFJAX_VF16_INLINE __mmask16 live(int64_t rows) {
+  const int64_t lanes = rows * L < 16 ? rows * L : 16;
+  return static_cast<__mmask16>(0xFFFFu >> (16 - lanes));
+}
+// Each lane's position in its row (0 .. L-1), and its row in the vector (0 .. 16/L-1).
+template <int L>
+PFJAX_VF16_INLINE vi16 position() {
+  return _mm512_and_si512(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                          _mm512_set1_epi32(L - 1));
+}
+template <int L>
+PFJAX_VF16_INLINE __m512i row_of_lane() {
+  return _mm512_srli_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                           __builtin_ctz(L));
+}
+
+// The packed rows under `live` (the others read as 0, and never touch memory).
+PFJAX_VF16_INLINE vf16 load(const float* p, __mmask16 live) { return _mm512_maskz_loadu_ps(live, p); }
+PFJAX_VF16_INLINE void store(float* p, vf16 v, __mmask16 live) { _mm512_mask_storeu_ps(p, live, v.v); }
+// A per-position operand (a weight along the row), element k at p[k * stride], in every row.
+template <int L>
+PFJAX_VF16_INLINE vf16 positions(const float* p, int64_t stride) {
+  const __m512i k = _mm512_mullo_epi32(position<L>().v, _mm512_set1_epi32(static_cast<int32_t>(stride)));
+  return _mm512_i32gather_ps(k, p, 4);
+}
+// A per-row operand, row r's at p[r * stride], across the row's lanes (live rows only).
+template <int L>
+PFJAX_VF16_INLINE vf16 per_row(const float* p, int64_t stride, __mmask16 live) {
+  const __m512i k = _mm512_mullo_epi32(row_of_lane<L>(), _mm512_set1_epi32(static_cast<int32_t>(stride)));
+  return _mm512_mask_i32gather_ps(_mm512_setzero_ps(), live, k, p, 4);
+}
+// One value per row (lane 0 of its segment) to p[0 .. rows), rows <= 16 / L.
+template <int L>
+constexpr __mmask16 kFirstLanes = L == 16 ? 0x0001 : L == 8 ? 0x0101 : L == 4 ? 0x1111 : 0x5555;
+template <int L>
+PFJAX_VF16_INLINE void store_rows(float* p, vf16 v, int64_t rows) {
+  const int64_t n = rows < 16 / L ? rows : 16 / L;
+  _mm512_mask_storeu_ps(p, static_cast<__mmask16>((1u << n) - 1),
+                        _mm512_maskz_compress_ps(kFirstLanes<L>, v.v));
+}
+template <int L>
+PFJAX_VF16_INLINE void store_rows(int32_t* p, vi16 v, int64_t rows) {
+  const int64_t n = rows < 16 / L ? rows : 16 / L;
+  _mm512_mask_storeu_epi32(p, static_cast<__mmask16>((1u << n) - 1),
+                           _mm512_maskz_compress_epi32(kFirstLanes<L>, v.v));
+}
+
+}  // namespace seg
+}  // namespace pfjax
+#endif

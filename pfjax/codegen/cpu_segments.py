@@ -1,0 +1,247 @@
+"""Short packed rows reduced inside the vector registers (CPU, AVX-512).
+
+A reduction over rows of L = 2, 4, 8 or 16 float32 elements stored back to back (row
+stride L) holds 16 / L whole rows in each 16-lane vector. Its reductions are butterflies
+inside each row's segment of lanes (csrc/include/pfjax/segments.h), which leave the row's
+result in all of the row's lanes; so per-row values and per-element values are vectors of
+one layout, and a unit's block of rows is one pass over its vectors: load, compute,
+reduce, store, with no transpose of the rows across the lanes and back (the staging of
+the general column plan). On a 2-core Zen 4, argmax over 8: 1.7-1.8x the staged kernel.
+
+The plan holds only where every node has a form here: float32 arithmetic with a pfjax::vf16
+spelling (codegen/vector.py), bool predicates, the positions along the row and what
+argmax / argmin make of them (int32 lanes, selected and reduced by min or max), loads
+that are packed rows, per-row or per-position operands or uniform, and stores of packed
+rows or of one value per row. Elsewhere the staged plan runs; it is also what the kernel
+runs where the compiler has no AVX-512 (the `#else` of PFJAX_VF16).
+"""
+from __future__ import annotations
+
+from pfjax import gir
+from pfjax.codegen.ctypes_table import register_type
+from pfjax.codegen.vector import _vector_node_ok, vector_decl
+from pfjax.gir import Op
+
+ENABLED = True
+SEGMENT_LENGTHS = (2, 4, 8, 16)
+_INT32 = (-(1 << 31), (1 << 31) - 1)
+_INTS = (gir.DType.I32, gir.DType.I64)
+
+# Kinds of values: a uniform scalar, a vf16 (float lanes), a vb16 (lane predicates), a
+# vi16 (int32 lanes). Loads also say how they read.
+UNIFORM, FLOAT, BOOL, INT = "u", "f", "b", "i"
+
+
+class _Unsupported(Exception):
+    pass
+
+
+def _fits_int32(n: gir.Node) -> bool:
+    """A uniform int operand of int32 lanes: an int32, or a constant in its range."""
+    if n.dtype is gir.DType.I32:
+        return True
+    return n.op is Op.CONST and _INT32[0] <= int(n.arg) <= _INT32[1]
+
+
+class SegmentPlan:
+    def __init__(self, em, length: int):
+        self.em = em
+        self.L = length
+        self.rd = em.rdims[0]
+        self.kind: dict[int, str] = {}
+        self.access: dict[int, str] = {}   # load / store -> packed, per_row, per_position, uniform
+        self.tile_value: dict[int, gir.Node] = {}
+        for n in em.nodes:
+            if n.op not in (Op.BUFFER, Op.PARALLEL):
+                self.kind[id(n)] = self._classify(n)
+
+    # -- which nodes have a form here -----------------------------------------------
+
+    def _strides(self, n: gir.Node) -> tuple[int, int]:
+        s = n.arg.view.strides
+        return s[self.em.lane], s[self.rd]
+
+    def _classify(self, n: gir.Node) -> str:
+        kinds = [self.kind[id(s)] for s in n.src if id(s) in self.kind and s.op is not Op.STORE]
+        all_uniform = all(k == UNIFORM for k in kinds)
+        if n.op is Op.CONST:
+            return UNIFORM  # int ranges are checked where int32 lanes take them
+        if n.op is Op.LOAD:
+            return self._classify_load(n)
+        if n.op is Op.STORE:
+            self._classify_store(n)
+            return ""
+        if n.op is Op.INDEX:
+            if n.arg == self.rd:
+                return INT
+            if n.arg == self.em.lane:
+                raise _Unsupported
+            return UNIFORM
+        if all_uniform and n.op is not Op.REDUCE:
+            return UNIFORM
+        if n.op is Op.REDUCE:
+            src = n.src[0]
+            if n.arg.dims != (self.rd,) or n.arg.op not in ("sum", "max", "min"):
+                raise _Unsupported
+            if n.dtype is gir.DType.F32 and kinds[0] in (FLOAT, UNIFORM):
+                return FLOAT
+            if n.dtype in _INTS and n.arg.op != "sum" and (kinds[0] == INT or _fits_int32(src)):
+                return INT
+            raise _Unsupported
+        if n.dtype in _INTS:
+            return self._classify_int(n, kinds)
+        if n.dtype not in (gir.DType.F32, gir.DType.BOOL) or INT in kinds \
+                or any(s.dtype not in (gir.DType.F32, gir.DType.BOOL) for s in n.src) \
+                or not _vector_node_ok(n):
+            raise _Unsupported
+        return BOOL if n.dtype is gir.DType.BOOL else FLOAT
+
+    def _classify_int(self, n: gir.Node, kinds: list[str]) -> str:
+        """int32 lanes: positions along the row, converted between int types, selected
+        under a predicate (argmax / argmin). Every value stays below 2^31."""
+        if n.op is Op.CAST and kinds == [INT]:
+            return INT
+        if n.op is Op.SELECT and len(n.src) == 3 and n.src[0].dtype is gir.DType.BOOL \
+                and kinds[0] in (BOOL, UNIFORM) \
+                and all(k == INT or _fits_int32(s) for k, s in zip(kinds[1:], n.src[1:])):
+            return INT
+        raise _Unsupported
+
+    def _classify_load(self, n: gir.Node) -> str:
+        role = n.src[0].arg.role
+        if role == "tile":
+            stored = self.tile_value.get(n.src[0].arg.index)
+            if stored is None:
+                raise _Unsupported
+            return self.kind[id(stored)]
+        if role != "in" or n.arg.dynamic or n.arg.fill is not None \
+                or gir.load_guard(n) is not None or gir.load_offset(n) is not None:
+            raise _Unsupported
+        s_lane, s_row = self._strides(n)
+        if s_lane == 0 and s_row == 0:
+            self.access[id(n)] = "uniform"
+            return UNIFORM
+        if n.dtype is not gir.DType.F32:
+            raise _Unsupported
+        if s_lane == self.L and s_row == 1:
+            self.access[id(n)] = "packed"
+        elif s_lane == 0 and abs(s_row) * self.L < (1 << 28):
+            self.access[id(n)] = "per_position"
+        elif s_row == 0 and abs(s_lane) * 16 < (1 << 28):
+            self.access[id(n)] = "per_row"
+        else:
+            raise _Unsupported
+        return FLOAT
+
+    def _classify_store(self, n: gir.Node) -> None:
+        buf, value = n.src[0], n.src[1]
+        if buf.arg.role == "tile":
+            if buf.arg.index in self.tile_value:
+                raise _Unsupported
+            self.tile_value[buf.arg.index] = value
+            return
+        if n.arg.dynamic:
+            raise _Unsupported
+        s_lane, s_row = self._strides(n)
+        kind = self.kind[id(value)]
+        if s_row == 0 and self.em.nest.full.get(id(value), False):
+            raise _Unsupported  # one value per row must not vary along it
+        if n.dtype is gir.DType.F32 and kind in (FLOAT, UNIFORM) and s_lane == self.L and s_row == 1:
+            self.access[id(n)] = "packed"
+        elif s_row == 0 and s_lane == 1 and (
+                (n.dtype is gir.DType.F32 and kind in (FLOAT, UNIFORM))
+                or (n.dtype is gir.DType.I32 and (kind == INT or _fits_int32(value)))):
+            self.access[id(n)] = "per_row"
+        else:
+            raise _Unsupported
+
+    # -- the unit's pass over its rows ------------------------------------------------
+
+    def emit_unit(self) -> None:
+        """The unit's block of cn rows (from c0), 16 / L rows per vector."""
+        em, w, L = self.em, self.em.w, self.L
+        local: dict[int, str] = {}
+        for n in em.nodes:  # per-position operands: the same vector for every row
+            if self.access.get(id(n)) == "per_position":
+                local[id(n)] = name = f"p{len(local)}"
+                w(f"const pfjax::vf16 {name} = pfjax::seg::positions<{L}>("
+                  f"{em.stage_base(n)}, {self._strides(n)[1]});")
+        w(f"for (int64_t j = 0; j < cn; j += {16 // L}) {{")
+        w.indent()
+        w(f"const __mmask16 live = pfjax::seg::live<{L}>(cn - j);")
+        for n in em.nodes:
+            if n.op in (Op.BUFFER, Op.PARALLEL) or id(n) in local:
+                continue
+            if n.op is Op.STORE:
+                self._emit_store(n, local)
+                continue
+            if n.op is Op.LOAD and n.src[0].arg.role == "tile":
+                local[id(n)] = local[id(self.tile_value[n.src[0].arg.index])]
+                continue
+            if n.op is Op.CAST and self.kind[id(n)] == INT:  # small ints: the same lanes
+                local[id(n)] = local[id(n.src[0])]
+                continue
+            local[id(n)] = name = f"v{len(local)}"
+            w(self._decl(n, name, local))
+        w.close()
+
+    def _operand(self, s: gir.Node, local: dict[int, str], want: str) -> str:
+        """A value as an operand of `want` lanes: uniform ones broadcast."""
+        name = local[id(s)]
+        if self.kind[id(s)] != UNIFORM:
+            return name
+        if want == INT:
+            return f"pfjax::vi16(static_cast<int32_t>({name}))"
+        return f"pfjax::vb16({name})" if want == BOOL else f"pfjax::vf16({name})"
+
+    def _decl(self, n: gir.Node, name: str, local: dict[int, str]) -> str:
+        em, L, kind = self.em, self.L, self.kind[id(n)]
+        if kind == UNIFORM:
+            return f"const {register_type(n.dtype)} {name} = {em.expr(n, local)};"
+        if n.op is Op.LOAD:
+            base = em.stage_base(n)
+            if self.access[id(n)] == "packed":
+                return f"const pfjax::vf16 {name} = pfjax::seg::load({base} + j * {L}, live);"
+            s_lane = self._strides(n)[0]
+            return (f"const pfjax::vf16 {name} = pfjax::seg::per_row<{L}>({base} + j * {s_lane}, "
+                    f"{s_lane}, live);")
+        if n.op is Op.INDEX:
+            return f"const pfjax::vi16 {name} = pfjax::seg::position<{L}>();"
+        if n.op is Op.REDUCE:
+            t = "vi16" if kind == INT else "vf16"
+            return (f"const pfjax::{t} {name} = pfjax::seg::{n.arg.op}<{L}>("
+                    f"{self._operand(n.src[0], local, kind)});")
+        if kind == INT:  # a select
+            c, a, b = (self._operand(s, local, k)
+                       for s, k in zip(n.src, (BOOL, INT, INT)))
+            return f"const pfjax::vi16 {name} = pfjax::select_i32({c}, {b}, {a});"
+        return vector_decl(n, name, False, lambda: em.expr(n, local), None,
+                           lambda s: local[id(s)])
+
+    def _emit_store(self, n: gir.Node, local: dict[int, str]) -> None:
+        if n.src[0].arg.role == "tile":
+            return
+        em, L = self.em, self.L
+        value = n.src[1]
+        want = INT if n.dtype is gir.DType.I32 else FLOAT
+        v = self._operand(value, local, want)
+        base = em.stage_base(n)
+        if self.access[id(n)] == "packed":
+            em.w(f"pfjax::seg::store({base} + j * {L}, {v}, live);")
+        else:
+            em.w(f"pfjax::seg::store_rows<{L}>({base} + j, {v}, cn - j);")
+
+
+def segment_plan(em) -> SegmentPlan | None:
+    """The plan for the emitter's kernel (a column reduction whose short rows are staged),
+    or None where it does not hold."""
+    if not ENABLED or not em.column or not em.staged or len(em.rdims) != 1 \
+            or em.par.split > 1 or em.par.vector != 16 or em.nest.finals(em.nodes):
+        return None
+    length = em.space[em.rdims[0]]
+    if length not in SEGMENT_LENGTHS:
+        return None
+    try:
+        return SegmentPlan(em, length)
+    except _Unsupported:
+        return None
