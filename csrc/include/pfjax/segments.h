@@ -52,14 +52,30 @@ template <int L>
 PFJAX_VF16_INLINE vf16 sum(vf16 v) {
   return butterfly<L>(v, [](vf16 a, vf16 b) __attribute__((always_inline)) { return a + b; });
 }
+// Every lane of a segment with a lane of `m` set.
 template <int L>
-PFJAX_VF16_INLINE vf16 max(vf16 v) {
-  return butterfly<L>(v, [](vf16 a, vf16 b) __attribute__((always_inline)) { return math::max_f32(a, b); });
+PFJAX_VF16_INLINE __mmask16 spread(__mmask16 m) {
+  const vi16 any = butterfly<L>(vi16(_mm512_movm_epi32(m)), [](vi16 a, vi16 b)
+      __attribute__((always_inline)) { return vi16(_mm512_or_si512(a.v, b.v)); });
+  return _mm512_movepi32_mask(any.v);
+}
+// max / min with XLA's NaN propagation: a row with a NaN gives NaN. The butterfly runs
+// the plain instruction (one op a step, where a NaN-propagating one takes three) and the
+// rare rows with a NaN are set after it.
+template <int L, bool Max>
+PFJAX_VF16_INLINE vf16 extreme(vf16 v) {
+  const __mmask16 nan = _mm512_cmp_ps_mask(v.v, v.v, _CMP_UNORD_Q);
+  vf16 r = butterfly<L>(v, [](vf16 a, vf16 b) __attribute__((always_inline)) {
+    return vf16(Max ? _mm512_max_ps(a.v, b.v) : _mm512_min_ps(a.v, b.v));
+  });
+  if (__builtin_expect(nan != 0, 0))
+    r = _mm512_mask_mov_ps(r.v, spread<L>(nan), _mm512_set1_ps(std::numeric_limits<float>::quiet_NaN()));
+  return r;
 }
 template <int L>
-PFJAX_VF16_INLINE vf16 min(vf16 v) {
-  return butterfly<L>(v, [](vf16 a, vf16 b) __attribute__((always_inline)) { return math::min_f32(a, b); });
-}
+PFJAX_VF16_INLINE vf16 max(vf16 v) { return extreme<L, true>(v); }
+template <int L>
+PFJAX_VF16_INLINE vf16 min(vf16 v) { return extreme<L, false>(v); }
 template <int L>
 PFJAX_VF16_INLINE vi16 max(vi16 v) {
   return butterfly<L>(v, [](vi16 a, vi16 b) __attribute__((always_inline)) { return vi16(_mm512_max_epi32(a.v, b.v)); });
