@@ -1,7 +1,9 @@
 // pfjax/segments.h -- short rows reduced inside the vector registers.
 //
-// Rows of L = 2, 4, 8 or 16 float32 elements stored back to back fill a 16-lane vector
-// with 16 / L whole rows, each in a segment of L lanes. A reduction over the rows is a
+// Rows of W <= 16 float32 elements stored back to back fill a 16-lane vector with 16 / L
+// whole rows, each in a segment of L lanes (L: W rounded up to a power of 2; where W < L,
+// loads expand each row into its segment, stores compress it back, and the lanes past W
+// take the reduction's identity). A reduction over the rows is a
 // butterfly inside each segment (log2 L swaps of lanes L/2 ... 1 apart), which leaves
 // the row's result in every lane of its segment: per-row values and per-element values
 // are then vectors of the same layout, and a kernel runs in one pass over the block's
@@ -10,6 +12,9 @@
 #pragma once
 
 #include "pfjax/vec.h"
+
+#include <limits>
+#include <type_traits>
 
 #if PFJAX_VF16
 namespace pfjax {
@@ -48,9 +53,24 @@ PFJAX_VF16_INLINE T butterfly(T v, F combine) {
   if constexpr (L >= 2) v = combine(v, T(swap<1>(v.v)));
   return v;
 }
-template <int L>
+// The lanes of a vector that hold row elements: the first W of each segment.
+template <int L, int W>
+constexpr __mmask16 row_lanes() {
+  unsigned m = 0;
+  for (int lane = 0; lane < 16; ++lane) m |= unsigned(lane % L < W) << lane;
+  return static_cast<__mmask16>(m);
+}
+// v with the lanes past W set to `identity` (the reduction's own).
+template <int L, int W, typename T>
+PFJAX_VF16_INLINE T pad(T v, T identity) {
+  if constexpr (W == L) return v;
+  else if constexpr (std::is_same_v<T, vf16>) return _mm512_mask_mov_ps(identity.v, row_lanes<L, W>(), v.v);
+  else return _mm512_mask_mov_epi32(identity.v, row_lanes<L, W>(), v.v);
+}
+template <int L, int W>
 PFJAX_VF16_INLINE vf16 sum(vf16 v) {
-  return butterfly<L>(v, [](vf16 a, vf16 b) __attribute__((always_inline)) { return a + b; });
+  return butterfly<L>(pad<L, W>(v, vf16(0.0f)),
+                      [](vf16 a, vf16 b) __attribute__((always_inline)) { return a + b; });
 }
 // Every lane of a segment with a lane of `m` set.
 template <int L>
@@ -62,8 +82,9 @@ PFJAX_VF16_INLINE __mmask16 spread(__mmask16 m) {
 // max / min with XLA's NaN propagation: a row with a NaN gives NaN. The butterfly runs
 // the plain instruction (one op a step, where a NaN-propagating one takes three) and the
 // rare rows with a NaN are set after it.
-template <int L, bool Max>
+template <int L, int W, bool Max>
 PFJAX_VF16_INLINE vf16 extreme(vf16 v) {
+  v = pad<L, W>(v, vf16(Max ? -std::numeric_limits<float>::infinity() : std::numeric_limits<float>::infinity()));
   const __mmask16 nan = _mm512_cmp_ps_mask(v.v, v.v, _CMP_UNORD_Q);
   vf16 r = butterfly<L>(v, [](vf16 a, vf16 b) __attribute__((always_inline)) {
     return vf16(Max ? _mm512_max_ps(a.v, b.v) : _mm512_min_ps(a.v, b.v));
@@ -72,25 +93,29 @@ PFJAX_VF16_INLINE vf16 extreme(vf16 v) {
     r = _mm512_mask_mov_ps(r.v, spread<L>(nan), _mm512_set1_ps(std::numeric_limits<float>::quiet_NaN()));
   return r;
 }
-template <int L>
-PFJAX_VF16_INLINE vf16 max(vf16 v) { return extreme<L, true>(v); }
-template <int L>
-PFJAX_VF16_INLINE vf16 min(vf16 v) { return extreme<L, false>(v); }
-template <int L>
+template <int L, int W>
+PFJAX_VF16_INLINE vf16 max(vf16 v) { return extreme<L, W, true>(v); }
+template <int L, int W>
+PFJAX_VF16_INLINE vf16 min(vf16 v) { return extreme<L, W, false>(v); }
+template <int L, int W>
 PFJAX_VF16_INLINE vi16 max(vi16 v) {
-  return butterfly<L>(v, [](vi16 a, vi16 b) __attribute__((always_inline)) { return vi16(_mm512_max_epi32(a.v, b.v)); });
+  return butterfly<L>(pad<L, W>(v, vi16(std::numeric_limits<int32_t>::min())), [](vi16 a, vi16 b)
+      __attribute__((always_inline)) { return vi16(_mm512_max_epi32(a.v, b.v)); });
 }
-template <int L>
+template <int L, int W>
 PFJAX_VF16_INLINE vi16 min(vi16 v) {
-  return butterfly<L>(v, [](vi16 a, vi16 b) __attribute__((always_inline)) { return vi16(_mm512_min_epi32(a.v, b.v)); });
+  return butterfly<L>(pad<L, W>(v, vi16(std::numeric_limits<int32_t>::max())), [](vi16 a, vi16 b)
+      __attribute__((always_inline)) { return vi16(_mm512_min_epi32(a.v, b.v)); });
 }
 
-// The lanes of the first `rows` rows of a vector (rows >= 16 / L: all of them).
-template <int L>
+// The row lanes of the first `rows` rows of a vector (rows >= 16 / L: all of them).
+template <int L, int W>
 PFJAX_VF16_INLINE __mmask16 live(int64_t rows) {
   const int64_t lanes = rows * L < 16 ? rows * L : 16;
-  return static_cast<__mmask16>(0xFFFFu >> (16 - lanes));
+  return static_cast<__mmask16>((0xFFFFu >> (16 - lanes)) & row_lanes<L, W>());
 }
+// The first n of 16 lanes
+PFJAX_VF16_INLINE __mmask16 first(int64_t n) { return static_cast<__mmask16>(0xFFFFu >> (16 - n)); }
 // Each lane's position in its row (0 .. L-1), and its row in the vector (0 .. 16/L-1).
 template <int L>
 PFJAX_VF16_INLINE vi16 position() {
@@ -103,14 +128,47 @@ PFJAX_VF16_INLINE __m512i row_of_lane() {
                            __builtin_ctz(L));
 }
 
-// The packed rows under `live` (the others read as 0, and never touch memory).
-PFJAX_VF16_INLINE vf16 load(const float* p, __mmask16 live) { return _mm512_maskz_loadu_ps(live, p); }
-PFJAX_VF16_INLINE void store(float* p, vf16 v, __mmask16 live) { _mm512_mask_storeu_ps(p, live, v.v); }
+// Lane permutations between packed rows of W (element e = row * W + k) and segments of L
+// (lane = row * L + k): one vpermps each way, where vexpandps / vcompressps cost 1.7x the
+// whole of an argmax over 7 on Zen 4. Lanes past W take some element (padded later).
+template <int L, int W, bool ToSegments>
+struct RowPermutation {
+  alignas(64) int32_t index[16];
+  constexpr RowPermutation() : index{} {
+    for (int i = 0; i < 16; ++i)
+      index[i] = ToSegments ? (i / L) * W + (i % L < W ? i % L : W - 1)
+                            : (i < (16 / L) * W ? (i / W) * L + i % W : 0);
+  }
+};
+template <int L, int W, bool ToSegments>
+PFJAX_VF16_INLINE __m512i row_permutation() {
+  static constexpr RowPermutation<L, W, ToSegments> p;
+  return _mm512_load_si512(p.index);
+}
+// The first `rows` packed rows from p, into the `live` lanes (the others read as 0; only
+// the rows' own elements are read).
+template <int L, int W>
+PFJAX_VF16_INLINE vf16 load(const float* p, __mmask16 live, int64_t rows) {
+  if constexpr (W == L) {
+    return _mm512_maskz_loadu_ps(live, p);
+  } else {
+    const __m512 packed = _mm512_maskz_loadu_ps(first((rows < 16 / L ? rows : 16 / L) * W), p);
+    return _mm512_maskz_permutexvar_ps(live, row_permutation<L, W, true>(), packed);
+  }
+}
+template <int L, int W>
+PFJAX_VF16_INLINE void store(float* p, vf16 v, __mmask16 live, int64_t rows) {
+  if constexpr (W == L)
+    _mm512_mask_storeu_ps(p, live, v.v);
+  else
+    _mm512_mask_storeu_ps(p, first((rows < 16 / L ? rows : 16 / L) * W),
+                          _mm512_permutexvar_ps(row_permutation<L, W, false>(), v.v));
+}
 // A per-position operand (a weight along the row), element k at p[k * stride], in every row.
-template <int L>
+template <int L, int W>
 PFJAX_VF16_INLINE vf16 positions(const float* p, int64_t stride) {
   const __m512i k = _mm512_mullo_epi32(position<L>().v, _mm512_set1_epi32(static_cast<int32_t>(stride)));
-  return _mm512_i32gather_ps(k, p, 4);
+  return _mm512_mask_i32gather_ps(_mm512_setzero_ps(), row_lanes<L, W>(), k, p, 4);
 }
 // A per-row operand, row r's at p[r * stride], across the row's lanes (live rows only).
 template <int L>
