@@ -84,17 +84,31 @@ def test_grads_and_vmap(L, rng):
                                jax.nn.softmax(xs, -1), **TOL)
 
 
-@pytest.mark.parametrize("case", ["gapped rows", "tanh", "prod", "bf16"])
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+@pytest.mark.parametrize("L", [5, 8])
+def test_half_precision_rows(dtype, L, rng):
+    """Half-precision rows convert to float lanes at the load and round at the store;
+    max and argmax of the halves themselves are exact."""
+    x = jnp.asarray(_with_specials(randn(rng, 777, L)), dtype)
+
+    def f(x):
+        return (jax.nn.softmax(x.astype(jnp.float32), -1).astype(dtype),
+                jnp.argmax(x, -1), jnp.max(x, -1))
+    one_kernel(f, x, tol=dict(rtol=1e-2, atol=1e-3))
+    assert "pfjax::seg::load_" in _source(f, x)
+
+
+@pytest.mark.parametrize("case", ["gapped rows", "tanh", "prod", "int32 rows"])
 def test_other_short_rows_stay_staged(case, rng):
     """Where the segment plan does not hold, the rows are staged across the lanes."""
     x = randn(rng, 300, 9 if case == "gapped rows" else 8)
     f = {"gapped rows": lambda x: jax.nn.softmax(x[:, 1:8], -1),
          "tanh": lambda x: jnp.tanh(x).sum(-1),
          "prod": lambda x: jnp.prod(x * 0.1 + 1.0, -1),
-         "bf16": lambda x: jax.nn.softmax(x, -1)}[case]
-    if case == "bf16":
-        x = jnp.asarray(x, jnp.bfloat16)
-    tol = dict(rtol=1e-2, atol=1e-2) if case == "bf16" else TOL
+         "int32 rows": lambda x: jnp.sum(x * 3, -1)}[case]
+    if case == "int32 rows":
+        x = jnp.asarray(x * 100, jnp.int32)
+    tol = TOL
     one_kernel(f, x, tol=tol)
     src = _source(f, x)
     assert "stage_transpose" in src and "pfjax::seg::" not in src

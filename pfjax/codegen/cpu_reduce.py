@@ -893,7 +893,7 @@ class _Emitter:
             w("(void)r;")
         segments = segment_plan(self)
         if segments:
-            w("#if PFJAX_VF16")
+            w("#if PFJAX_SEGMENTS")
             segments.emit_unit()
             w("#else")
         rows = self.space[self.rdims[0]] if self.staged else 0

@@ -15,19 +15,22 @@ spelling (codegen/vector.py), bool predicates, the positions along the row and w
 argmax / argmin make of them (int32 lanes, selected and reduced by min or max), loads
 that are packed rows, per-row or per-position operands or uniform, and stores of packed
 rows or of one value per row. Elsewhere the staged plan runs; it is also what the kernel
-runs where the compiler has no AVX-512 (the `#else` of PFJAX_VF16).
+runs where the compiler lacks AVX-512 F, BW, VL or DQ (the `#else` of PFJAX_SEGMENTS).
 """
 from __future__ import annotations
 
 from pfjax import gir
 from pfjax.codegen.ctypes_table import register_type
-from pfjax.codegen.vector import _vector_node_ok, vector_decl
+from pfjax.codegen.vector import VECTOR_FLOATS, _vector_node_ok, stored_value, vector_decl
 from pfjax.gir import Op
 
 ENABLED = True
 MAX_ROW = 16
 _INT32 = (-(1 << 31), (1 << 31) - 1)
 _INTS = (gir.DType.I32, gir.DType.I64)
+# Half-precision rows load into float32 lanes and store from them (compute in float32).
+_HALF = {gir.DType.BF16: "bf16", gir.DType.F16: "f16"}
+_VALUES = (*VECTOR_FLOATS, gir.DType.BOOL)
 
 # Kinds of values: a uniform scalar, a vf16 (float lanes), a vb16 (lane predicates), a
 # vi16 (int32 lanes). Loads also say how they read.
@@ -86,16 +89,16 @@ class SegmentPlan:
             src = n.src[0]
             if n.arg.dims != (self.rd,) or n.arg.op not in ("sum", "max", "min"):
                 raise _Unsupported
-            if n.dtype is gir.DType.F32 and kinds[0] in (FLOAT, UNIFORM):
+            if kinds[0] in (FLOAT, UNIFORM) and (n.dtype is gir.DType.F32 or (
+                    n.dtype in _HALF and n.arg.op != "sum")):  # a half max / min is exact
                 return FLOAT
             if n.dtype in _INTS and n.arg.op != "sum" and (kinds[0] == INT or _fits_int32(src)):
                 return INT
             raise _Unsupported
         if n.dtype in _INTS:
             return self._classify_int(n, kinds)
-        if n.dtype not in (gir.DType.F32, gir.DType.BOOL) or INT in kinds \
-                or any(s.dtype not in (gir.DType.F32, gir.DType.BOOL) for s in n.src) \
-                or not _vector_node_ok(n):
+        if n.dtype not in _VALUES or INT in kinds \
+                or any(s.dtype not in _VALUES for s in n.src) or not _vector_node_ok(n):
             raise _Unsupported
         return BOOL if n.dtype is gir.DType.BOOL else FLOAT
 
@@ -124,10 +127,12 @@ class SegmentPlan:
         if s_lane == 0 and s_row == 0:
             self.access[id(n)] = "uniform"
             return UNIFORM
-        if n.dtype is not gir.DType.F32:
+        if n.dtype not in VECTOR_FLOATS:
             raise _Unsupported
         if s_lane == self.W and s_row == 1:
             self.access[id(n)] = "packed"
+        elif n.dtype is not gir.DType.F32:  # gathers read 4 bytes a lane
+            raise _Unsupported
         elif s_lane == 0 and abs(s_row) * self.L < (1 << 28):
             self.access[id(n)] = "per_position"
         elif s_row == 0 and abs(s_lane) * 16 < (1 << 28):
@@ -146,13 +151,13 @@ class SegmentPlan:
         if n.arg.dynamic:
             raise _Unsupported
         s_lane, s_row = self._strides(n)
-        kind = self.kind[id(value)]
+        kind = self.kind[id(stored_value(n))]
         if s_row == 0 and self.em.nest.full.get(id(value), False):
             raise _Unsupported  # one value per row must not vary along it
-        if n.dtype is gir.DType.F32 and kind in (FLOAT, UNIFORM) and s_lane == self.W and s_row == 1:
+        if n.dtype in VECTOR_FLOATS and kind in (FLOAT, UNIFORM) and s_lane == self.W and s_row == 1:
             self.access[id(n)] = "packed"
         elif s_row == 0 and s_lane == 1 and (
-                (n.dtype is gir.DType.F32 and kind in (FLOAT, UNIFORM))
+                (n.dtype in VECTOR_FLOATS and kind in (FLOAT, UNIFORM))
                 or (n.dtype is gir.DType.I32 and (kind == INT or _fits_int32(value)))):
             self.access[id(n)] = "per_row"
         else:
@@ -204,8 +209,9 @@ class SegmentPlan:
         if n.op is Op.LOAD:
             base = em.stage_base(n)
             if self.access[id(n)] == "packed":
-                return (f"const pfjax::vf16 {name} = pfjax::seg::load<{L}, {W}>({base} + j * {W}, "
-                        f"live, cn - j);")
+                half = f"_{_HALF[n.dtype]}" if n.dtype in _HALF else ""
+                return (f"const pfjax::vf16 {name} = pfjax::seg::load{half}<{L}, {W}>("
+                        f"{base} + j * {W}, live, cn - j);")
             s_lane = self._strides(n)[0]
             return (f"const pfjax::vf16 {name} = pfjax::seg::per_row<{L}>({base} + j * {s_lane}, "
                     f"{s_lane}, live);")
@@ -226,14 +232,14 @@ class SegmentPlan:
         if n.src[0].arg.role == "tile":
             return
         em, L, W = self.em, self.L, self.W
-        value = n.src[1]
         want = INT if n.dtype is gir.DType.I32 else FLOAT
-        v = self._operand(value, local, want)
+        v = self._operand(stored_value(n), local, want)  # halves round in the store
         base = em.stage_base(n)
+        half = f"_{_HALF[n.dtype]}" if n.dtype in _HALF else ""
         if self.access[id(n)] == "packed":
-            em.w(f"pfjax::seg::store<{L}, {W}>({base} + j * {W}, {v}, live, cn - j);")
+            em.w(f"pfjax::seg::store{half}<{L}, {W}>({base} + j * {W}, {v}, live, cn - j);")
         else:
-            em.w(f"pfjax::seg::store_rows<{L}>({base} + j, {v}, cn - j);")
+            em.w(f"pfjax::seg::store_rows{half}<{L}>({base} + j, {v}, cn - j);")
 
 
 def segment_plan(em) -> SegmentPlan | None:

@@ -16,7 +16,9 @@
 #include <limits>
 #include <type_traits>
 
-#if PFJAX_VF16
+// AVX-512 F with BW and VL (16-bit masked loads and stores) and DQ (mask <-> vector).
+#if PFJAX_VF16 && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512DQ__)
+#define PFJAX_SEGMENTS 1
 namespace pfjax {
 
 // 16 int32 lanes: argmax / argmin positions (selected, then reduced by min).
@@ -145,24 +147,48 @@ PFJAX_VF16_INLINE __m512i row_permutation() {
   static constexpr RowPermutation<L, W, ToSegments> p;
   return _mm512_load_si512(p.index);
 }
+// The elements of the first `rows` packed rows of a vector (as a mask of 16 lanes).
+template <int L, int W>
+PFJAX_VF16_INLINE __mmask16 packed(int64_t rows) { return first((rows < 16 / L ? rows : 16 / L) * W); }
+// Packed rows to their segments' `live` lanes (the others 0), and back.
+template <int L, int W>
+PFJAX_VF16_INLINE vf16 to_segments(__m512 rows, __mmask16 live) {
+  if constexpr (W == L) return _mm512_maskz_mov_ps(live, rows);
+  else return _mm512_maskz_permutexvar_ps(live, row_permutation<L, W, true>(), rows);
+}
+template <int L, int W>
+PFJAX_VF16_INLINE __m512 to_rows(vf16 v) {
+  if constexpr (W == L) return v.v;
+  else return _mm512_permutexvar_ps(row_permutation<L, W, false>(), v.v);
+}
 // The first `rows` packed rows from p, into the `live` lanes (the others read as 0; only
-// the rows' own elements are read).
+// the rows' own elements are read). Half-precision rows convert to float lanes.
 template <int L, int W>
 PFJAX_VF16_INLINE vf16 load(const float* p, __mmask16 live, int64_t rows) {
-  if constexpr (W == L) {
-    return _mm512_maskz_loadu_ps(live, p);
-  } else {
-    const __m512 packed = _mm512_maskz_loadu_ps(first((rows < 16 / L ? rows : 16 / L) * W), p);
-    return _mm512_maskz_permutexvar_ps(live, row_permutation<L, W, true>(), packed);
-  }
+  if constexpr (W == L) return _mm512_maskz_loadu_ps(live, p);
+  else return to_segments<L, W>(_mm512_maskz_loadu_ps(packed<L, W>(rows), p), live);
+}
+template <int L, int W>
+PFJAX_VF16_INLINE vf16 load_f16(const uint16_t* p, __mmask16 live, int64_t rows) {
+  return to_segments<L, W>(_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(packed<L, W>(rows), p)), live);
+}
+template <int L, int W>
+PFJAX_VF16_INLINE vf16 load_bf16(const uint16_t* p, __mmask16 live, int64_t rows) {
+  const __m512i h = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(packed<L, W>(rows), p));
+  return to_segments<L, W>(_mm512_castsi512_ps(_mm512_slli_epi32(h, 16)), live);
 }
 template <int L, int W>
 PFJAX_VF16_INLINE void store(float* p, vf16 v, __mmask16 live, int64_t rows) {
-  if constexpr (W == L)
-    _mm512_mask_storeu_ps(p, live, v.v);
-  else
-    _mm512_mask_storeu_ps(p, first((rows < 16 / L ? rows : 16 / L) * W),
-                          _mm512_permutexvar_ps(row_permutation<L, W, false>(), v.v));
+  if constexpr (W == L) _mm512_mask_storeu_ps(p, live, v.v);
+  else _mm512_mask_storeu_ps(p, packed<L, W>(rows), to_rows<L, W>(v));
+}
+template <int L, int W>
+PFJAX_VF16_INLINE void store_f16(uint16_t* p, vf16 v, __mmask16, int64_t rows) {
+  _mm256_mask_storeu_epi16(p, packed<L, W>(rows), f16_bits(to_rows<L, W>(v)));
+}
+template <int L, int W>
+PFJAX_VF16_INLINE void store_bf16(uint16_t* p, vf16 v, __mmask16, int64_t rows) {
+  _mm256_mask_storeu_epi16(p, packed<L, W>(rows), bf16_bits(to_rows<L, W>(v)));
 }
 // A per-position operand (a weight along the row), element k at p[k * stride], in every row.
 template <int L, int W>
@@ -184,6 +210,16 @@ PFJAX_VF16_INLINE void store_rows(float* p, vf16 v, int64_t rows) {
   const int64_t n = rows < 16 / L ? rows : 16 / L;
   _mm512_mask_storeu_ps(p, static_cast<__mmask16>((1u << n) - 1),
                         _mm512_maskz_compress_ps(kFirstLanes<L>, v.v));
+}
+template <int L>
+PFJAX_VF16_INLINE void store_rows_f16(uint16_t* p, vf16 v, int64_t rows) {
+  _mm256_mask_storeu_epi16(p, first(rows < 16 / L ? rows : 16 / L),
+                           f16_bits(_mm512_maskz_compress_ps(kFirstLanes<L>, v.v)));
+}
+template <int L>
+PFJAX_VF16_INLINE void store_rows_bf16(uint16_t* p, vf16 v, int64_t rows) {
+  _mm256_mask_storeu_epi16(p, first(rows < 16 / L ? rows : 16 / L),
+                           bf16_bits(_mm512_maskz_compress_ps(kFirstLanes<L>, v.v)));
 }
 template <int L>
 PFJAX_VF16_INLINE void store_rows(int32_t* p, vi16 v, int64_t rows) {
