@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from pfjax import gir
 from pfjax.codegen.ctypes_table import register_type
-from pfjax.codegen.vector import VECTOR_FLOATS, _vector_node_ok, stored_value, vector_decl
+from pfjax.codegen.vector import VECTOR_FLOATS, vector_node_ok, stored_value, vector_decl
 from pfjax.gir import Op
 
 ENABLED = True
@@ -98,7 +98,7 @@ class SegmentPlan:
         if n.dtype in _INTS:
             return self._classify_int(n, kinds)
         if n.dtype not in _VALUES or INT in kinds \
-                or any(s.dtype not in _VALUES for s in n.src) or not _vector_node_ok(n):
+                or any(s.dtype not in _VALUES for s in n.src) or not vector_node_ok(n):
             raise _Unsupported
         return BOOL if n.dtype is gir.DType.BOOL else FLOAT
 

@@ -37,7 +37,7 @@ VECTOR_FLOATS = (gir.DType.F32, gir.DType.BF16, gir.DType.F16)
 _HALF = {gir.DType.BF16: "bf16", gir.DType.F16: "f16"}
 
 
-def _vector_node_ok(n: gir.Node) -> bool:
+def vector_node_ok(n: gir.Node) -> bool:
     """A value node of a vf16 loop: float arithmetic (VECTOR_FLOATS), or a bool predicate
     (a compare, logic on predicates) that only selects between float values."""
     floats, boolean = VECTOR_FLOATS, gir.DType.BOOL
@@ -85,7 +85,7 @@ def vector_body_ok(body: list[gir.Node], lane_stride, streams: bool = False) -> 
             # half types convert in a few instructions here, against a dozen integer
             # operations each way in the scalar loop (f16 x * 2 + y: 0.5x -> 1.7x XLA)
             worth |= n.dtype in _HALF and lane_stride(n) == 1
-        elif not _vector_node_ok(n):
+        elif not vector_node_ok(n):
             return False
         worth |= n.op is Op.ALU and n.arg in VECTOR_CALLS
     return worth
