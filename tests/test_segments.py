@@ -112,3 +112,18 @@ def test_other_short_rows_stay_staged(case, rng):
     one_kernel(f, x, tol=tol)
     src = _source(f, x)
     assert "stage_transpose" in src and "pfjax::seg::" not in src
+
+
+@pytest.mark.parametrize("L", [7, 8, 15])
+def test_first_position_where_a_predicate_holds(L, rng):
+    """argmax, argmin and the first position where a predicate holds (or a fill where it
+    never does) come straight from the predicate's lane mask."""
+    x = _with_specials(randn(rng, 700, L))
+    x[5, 2] = 0.0  # the one row with a zero (the lanes past the row read as zeros)
+
+    def f(x):
+        pos = jax.lax.broadcasted_iota(jnp.int32, x.shape, 1)
+        return (jnp.min(jnp.where(x > 1.0, pos, 1000), -1),
+                jnp.min(jnp.where(x == 0.0, pos, 1000), -1), jnp.argmax(x, -1), jnp.argmin(x, -1))
+    one_kernel(f, x, tol=TOL)
+    assert "store_first" in _source(f, x)

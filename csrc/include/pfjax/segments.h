@@ -211,6 +211,18 @@ PFJAX_VF16_INLINE void store_rows(float* p, vf16 v, int64_t rows) {
   _mm512_mask_storeu_ps(p, static_cast<__mmask16>((1u << n) - 1),
                         _mm512_maskz_compress_ps(kFirstLanes<L>, v.v));
 }
+// Per row, the position of the first lane of `m` in the row's segment (or `none`): an
+// argmax stored straight from the compare's lane mask.
+template <int L, int W>
+PFJAX_VF16_INLINE void store_first(int32_t* p, __mmask16 m, int32_t none, int64_t rows) {
+  constexpr unsigned kRow = (1u << W) - 1;
+  const int64_t n = rows < 16 / L ? rows : 16 / L;
+  for (int64_t q = 0; q < 16 / L; ++q) {
+    if (q >= n) break;
+    const unsigned row = (static_cast<unsigned>(m) >> (q * L)) & kRow;
+    p[q] = row ? static_cast<int32_t>(__builtin_ctz(row)) : none;
+  }
+}
 template <int L>
 PFJAX_VF16_INLINE void store_rows_f16(uint16_t* p, vf16 v, int64_t rows) {
   _mm256_mask_storeu_epi16(p, first(rows < 16 / L ? rows : 16 / L),
