@@ -857,6 +857,9 @@ class _Emitter:
         rsize = 1
         for d in self.rdims:
             rsize *= self.space[d]
+        segments = segment_plan(self)
+        if segments:  # the tiles and stages are the staged plan's only
+            w("#if !PFJAX_SEGMENTS")
         for index, buf in self.tiles:
             t = register_type(buf.dtype)
             w(f"pfjax::rt::Scratch<{t}> tile{index}_({rsize * (par.block if self.column else 1)});")
@@ -865,6 +868,8 @@ class _Emitter:
             t = STORAGE[n.dtype]
             w(f"pfjax::rt::Scratch<{t}> {stage}_({rsize * par.block});")
             w(f"{t}* __restrict {stage} = {stage}_.data;")
+        if segments:
+            w("#endif")
         kept = [d for d in range(len(self.space)) if d not in self.rdims]
         if not self.column:
             # Row units: indices unravelled once, then stepped with carries (short rows
@@ -891,7 +896,6 @@ class _Emitter:
             for d in reversed(kept):
                 w(f"const int64_t i{d} = r % {self.space[d]}; r /= {self.space[d]};")
             w("(void)r;")
-        segments = segment_plan(self)
         if segments:
             w("#if PFJAX_SEGMENTS")
             segments.emit_unit()

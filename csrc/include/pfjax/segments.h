@@ -170,12 +170,11 @@ PFJAX_VF16_INLINE vf16 load(const float* p, __mmask16 live, int64_t rows) {
 }
 template <int L, int W>
 PFJAX_VF16_INLINE vf16 load_f16(const uint16_t* p, __mmask16 live, int64_t rows) {
-  return to_segments<L, W>(_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(packed<L, W>(rows), p)), live);
+  return to_segments<L, W>(from_f16_bits(_mm256_maskz_loadu_epi16(packed<L, W>(rows), p)).v, live);
 }
 template <int L, int W>
 PFJAX_VF16_INLINE vf16 load_bf16(const uint16_t* p, __mmask16 live, int64_t rows) {
-  const __m512i h = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(packed<L, W>(rows), p));
-  return to_segments<L, W>(_mm512_castsi512_ps(_mm512_slli_epi32(h, 16)), live);
+  return to_segments<L, W>(from_bf16_bits(_mm256_maskz_loadu_epi16(packed<L, W>(rows), p)).v, live);
 }
 template <int L, int W>
 PFJAX_VF16_INLINE void store(float* p, vf16 v, __mmask16 live, int64_t rows) {

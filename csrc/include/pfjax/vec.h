@@ -36,12 +36,15 @@ struct vf16 {
 // nearest even, as XLA's own conversion); bf16 is the upper half of a float, rounded to
 // nearest even as math.h's f32_to_bf16 (a NaN stays a quiet NaN).
 #define PFJAX_HALF_INLINE static inline __attribute__((always_inline))
+PFJAX_HALF_INLINE vf16 from_f16_bits(__m256i h) { return _mm512_cvtph_ps(h); }
+PFJAX_HALF_INLINE vf16 from_bf16_bits(__m256i h) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
 PFJAX_HALF_INLINE vf16 load_f16(const uint16_t* p) {
-  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  return from_f16_bits(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
 }
 PFJAX_HALF_INLINE vf16 load_bf16(const uint16_t* p) {
-  const __m512i h = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(h, 16));
+  return from_bf16_bits(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
 }
 PFJAX_HALF_INLINE __m256i f16_bits(vf16 x) {
   return _mm512_cvtps_ph(x.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
