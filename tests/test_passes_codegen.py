@@ -91,13 +91,16 @@ def test_run_passes_keeps_semantics(name, rng):
     for kernel in _kernels(f, *sig):
         trace_list = []
         after = run_passes(kernel, debug=True, trace=trace_list)
-        assert [n for n, _ in trace_list] == ["simplify", "logistic", "input_order",
-                                              "collapse_dims", "reciprocal", "moments", "reuse"]
+        assert [n for n, _ in trace_list] == [
+            "simplify", "logistic", "logistic_products", "input_order", "collapse_dims",
+            "reciprocal", "moments", "reuse"]
         gir.verify(after)
         assert after.parallel.size == kernel.parallel.size
-        # tanh -> logistic changes the rounding (a few ulp); every other pass is exact
-        rewritten = any(n.op is gir.Op.ALU and n.arg == "logistic" for n in gir.toposort(after.root)) \
-            and not any(n.op is gir.Op.ALU and n.arg == "logistic" for n in gir.toposort(kernel.root))
+        # tanh -> logistic -> exp and a division change the rounding (a few ulp); every
+        # other pass is exact
+        gates = lambda k: {n.arg for n in gir.toposort(k.root) if n.op is gir.Op.ALU} & {
+            "tanh", "logistic"}
+        rewritten = gates(after) != gates(kernel)
         xs = _random_inputs(kernel, rng)
         before_out = gir.interp.run(kernel, xs)
         after_out = gir.interp.run(after, xs)
@@ -369,14 +372,15 @@ def test_compiled_float_to_int32_saturates(rng):
     assert got[0] == 0 and got[1] == 2**31 - 1
 
 
-def test_tanh_gelu_runs_as_logistic_and_matches_float64(rng):
+def test_tanh_gelu_runs_as_a_division_and_matches_float64(rng):
     x = np.concatenate([rng.standard_normal(4000) * 4,
                         [-np.inf, np.inf, np.nan, -100.0, 100.0, -9.0, 0.0, -0.0, 1e-30, -1e-30]]
                        ).astype(np.float32)
     f = lambda x: jax.nn.gelu(x, approximate=True)
     (group,) = pfjax.explain(f, x).groups
     ops = {n.arg for n in gir.toposort(group.kernel.root) if n.op is gir.Op.ALU}
-    assert "logistic" in ops and "tanh" not in ops
+    # x * logistic(2z) -> x / (1 + exp(-2z))
+    assert {"exp", "div"} <= ops and not ops & {"logistic", "tanh"}
     got = np.asarray(pfjax.fuse(f)(x))
     x64 = x.astype(np.float64)
     with np.errstate(over="ignore", invalid="ignore"):  # 0.5 (1 + tanh z) = 1 / (1 + e^-2z)
@@ -447,6 +451,71 @@ def test_tanh_to_logistic_keeps_a_shared_factor():
     assert [float(s.arg) for s in logistic.src[0].src if s.op is Op.CONST] == [2.0]
 
 
+def _gated_kernel(y_of_x, extra_use=False):
+    """x * logistic(y(x)) over 256 floats, optionally also storing the logistic."""
+    space = (256,)
+    x_buf = gir.buffer(0, "in", DType.F32, space)
+    x = gir.load(x_buf, View(space, (1,)))
+    gate = gir.alu("logistic", DType.F32, y_of_x(x))
+    values = [gir.alu("mul", DType.F32, gate, x)] + ([gate] if extra_use else [])
+    outs = [gir.buffer(k, "out", DType.F32, space) for k in range(len(values))]
+    stores = [gir.store(o, v, View(space, (1,))) for o, v in zip(outs, values)]
+    return gir.Kernel(gir.parallel(gir.Parallel(space), stores), (x_buf,), tuple(outs))
+
+
+def _specials(rng):
+    return np.concatenate([rng.standard_normal(240) * 30,
+                           [np.inf, -np.inf, np.nan, 100, -100, 88.5, -88.5, 87.2, -87.2, 0.0,
+                            -0.0, 1e-30, -1e-30, 1e-40, 3e38, -3e38]]).astype(np.float32)
+
+
+@pytest.mark.parametrize("const_first", [True, False])
+def test_logistic_product_becomes_a_division(rng, const_first):
+    """x * logistic(c * x) -> x / (1 + exp((-c) * x)): the negation folds into the constant,
+    and the ends agree with the product (x / inf = 0 where logistic = 0; NaN at -inf * 0)."""
+    from pfjax.passes.logistic import logistic_products_to_divisions
+    c = gir.const(np.float32(1.702), DType.F32)
+    kernel = _gated_kernel(lambda x: gir.alu("mul", DType.F32, *((c, x) if const_first else (x, c))))
+    rewritten = logistic_products_to_divisions(kernel)
+    nodes = [n for n in gir.toposort(rewritten.root) if n.op is Op.ALU]
+    ops = [n.arg for n in nodes]
+    assert "logistic" not in ops and "neg" not in ops and {"exp", "div"} <= set(ops)
+    (scaled,) = [n.src[0] for n in nodes if n.arg == "exp"]
+    assert [float(s.arg) for s in scaled.src if s.op is Op.CONST] == [-float(np.float32(1.702))]
+    x = _specials(rng)
+    got = gir.interp.run(rewritten, [x])[0]
+    with np.errstate(over="ignore", invalid="ignore"):
+        minus_y = (np.float32(-1.702) * x).astype(np.float64)  # the argument as rounded
+        want = x.astype(np.float64) / (1 + np.exp(minus_y))
+    want[np.isneginf(x)] = np.nan  # -inf * logistic(-inf) = -inf * 0
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-36)
+    np.testing.assert_array_equal(np.signbit(got[~np.isnan(got)]), np.signbit(want[~np.isnan(got)]))
+
+
+def test_logistic_product_kept_where_the_logistic_is_also_stored():
+    from pfjax.passes.logistic import logistic_products_to_divisions
+    kernel = _gated_kernel(lambda x: x, extra_use=True)
+    ops = [n.arg for n in gir.toposort(logistic_products_to_divisions(kernel).root)
+           if n.op is Op.ALU]
+    assert "logistic" in ops and "div" not in ops
+
+
+def test_silu_runs_as_a_division_and_matches_xla(rng):
+    """jax.nn.silu (x * logistic(x)), forward and backward, with the ends of the range."""
+    x = _specials(rng)
+    f = lambda x: jax.nn.silu(x) * 1.5
+    (group,) = pfjax.explain(f, x).groups
+    ops = {n.arg for n in gir.toposort(group.kernel.root) if n.op is gir.Op.ALU}
+    assert {"exp", "div", "neg"} <= ops and "logistic" not in ops
+    got, want = np.asarray(pfjax.fuse(f)(x)), np.asarray(jax.jit(f)(x))
+    np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-35)  # XLA flushes below -88
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    finite = np.isfinite(x) & (np.abs(x) < 50)
+    g = jax.grad(lambda x: jnp.sum(jax.nn.silu(x) * x))
+    np.testing.assert_allclose(np.asarray(pfjax.fuse(g)(x[finite])),
+                               np.asarray(jax.jit(g)(x[finite])), rtol=2e-5, atol=1e-6)
+
+
 def test_tanh_kept_where_the_backward_reuses_it(rng):
     x = rng.standard_normal((64, 33)).astype(np.float32)
     g = jax.grad(lambda x: jnp.sum(jax.nn.gelu(x, approximate=True) * x))
@@ -455,3 +524,23 @@ def test_tanh_kept_where_the_backward_reuses_it(rng):
         assert not ("logistic" in ops and "tanh" in ops), ops
     np.testing.assert_allclose(np.asarray(pfjax.fuse(g)(x)), np.asarray(jax.jit(g)(x)),
                                rtol=2e-5, atol=2e-5)
+
+
+def test_vector_loops_with_calls_prefetch_their_streamed_rows(rng):
+    """A loop with an exp prefetches the input that moves with the rows, not the bias row
+    every row reads again; a loop without a call leaves prefetching to the hardware."""
+    x = rng.standard_normal((64, 256)).astype(np.float32)
+    b = rng.standard_normal(256).astype(np.float32)
+    for f, prefetches in ((lambda x, b: jax.nn.gelu(x + b), True), (lambda x, b: x * 2 + b, False)):
+        (group,) = pfjax.explain(f, x, b).groups
+        source = open(group.source_path).read()
+        lines = [line for line in source.splitlines() if "__builtin_prefetch" in line]
+        # the row pointers: name -> whether it moves with the row index
+        moving = dict(re.findall(r"(p\d+) = in\d+ \+ 0( \+ i0 \* \d+)?", source))
+        if prefetches:
+            names = {re.search(r"&(p\d+)\[", line).group(1) for line in lines}
+            assert names and all(moving[n] for n in names) and len(moving) == 2, (names, moving)
+        else:
+            assert not lines
+        np.testing.assert_allclose(np.asarray(pfjax.fuse(f)(x, b)), np.asarray(jax.jit(f)(x, b)),
+                                   rtol=2e-6, atol=1e-6)

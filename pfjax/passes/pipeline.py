@@ -5,7 +5,7 @@ from typing import Callable
 
 from pfjax import gir
 from pfjax.passes.collapse import collapse_dims
-from pfjax.passes.logistic import tanh_to_logistic
+from pfjax.passes.logistic import logistic_products_to_divisions, tanh_to_logistic
 from pfjax.passes.moments import one_pass_moments
 from pfjax.passes.order import input_order
 from pfjax.passes.reciprocal import per_unit_reciprocal
@@ -19,6 +19,7 @@ Pass = Callable[[gir.Kernel, gir.Target], gir.Kernel]
 PIPELINE: list[tuple[str, Pass]] = [
     ("simplify", lambda k, t: simplify(k)),
     ("logistic", lambda k, t: tanh_to_logistic(k)),
+    ("logistic_products", lambda k, t: logistic_products_to_divisions(k)),
     ("input_order", lambda k, t: input_order(k)),
     ("collapse_dims", lambda k, t: collapse_dims(k)),
     ("reciprocal", lambda k, t: per_unit_reciprocal(k)),
