@@ -154,7 +154,7 @@ def _build_cuda(plans: list[GroupPlan]) -> None:
         if gp.kernel_before is None:
             continue
         try:
-            kernel = run_passes(gp.kernel_before, tgt)
+            kernel = run_passes(lower_group(gp.group, "cuda"), tgt)
             sources.setdefault(kernel.name, _cuda_body(emit_cuda_kernel(kernel)))
             names[k] = kernel.name
         except CudaUnsupported as err:
@@ -260,7 +260,7 @@ def cuda_sources(fun: Callable, avals: list, program: Program | None = None
     out = []
     for group in partition(program).groups:
         try:
-            kernel = run_passes(lower_group(group), tgt)
+            kernel = run_passes(lower_group(group, "cuda"), tgt)
             out.append((group, emit_cuda_kernel(kernel), None))
         except (LoweringError, CudaUnsupported) as err:
             out.append((group, None, str(err)))

@@ -127,3 +127,69 @@ def test_first_position_where_a_predicate_holds(L, rng):
                 jnp.min(jnp.where(x == 0.0, pos, 1000), -1), jnp.argmax(x, -1), jnp.argmin(x, -1))
     one_kernel(f, x, tol=TOL)
     assert "store_first" in _source(f, x)
+
+
+# ---- per-row tails and reductions over all rows (cross-entropy over short rows) --------
+
+def _cross_entropy(x, labels):
+    lp = jax.nn.log_softmax(x, -1)
+    return -jnp.mean(jnp.take_along_axis(lp, labels[..., None], -1))
+
+
+def _plans(plan, monkeypatch):
+    """segments: the segment plan with its per-row tail; staged: the plan it replaces."""
+    from pfjax.codegen import cpu_segments
+    monkeypatch.setattr(cpu_segments, "ENABLED", plan == "segments")
+
+
+@pytest.mark.parametrize("plan", ["segments", "staged"])
+@pytest.mark.parametrize("L", [2, 3, 7, 8, 15])
+@pytest.mark.parametrize("rows", [1, 513, 1030])
+def test_cross_entropy_mean_over_short_rows(plan, L, rows, rng, monkeypatch):
+    """Integer labels gathered per row, log per row, a mean over all rows: one kernel
+    whose units add their rows up in order (the finish adds the units). Against XLA and a
+    float64 reference."""
+    _plans(plan, monkeypatch)
+    x = randn(rng, rows, L) * 3
+    labels = rng.integers(0, L, rows).astype(np.int32)
+    one_kernel(_cross_entropy, x, labels, tol=dict(rtol=2e-6, atol=2e-6))
+    x64 = x.astype(np.float64)
+    lse = np.log(np.exp(x64 - x64.max(-1, keepdims=True)).sum(-1)) + x64.max(-1)
+    want = np.mean(lse - x64[np.arange(rows), labels])
+    np.testing.assert_allclose(float(pfjax.fuse(_cross_entropy)(x, labels)), want, rtol=2e-6)
+    src = _source(_cross_entropy, x, labels)
+    if rows > 16:  # rows laid across the lanes, not one row per unit
+        assert "stage_transpose" in src and ("pfjax::seg::" in src) == (plan == "segments")
+
+
+@pytest.mark.parametrize("plan", ["segments", "staged"])
+@pytest.mark.parametrize("L", [3, 8])
+def test_per_row_losses_accuracy_and_a_max_over_rows(plan, L, rng, monkeypatch):
+    """Per-row losses (labels out of range give NaN, negative ones count from the end),
+    the accuracy from the argmax, the largest logsumexp and a sum of squares over all rows
+    in one kernel, with other kept dimensions in front; NaN and inf rows."""
+    _plans(plan, monkeypatch)
+    x = _with_specials(randn(rng, 3, 173, L) * 2)
+    labels = rng.integers(0, L, (3, 173)).astype(np.int32)
+    labels[0, 7], labels[1, 9], labels[2, 11] = -1, L + 3, -L
+
+    def f(x, labels):
+        lp = jax.nn.log_softmax(x, -1)
+        losses = -jnp.take_along_axis(lp, labels[..., None], -1)[..., 0]
+        hit = (jnp.argmax(x, -1) == labels).astype(jnp.float32)
+        lse = jax.nn.logsumexp(x, -1)
+        return losses, jnp.mean(hit), jnp.max(jnp.where(jnp.isfinite(lse), lse, -1.0)), \
+            jnp.sum(jnp.where(jnp.isfinite(lse), lse, 0.0) ** 2)
+    fused = one_kernel(f, x, labels, tol=dict(rtol=1e-5, atol=1e-5))
+    losses = np.asarray(fused(x, labels)[0])
+    assert np.isnan(losses[1, 9]) and np.isfinite(losses[0, 7]) and np.isfinite(losses[2, 11])
+    assert ("pfjax::seg::" in _source(f, x, labels)) == (plan == "segments")
+
+
+def test_cross_entropy_over_short_rows_grads_and_vmap(rng):
+    x, labels = randn(rng, 300, 7), rng.integers(0, 7, 300).astype(np.int32)
+    check_grads(lambda x: pfjax.fuse(_cross_entropy)(x, labels), (x,), order=1, modes=["rev"],
+                atol=1e-2, rtol=1e-2)
+    xs, ls = randn(rng, 3, 300, 7), rng.integers(0, 7, (3, 300)).astype(np.int32)
+    np.testing.assert_allclose(jax.vmap(pfjax.fuse(_cross_entropy))(xs, ls),
+                               jax.vmap(_cross_entropy)(xs, ls), rtol=2e-6, atol=2e-6)

@@ -65,6 +65,13 @@ def _acc_type(node: gir.Node) -> str:
     return "int" if node.arg.op in ("and", "or") else register_type(node.dtype)
 
 
+def _partial_type(final: gir.Node) -> str:
+    """A unit's partial of a reduction over all units: float sums and products in double."""
+    if final.dtype.is_float and final.arg.op in ("sum", "prod"):
+        return "double"
+    return _acc_type(final)
+
+
 def _combine(op: str, dtype: gir.DType, acc: str, v: str) -> str:
     """acc <- acc (op) v, with XLA's NaN propagation for float max / min."""
     if op == "sum":
@@ -290,14 +297,26 @@ class _Emitter:
         if self.column:
             for n in nodes:
                 self.names[id(n)] = f"h{len(self.names)}"
-                w(f"{register_type(n.dtype)} {self.names[id(n)]}[{self.par.block}];")
-            w(f"#pragma omp simd simdlen({self.par.vector})")
-            w("for (int64_t j = 0; j < cn; ++j) {")
-            w.indent()
-            for n in nodes:
-                w(f"{self.names[id(n)]}[j] = {self.expr(n, {})};")
-            w.indent(-1)
-            w("}")
+                # (g++ vectorises selects on uint8_t arrays, not on bool ones)
+                t = "uint8_t" if n.dtype is gir.DType.BOOL else register_type(n.dtype)
+                w(f"{t} {self.names[id(n)]}[{self.par.block}];")
+            # Within the loop the values are read from registers, not back from their
+            # arrays: g++ turns a select between two array elements into a masked load,
+            # which it does not vectorise beside bool arrays, and then leaves the whole
+            # loop scalar (a per-row log with it). A dynamic load (a gather at a per-row
+            # label) gets a loop of its own for the same reason.
+            for part in _split_at(nodes, lambda n: gir.load_offset(n) is not None):
+                w(f"#pragma omp simd simdlen({self.par.vector})")
+                w("for (int64_t j = 0; j < cn; ++j) {")
+                w.indent()
+                local: dict[int, str] = {}
+                for n in part:
+                    name = self.names[id(n)]
+                    w(f"const {register_type(n.dtype)} {name}_ = {self.expr(n, local)};")
+                    w(f"{name}[j] = {name}_;")
+                    local[id(n)] = f"{name}_"
+                w.indent(-1)
+                w("}")
         else:
             for n in nodes:
                 self.names[id(n)] = f"h{len(self.names)}"
@@ -627,10 +646,23 @@ class _Emitter:
             t = STORAGE[buf.dtype]
             self.w(f"{t}* __restrict out{buf.arg.index} = static_cast<{t}*>(out_[{buf.arg.index}]);")
 
+    def emit_column_finals(self, finals: list[gir.Node]) -> None:
+        """A column reduction's partials of the reductions over all rows: its block's rows
+        combined in order (a float sum in double)."""
+        if not finals or not self.column:
+            return
+        self.emit_unit_values([f.src[0] for f in finals])
+        for slot, f in enumerate(finals):
+            op = f.arg.op
+            self.w(f"{{ {_partial_type(f)} p = {_init(op, f.dtype)};")
+            self.w(f"  for (int64_t j = 0; j < cn; ++j) "
+                   f"p = {_combine(op, f.dtype, 'p', self.ref(f.src[0], {}))};")
+            self.w(f"  scratch{slot}[u] = p; }}")
+
     def emit_scratch(self, finals: list[gir.Node]) -> None:
         """Per-unit partial results of each final reduction: 8 bytes per unit, in order."""
         for k, f in enumerate(finals):
-            t = register_type(f.dtype) if f.dtype is not gir.DType.BOOL else "uint8_t"
+            t = _partial_type(f) if f.dtype is not gir.DType.BOOL else "uint8_t"
             self.w(f"{t}* __restrict scratch{k} = reinterpret_cast<{t}*>(static_cast<char*>("
                    f"out_[{len(self.kernel.outputs)}]) + {8 * k * self.par.units});")
 
@@ -642,6 +674,7 @@ class _Emitter:
         w.indent()
         self.emit_pointers()
         self.emit_scratch(finals)
+        column, self.column = self.column, False  # the finish computes scalars only
         self.names = {}
         for k, f in enumerate(finals):
             acc_t = "double" if f.dtype.is_float and f.arg.op in ("sum", "prod") else _acc_type(f)
@@ -658,6 +691,7 @@ class _Emitter:
             w(f"const {register_type(n.dtype)} {self.names[id(n)]} = {self.expr(n, {})};")
         for st in stores:
             w(f"{self.address(st)} = {store_expr(self.ref(st.src[1], {}), st.dtype)};")
+        self.column = column
         w.indent(-1)
         w("}")
         w()
@@ -848,8 +882,6 @@ class _Emitter:
         w.indent()
         self.emit_pointers()
         finals = self.nest.finals(self.nodes)
-        if finals and self.column:
-            raise NotImplementedError("a reduction over the units of a column reduction")
         self.emit_scratch(finals)
         split_reduces = [r for r in self.nest.roots(self.nodes) if r.op is Op.REDUCE] \
             if par.split > 1 else []
@@ -896,9 +928,14 @@ class _Emitter:
             for d in reversed(kept):
                 w(f"const int64_t i{d} = r % {self.space[d]}; r /= {self.space[d]};")
             w("(void)r;")
+        roots = self.nest.roots(self.nodes)
+        epilogue = [r for r in roots if r.op is Op.STORE and self.nest.loop_of(r) is None]
         if segments:
             w("#if PFJAX_SEGMENTS")
-            segments.emit_unit()
+            names = dict(self.names)  # the two branches name their values apart
+            segments.emit_unit(epilogue)
+            self.emit_column_finals(finals)
+            self.names = names
             w("#else")
         rows = self.space[self.rdims[0]] if self.staged else 0
         for stage, n in self.staged:
@@ -909,7 +946,6 @@ class _Emitter:
                 if STAGE_PREFETCH and stride == rows:  # packed rows: the next block follows
                     w(f"pfjax::rt::prefetch_range({self.stage_base(n)} + {par.block * stride}, "
                       f"{par.block * stride * n.dtype.itemsize});")
-        roots = self.nest.roots(self.nodes)
         self.emit_prefetch_bases()
         for loop in range(self.nest.num_loops):
             if self.online and loop < 2:
@@ -923,7 +959,6 @@ class _Emitter:
             if n.op is Op.STORE:  # back to rows
                 w(f"pfjax::rt::stage_transpose({self.stage_base(n)}, {n.arg.view.strides[self.lane]}, "
                   f"{stage}, {par.block}, {rows}, cn);")
-        epilogue = [r for r in roots if r.op is Op.STORE and self.nest.loop_of(r) is None]
         split_reduces = [r for r in roots if r.op is Op.REDUCE] if par.split > 1 else []
         if split_reduces:
             w("// this segment's partial results, combined by the finish step")
@@ -934,9 +969,10 @@ class _Emitter:
         else:
             w("// per-unit results")
             self.emit_epilogue(epilogue)
+        self.emit_column_finals(finals)
         if segments:
             w("#endif")
-        for slot, f in enumerate(finals):
+        for slot, f in enumerate(finals if not self.column else []):
             self.emit_unit_values([f.src[0]])
             w(f"scratch{slot}[u] = {self.ref(f.src[0], {})};")
         if not self.column and kept:  # the next unit's indices
@@ -966,6 +1002,18 @@ class _Emitter:
           f"{name + '_finish' if finals or split_reduces else 'nullptr'}, "
           f"{8 * par.units * len(finals) + self.split_bytes(split_reduces)});")
         return "\n".join(w.lines) + "\n"
+
+
+def _split_at(nodes: list[gir.Node], alone) -> list[list[gir.Node]]:
+    """nodes in order, cut into runs with each node for which alone(node) holds in a run
+    of its own."""
+    parts: list[list[gir.Node]] = [[]]
+    for n in nodes:
+        if alone(n):
+            parts += [[n], []]
+        else:
+            parts[-1].append(n)
+    return [p for p in parts if p]
 
 
 def _clause(r: gir.Node, var: str) -> str:

@@ -57,10 +57,62 @@ class SegmentPlan:
         self.kind: dict[int, str] = {}
         self.access: dict[int, str] = {}   # load / store -> packed, per_row, per_position, uniform
         self.tile_value: dict[int, gir.Node] = {}
+        # Per-row values that feed only per-row stores and the reductions over all rows
+        # (cross-entropy's label, its gather and log) where they have no form here or are
+        # transcendental: the "tail", computed after the vector pass for 16 rows a vector
+        # as the staged plan does (a per-row log in the pass costs a whole vector per
+        # 16 / L rows, at the end of the pass's longest chain of latencies: measured 0.4x
+        # the kernel's speed), from the pass's values it reads (the "boundary"), which the
+        # pass stores to arrays.
+        self.tail: set[int] = set()
+        needed = self._needed_by_the_pass()
         for n in em.nodes:
-            if n.op not in (Op.BUFFER, Op.PARALLEL):
+            if n.op in (Op.BUFFER, Op.PARALLEL):
+                continue
+            free = id(n) not in needed and (n.op is not Op.REDUCE or em.nest.final[id(n)])
+            if any(id(s) in self.tail for s in n.src) or (
+                    free and n.op is Op.ALU and gir.alu_op(n.arg).transcendental):
+                if not free:
+                    raise _Unsupported
+                self.tail.add(id(n))
+                continue
+            try:
                 self.kind[id(n)] = self._classify(n)
+            except _Unsupported:
+                if not free:
+                    raise
+                self.tail.add(id(n))
+        self.boundary = self._boundary()
         self.first = self._first_positions()
+
+    def _needed_by_the_pass(self) -> set[int]:
+        """Nodes the vector pass computes whatever else it does: what the reductions over
+        the row and the values along it are computed from."""
+        nest, needed = self.em.nest, set()
+        stack = [n for n in self.em.nodes if n.op not in (Op.BUFFER, Op.PARALLEL, Op.STORE)
+                 and not nest.final[id(n)] and (n.op is Op.REDUCE or nest.full.get(id(n)))]
+        while stack:
+            n = stack.pop()
+            if id(n) not in needed:
+                needed.add(id(n))
+                stack.extend(s for s in n.src if s.op is not Op.BUFFER)
+        return needed
+
+    def _boundary(self) -> list[gir.Node]:
+        """Values of the vector pass the tail reads: float or int32 lanes, one per row."""
+        out: dict[int, gir.Node] = {}
+        for n in self.em.nodes:
+            if id(n) not in self.tail:
+                continue
+            for s in n.src:
+                if s.op is Op.BUFFER or id(s) in self.tail or id(s) in out:
+                    continue
+                if self.kind[id(s)] == UNIFORM:
+                    continue  # the tail computes it again
+                if self.kind[id(s)] == BOOL or s.dtype not in (gir.DType.F32, gir.DType.I32):
+                    raise _Unsupported
+                out[id(s)] = s
+        return list(out.values())
 
     def _first_positions(self) -> dict[int, tuple[gir.Node, gir.Node]]:
         """argmax / argmin: min over the row of select(pred, position, none), only stored
@@ -76,7 +128,7 @@ class SegmentPlan:
 
         def stored_only(n: gir.Node) -> bool:
             return all((u.op is Op.STORE and self.access.get(id(u)) == "per_row")
-                       or (u.op is Op.CAST and self.kind[id(u)] == INT and stored_only(u))
+                       or (u.op is Op.CAST and self.kind.get(id(u)) == INT and stored_only(u))
                        for u in users.get(id(n), []))
 
         def position(n: gir.Node) -> bool:
@@ -88,7 +140,7 @@ class SegmentPlan:
         if 16 // self.L > 2:  # 4 or 8 rows a vector: the scalar work outweighs the butterfly
             return first
         for n in self.em.nodes:
-            if n.op is Op.REDUCE and self.kind[id(n)] == INT and n.arg.op == "min":
+            if n.op is Op.REDUCE and self.kind.get(id(n)) == INT and n.arg.op == "min":
                 sel = n.src[0]
                 if sel.op is Op.SELECT and self.kind[id(sel)] == INT and position(sel.src[2]) \
                         and self.kind[id(sel.src[1])] == UNIFORM and stored_only(n):
@@ -205,10 +257,14 @@ class SegmentPlan:
 
     # -- the unit's pass over its rows ------------------------------------------------
 
-    def emit_unit(self) -> None:
-        """The unit's block of cn rows (from c0), 16 / L rows per vector."""
+    def emit_unit(self, tail_stores: list[gir.Node]) -> None:
+        """The unit's block of cn rows (from c0), 16 / L rows per vector; then the tail,
+        row by row, with the epilogue's stores among tail_stores."""
         em, w, L, LW = self.em, self.em.w, self.L, f"{self.L}, {self.W}"
         local: dict[int, str] = {}
+        for k, n in enumerate(self.boundary):
+            em.names[id(n)] = f"row{k}"
+            w(f"{register_type(n.dtype)} row{k}[{em.par.block}];")
         for n in em.nodes:  # per-position operands: the same vector for every row
             if self.access.get(id(n)) == "per_position":
                 local[id(n)] = name = f"p{len(local)}"
@@ -218,7 +274,7 @@ class SegmentPlan:
         w.indent()
         w(f"const __mmask16 live = pfjax::seg::live<{LW}>(cn - j);")
         for n in em.nodes:
-            if n.op in (Op.BUFFER, Op.PARALLEL) or id(n) in local:
+            if n.op in (Op.BUFFER, Op.PARALLEL) or id(n) in local or id(n) in self.tail:
                 continue
             if n.op is Op.STORE:
                 self._emit_store(n, local)
@@ -231,7 +287,10 @@ class SegmentPlan:
                 continue
             local[id(n)] = name = f"v{len(local)}"
             w(self._decl(n, name, local))
+        for k, n in enumerate(self.boundary):
+            w(f"pfjax::seg::store_rows<{L}>(row{k} + j, {local[id(n)]}, cn - j);")
         w.close()
+        em.emit_epilogue([n for n in tail_stores if id(n) in self.tail])
 
     def _operand(self, s: gir.Node, local: dict[int, str], want: str) -> str:
         """A value as an operand of `want` lanes: uniform ones broadcast."""
@@ -295,7 +354,7 @@ def segment_plan(em) -> SegmentPlan | None:
     """The plan for the emitter's kernel (a column reduction whose short rows are staged),
     or None where it does not hold."""
     if not ENABLED or not em.column or not em.staged or len(em.rdims) != 1 \
-            or em.par.split > 1 or em.par.vector != 16 or em.nest.finals(em.nodes):
+            or em.par.split > 1 or em.par.vector != 16:
         return None
     width = em.space[em.rdims[0]]
     if not 2 <= width <= MAX_ROW:

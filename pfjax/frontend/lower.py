@@ -144,7 +144,9 @@ class Lowerer:
         return self.memo[memo_key]
 
 
-def lower_group(group: Group) -> gir.Kernel:
+def lower_group(group: Group, backend: str = "cpu") -> gir.Kernel:
+    """The group's GIR kernel. backend: the layout of reductions over short rows that are
+    then reduced again over all rows (a mean loss) depends on it, see _reduction_layout."""
     lw = Lowerer(group)
     space = tuple(group.space)
     outputs, stores = [], []
@@ -159,7 +161,7 @@ def lower_group(group: Group) -> gir.Kernel:
     inputs = tuple(lw.buffers[id(a) if isinstance(a, Lit) else a.id] for a in group.inputs)
     kernel = gir.Kernel(gir.parallel(gir.Parallel(space, rdims=lw.rdims), stores), inputs,
                         tuple(outputs))
-    return _reduction_layout(kernel) if lw.rdims else kernel
+    return _reduction_layout(kernel, backend) if lw.rdims else kernel
 
 
 def _contiguous_dim(kernel: gir.Kernel, nodes) -> int:
@@ -187,7 +189,7 @@ def _has_finals(kernel: gir.Kernel, nodes) -> bool:
     return any(n.op is gir.Op.REDUCE and set(n.arg.dims) != rdims for n in nodes)
 
 
-def _reduction_layout(kernel: gir.Kernel) -> gir.Kernel:
+def _reduction_layout(kernel: gir.Kernel, backend: str = "cpu") -> gir.Kernel:
     """Reorder the space to kept dims, reduced dims, then a kept dim if it is the one read
     contiguously (a column reduction vectorises across it): the layout the reduction
     codegen expects. A reduced dim read contiguously goes last among the reduced ones (a
@@ -198,7 +200,9 @@ def _reduction_layout(kernel: gir.Kernel) -> gir.Kernel:
     rdims = list(par.rdims)
     nodes = gir.toposort(kernel.root)
     best = _contiguous_dim(kernel, nodes)
-    if rdims == [best] and par.space[best] < SHORT_ROW and kept and not _has_finals(kernel, nodes):
+    # The CUDA column reduction has no finish step for a reduction over all its rows.
+    finals_ok = backend == "cpu" or not _has_finals(kernel, nodes)
+    if rdims == [best] and par.space[best] < SHORT_ROW and kept and finals_ok:
         # Rows shorter than a vector: lay them across the lanes (a column reduction over
         # the units, its accesses staged through a block transpose).
         lane = max(kept, key=lambda d: par.space[d])

@@ -205,7 +205,7 @@ batching.primitive_batchers[fused_p] = _batch
 # names the kernel, whose descriptor the dispatch library looks up.
 
 _libraries: dict[str, ctypes.CDLL] = {}
-_registered: set[str] = set()
+_registered: dict[str, str] = {}  # kernel name -> the library its descriptor comes from
 _dispatch: ctypes.CDLL | None = None
 
 
@@ -225,15 +225,19 @@ def register_library(path: str, targets: list[str]) -> None:
     if lib is None:
         lib = _libraries[path] = ctypes.CDLL(path)
     for name in targets:
-        if name in _registered:
+        if _registered.get(name) == path:
             continue
+        # A name is the kernel's GIR: a second library for it holds code generated
+        # differently (a code generation switch flipped in this process). The dispatcher
+        # looks the name up at each call, so the newest library's code runs from then on.
         info = getattr(lib, name + "_info")
         info.restype = ctypes.c_void_p
         if _dispatch.pfjax_register_kernel(name.encode(), info()) != 0:
             raise RuntimeError(f"pfjax: kernel {name} in {path} has a different ABI version")
-        jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(_dispatch.pfjax_dispatch),
-                                    platform="cpu")
-        _registered.add(name)
+        if name not in _registered:
+            jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(_dispatch.pfjax_dispatch),
+                                        platform="cpu")
+        _registered[name] = path
 
 
 _registered_cuda: set[str] = set()
