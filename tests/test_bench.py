@@ -47,5 +47,6 @@ def test_filter_selects_subset():
     assert [w.name for w in select("half precision")] == ["layernorm_bf16", "bias_gelu_bf16",
                                                          "softmax_f16"]
     assert [w.name for w in select("training")] == ["train_step"]
-    assert [w.name for w in select("row shapes")] == ["sum_of_squares", "softmax_long_rows",
-                                                     "softmax_short_rows", "argmax_short_rows"]
+    assert [w.name for w in select("row shapes")] == [
+        "sum_of_squares", "softmax_long_rows", "softmax_short_rows", "argmax_short_rows",
+        "cross_entropy_short_rows"]

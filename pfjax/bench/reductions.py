@@ -90,12 +90,12 @@ def cross_entropy(logits, labels):
     return -jnp.mean(jnp.take_along_axis(logp, labels[:, None], axis=-1))
 
 
-def _torch_cross_entropy(logits, labels):
+def torch_cross_entropy(logits, labels):
     import torch.nn.functional as F
     return F.cross_entropy(logits, labels.long())
 
 
-def _build_ce(shape, key):
+def build_logits_and_labels(shape, key):
     kx, kl = jax.random.split(key)
     return _normal(kx, shape, 2.0), jax.random.randint(kl, shape[:1], 0, shape[1], jnp.int32)
 
@@ -180,7 +180,8 @@ register(Workload("log_softmax", "log-softmax", "reduction", _VOCAB, _build_x, l
 register(Workload("logsumexp", "logsumexp", "reduction", _VOCAB, _build_x, logsumexp,
                   _torch_logsumexp, rtol=1e-4, atol=1e-4))
 register(Workload("cross_entropy", "cross-entropy (mean over rows)", "reduction", _VOCAB,
-                  _build_ce, cross_entropy, _torch_cross_entropy, rtol=1e-4, atol=1e-4))
+                  build_logits_and_labels, cross_entropy, torch_cross_entropy, rtol=1e-4,
+                  atol=1e-4))
 register(Workload("column_sum", "column sum", "reduction", _COLS, _build_x, column_sum,
                   _torch_column_sum, rtol=1e-4, atol=1e-3))
 register(Workload("column_mean_var", "column mean + var", "reduction", _COLS, _build_x,
@@ -205,7 +206,7 @@ def _torch_train_step(x, r, w, b, labels):
     import torch
     x, w, b = (t.detach().requires_grad_() for t in (x, w, b))
     h = torch.nn.functional.gelu(_torch_layernorm(x + r, w, b))
-    loss = _torch_cross_entropy(h, labels)
+    loss = torch_cross_entropy(h, labels)
     gx, gw, gb = torch.autograd.grad(loss, (x, w, b))
     return loss, (gx, gw, gb)
 
