@@ -193,3 +193,20 @@ def test_cross_entropy_over_short_rows_grads_and_vmap(rng):
     xs, ls = randn(rng, 3, 300, 7), rng.integers(0, 7, (3, 300)).astype(np.int32)
     np.testing.assert_allclose(jax.vmap(pfjax.fuse(_cross_entropy))(xs, ls),
                                jax.vmap(_cross_entropy)(xs, ls), rtol=2e-6, atol=2e-6)
+
+
+@pytest.mark.parametrize("batch", [37, 1100])
+def test_masked_softmax_over_small_square_rows(batch, rng):
+    """(B, 7, 7) rows under a causal mask: the 7 rows of a batch element sit 7 floats
+    apart and the batch elements 49, so the units step through the rows of a block of
+    batch elements before the next block (each input line is read once)."""
+    x = randn(rng, batch, 7, 7)
+
+    def f(x):
+        return jax.nn.softmax(jnp.where(jnp.tril(jnp.ones((7, 7), bool)), x, -1e9), -1), \
+            jnp.sum(x * 2.0, -1)
+    one_kernel(f, x, tol=TOL)
+    src = _source(f, x)
+    if batch > 16:
+        # the kept index of the rows comes from the unit before the block of columns
+        assert src.index("const int64_t i0 = r % 7") < src.index("const int64_t c0 =")

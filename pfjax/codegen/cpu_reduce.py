@@ -12,6 +12,8 @@ value is a vector of them, and accumulators are arrays updated lane-wise.
 """
 from __future__ import annotations
 
+import math
+
 from pfjax import gir
 from pfjax.codegen.ctypes_table import (STORAGE, compute_expr, guarded_load, literal, load_expr,
                                         register_type, store_expr)
@@ -198,6 +200,20 @@ class _Emitter:
                 staged.append((by_view[key], n))
             stage_of[id(n)] = by_view[key]
         return stage_of, staged
+
+    def blocks_outermost(self, outer: list[int]) -> bool:
+        """Whether a column reduction's units should step through its other kept indices
+        (`outer`) before its blocks of columns: where the largest input is laid out with
+        those indices closer together than a block's columns (a masked softmax over
+        (B, 7, 7) rows: its 7 rows of a batch element sit 7 floats apart, the batch 49
+        floats apart; stepping the batch first read the input 7 times, 0.5x jax.jit)."""
+        loads = [n for n in self.nodes if n.op is Op.LOAD and n.src[0].arg.role == "in"]
+        if not outer or not loads:
+            return False
+        main = max(loads, key=lambda n: math.prod(n.src[0].arg.shape))
+        strides = main.arg.view.strides
+        block_stride = abs(strides[self.lane]) * self.par.block
+        return any(0 < abs(strides[d]) < block_stride for d in outer)
 
     def stage_base(self, node: gir.Node) -> str:
         """Address of the access at the unit's first lane (c0) and row 0."""
@@ -917,6 +933,11 @@ class _Emitter:
         if self.column:
             c = self.space[self.lane]
             blocks = -(-c // par.block)
+            kept = kept[:-1]
+            blocks_first = par.split == 1 and self.blocks_outermost(kept)
+            if blocks_first:
+                for d in reversed(kept):
+                    w(f"const int64_t i{d} = r % {self.space[d]}; r /= {self.space[d]};")
             w(f"const int64_t c0 = (r % {blocks}) * {par.block}; r /= {blocks};")
             if par.split > 1:
                 w("const int64_t seg = r; r = 0;")
@@ -924,9 +945,9 @@ class _Emitter:
                 w(f"constexpr int64_t cn = {par.block};")
             else:
                 w(f"const int64_t cn = std::min<int64_t>({par.block}, {c} - c0);")
-            kept = kept[:-1]
-            for d in reversed(kept):
-                w(f"const int64_t i{d} = r % {self.space[d]}; r /= {self.space[d]};")
+            if not blocks_first:
+                for d in reversed(kept):
+                    w(f"const int64_t i{d} = r % {self.space[d]}; r /= {self.space[d]};")
             w("(void)r;")
         roots = self.nest.roots(self.nodes)
         epilogue = [r for r in roots if r.op is Op.STORE and self.nest.loop_of(r) is None]
