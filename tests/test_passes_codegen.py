@@ -167,6 +167,23 @@ def test_simplify_keeps_float_to_int_const_cast():
     np.testing.assert_array_equal(gir.interp.run(out, [])[0], [0, 0, 0, 0])
 
 
+@pytest.mark.parametrize("cases,negated", [((False, True), False), ((True, False), True)])
+def test_simplify_selects_between_bool_constants(cases, negated, rng):
+    """select(c, False, True) is c and select(c, True, False) is not c: the same bits."""
+    b = gir.buffer(0, "in", DType.F32, (64,))
+    c = gir.alu("gt", DType.BOOL, gir.load(b, View((64,), (1,))), gir.const(0.0, DType.F32))
+    sel = gir.select(c, [gir.const(cases[0], DType.BOOL), gir.const(cases[1], DType.BOOL)])
+    o = gir.buffer(0, "out", DType.BOOL, (64,))
+    k = gir.Kernel(gir.parallel(gir.Parallel((64,)), [gir.store(o, sel, View((64,), (1,)))]),
+                   (b,), (o,))
+    out = simplify(k)
+    nodes = gir.toposort(out.root)
+    assert not any(n.op is Op.SELECT for n in nodes)
+    assert any(n.op is Op.ALU and n.arg == "not" for n in nodes) == negated
+    x = rng.standard_normal(64).astype(np.float32)
+    np.testing.assert_array_equal(gir.interp.run(out, [x])[0], gir.interp.run(k, [x])[0])
+
+
 def test_simplify_from_jax_constants():
     [k] = _kernels(lambda x: jnp.exp(x) * (jnp.float32(2) * jnp.float32(3)), ((32,), jnp.float32))
     after = simplify(k)

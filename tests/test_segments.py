@@ -98,12 +98,11 @@ def test_half_precision_rows(dtype, L, rng):
     assert "pfjax::seg::load_" in _source(f, x)
 
 
-@pytest.mark.parametrize("case", ["gapped rows", "tanh", "prod", "int32 rows"])
+@pytest.mark.parametrize("case", ["tanh", "prod", "int32 rows"])
 def test_other_short_rows_stay_staged(case, rng):
     """Where the segment plan does not hold, the rows are staged across the lanes."""
-    x = randn(rng, 300, 9 if case == "gapped rows" else 8)
-    f = {"gapped rows": lambda x: jax.nn.softmax(x[:, 1:8], -1),
-         "tanh": lambda x: jnp.tanh(x).sum(-1),
+    x = randn(rng, 300, 8)
+    f = {"tanh": lambda x: jnp.tanh(x).sum(-1),
          "prod": lambda x: jnp.prod(x * 0.1 + 1.0, -1),
          "int32 rows": lambda x: jnp.sum(x * 3, -1)}[case]
     if case == "int32 rows":
@@ -195,18 +194,33 @@ def test_cross_entropy_over_short_rows_grads_and_vmap(rng):
                                jax.vmap(_cross_entropy)(xs, ls), rtol=2e-6, atol=2e-6)
 
 
+@pytest.mark.parametrize("W", [2, 3, 7, 12])
 @pytest.mark.parametrize("batch", [37, 1100])
-def test_masked_softmax_over_small_square_rows(batch, rng):
-    """(B, 7, 7) rows under a causal mask: the 7 rows of a batch element sit 7 floats
-    apart and the batch elements 49, so the units step through the rows of a block of
-    batch elements before the next block (each input line is read once)."""
-    x = randn(rng, batch, 7, 7)
+def test_masked_softmax_over_small_square_rows(W, batch, rng):
+    """(B, W, W) rows under a causal mask from iotas (int32 lane compares): the W rows of a
+    batch element sit W floats apart and the batch elements W * W, so the units step
+    through the rows of a block of batch elements before the next block (each input line
+    is read once), and the segment plan loads and stores rows W * W apart."""
+    x = _with_specials(randn(rng, batch, W, W))
 
     def f(x):
-        return jax.nn.softmax(jnp.where(jnp.tril(jnp.ones((7, 7), bool)), x, -1e9), -1), \
-            jnp.sum(x * 2.0, -1)
+        mask = jnp.tril(jnp.ones((W, W), bool))
+        return jax.nn.softmax(jnp.where(mask, x, -1e9), -1), jnp.sum(x * 2.0, -1), \
+            jnp.argmax(jnp.where(mask, x, -jnp.inf), -1)
     one_kernel(f, x, tol=TOL)
     src = _source(f, x)
     if batch > 16:
         # the kept index of the rows comes from the unit before the block of columns
-        assert src.index("const int64_t i0 = r % 7") < src.index("const int64_t c0 =")
+        assert src.index(f"const int64_t i0 = r % {W}") < src.index("const int64_t c0 =")
+        assert "pfjax::seg::load_strided" in src and "pfjax::seg::store_strided" in src
+        assert "pfjax::seg::compare<" in src
+
+
+@pytest.mark.parametrize("cols,lo,hi", [(9, 1, 8), (5, 0, 2), (6, 2, 5), (17, 2, 14)])
+def test_rows_sliced_from_wider_rows(cols, lo, hi, rng):
+    """A slice of each row (a gap between the rows): loaded per row, or gathered for
+    segments of 2 lanes."""
+    x = _with_specials(randn(rng, 700, cols))
+    f = lambda x: (jax.nn.softmax(x[:, lo:hi], -1), jnp.argmin(x[:, lo:hi], -1))
+    one_kernel(f, x, tol=TOL)
+    assert "pfjax::seg::load_strided" in _source(f, x)

@@ -31,6 +31,9 @@ _INTS = (gir.DType.I32, gir.DType.I64)
 # Half-precision rows load into float32 lanes and store from them (compute in float32).
 _HALF = {gir.DType.BF16: "bf16", gir.DType.F16: "f16"}
 _VALUES = (*VECTOR_FLOATS, gir.DType.BOOL)
+# int32 lane compares: the AVX-512 predicate of each
+_INT_COMPARE = {"eq": "_MM_CMPINT_EQ", "ne": "_MM_CMPINT_NE", "lt": "_MM_CMPINT_LT",
+                "le": "_MM_CMPINT_LE", "gt": "_MM_CMPINT_NLE", "ge": "_MM_CMPINT_NLT"}
 
 # Kinds of values: a uniform scalar, a vf16 (float lanes), a vb16 (lane predicates), a
 # vi16 (int32 lanes). Loads also say how they read.
@@ -189,6 +192,9 @@ class SegmentPlan:
             raise _Unsupported
         if n.dtype in _INTS:
             return self._classify_int(n, kinds)
+        if n.op is Op.ALU and n.arg in _INT_COMPARE and INT in kinds and all(
+                k == INT or _fits_int32(s) for k, s in zip(kinds, n.src)):
+            return BOOL  # a position against a row index: a mask from iotas
         if n.dtype not in _VALUES or INT in kinds \
                 or any(s.dtype not in _VALUES for s in n.src) or not vector_node_ok(n):
             raise _Unsupported
@@ -229,6 +235,8 @@ class SegmentPlan:
             self.access[id(n)] = "per_position"
         elif s_row == 0 and abs(s_lane) * 16 < (1 << 28):
             self.access[id(n)] = "per_row"
+        elif s_row == 1 and abs(s_lane) * 16 < (1 << 28):
+            self.access[id(n)] = "strided"
         else:
             raise _Unsupported
         return FLOAT
@@ -248,6 +256,9 @@ class SegmentPlan:
             raise _Unsupported  # one value per row must not vary along it
         if n.dtype in VECTOR_FLOATS and kind in (FLOAT, UNIFORM) and s_lane == self.W and s_row == 1:
             self.access[id(n)] = "packed"
+        elif n.dtype is gir.DType.F32 and kind in (FLOAT, UNIFORM) and s_row == 1 \
+                and abs(s_lane) >= self.W and abs(s_lane) * 16 < (1 << 28):
+            self.access[id(n)] = "strided"
         elif s_row == 0 and s_lane == 1 and (
                 (n.dtype in VECTOR_FLOATS and kind in (FLOAT, UNIFORM))
                 or (n.dtype is gir.DType.I32 and (kind == INT or _fits_int32(value)))):
@@ -312,6 +323,9 @@ class SegmentPlan:
                 return (f"const pfjax::vf16 {name} = pfjax::seg::load{half}<{L}, {W}>("
                         f"{base} + j * {W}, live, cn - j);")
             s_lane = self._strides(n)[0]
+            if self.access[id(n)] == "strided":
+                return (f"const pfjax::vf16 {name} = pfjax::seg::load_strided<{L}, {W}>("
+                        f"{base} + j * {s_lane}, {s_lane}, live);")
             return (f"const pfjax::vf16 {name} = pfjax::seg::per_row<{L}>({base} + j * {s_lane}, "
                     f"{s_lane}, live);")
         if n.op is Op.INDEX:
@@ -323,6 +337,11 @@ class SegmentPlan:
             t = "vi16" if kind == INT else "vf16"
             return (f"const pfjax::{t} {name} = pfjax::seg::{n.arg.op}<{L}, {W}>("
                     f"{self._operand(n.src[0], local, kind)});")
+        if kind == BOOL and n.op is Op.ALU and n.arg in _INT_COMPARE and any(
+                self.kind[id(s)] == INT for s in n.src):
+            a, b = (self._operand(s, local, INT) for s in n.src)
+            return (f"const pfjax::vb16 {name} = pfjax::seg::compare<{_INT_COMPARE[n.arg]}>("
+                    f"{a}, {b});")
         if kind == INT:  # a select
             c, a, b = (self._operand(s, local, k)
                        for s, k in zip(n.src, (BOOL, INT, INT)))
@@ -346,6 +365,10 @@ class SegmentPlan:
         half = f"_{_HALF[n.dtype]}" if n.dtype in _HALF else ""
         if self.access[id(n)] == "packed":
             em.w(f"pfjax::seg::store{half}<{L}, {W}>({base} + j * {W}, {v}, live, cn - j);")
+        elif self.access[id(n)] == "strided":
+            s_lane = self._strides(n)[0]
+            em.w(f"pfjax::seg::store_strided<{L}, {W}>({base} + j * {s_lane}, {s_lane}, {v}, "
+                 f"live);")
         else:
             em.w(f"pfjax::seg::store_rows{half}<{L}>({base} + j, {v}, cn - j);")
 

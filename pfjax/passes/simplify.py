@@ -12,6 +12,14 @@ def _fold(node: gir.Node) -> gir.Node | None:
     if node.op is Op.SELECT and node.src[0].op is Op.CONST:
         cases = node.src[1:]
         return cases[min(max(int(node.src[0].arg), 0), len(cases) - 1)]
+    if node.op is Op.SELECT and node.dtype is gir.DType.BOOL and len(node.src) == 3 \
+            and all(s.op is Op.CONST for s in node.src[1:]):
+        # select(c, False, True) is c (a mask built by jnp.where from an iota compare)
+        cases = tuple(bool(s.arg) for s in node.src[1:])
+        if cases == (False, True) and node.src[0].dtype is gir.DType.BOOL:
+            return node.src[0]
+        if cases == (True, False) and node.src[0].dtype is gir.DType.BOOL:
+            return gir.alu("not", gir.DType.BOOL, node.src[0])
     if node.op is Op.CAST and node.src[0].op is Op.CONST:
         value = np.asarray(node.src[0].arg, numpy_dtype(node.src[0].dtype))
         if node.dtype.is_int and np.issubdtype(value.dtype, np.floating):

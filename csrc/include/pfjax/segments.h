@@ -189,6 +189,51 @@ template <int L, int W>
 PFJAX_VF16_INLINE void store_bf16(uint16_t* p, vf16 v, __mmask16, int64_t rows) {
   _mm256_mask_storeu_epi16(p, packed<L, W>(rows), bf16_bits(to_rows<L, W>(v)));
 }
+// Rows `stride` elements apart (a slice of wider rows, the rows of a transposed view): row
+// q of the vector from p + q * stride into its segment's `live` lanes (the others 0, not
+// read), with one masked load per row for segments of 4 lanes or more.
+template <int L>
+PFJAX_VF16_INLINE __m512i strided_index(int64_t stride) {
+  const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+  return _mm512_add_epi32(_mm512_mullo_epi32(row_of_lane<L>(), _mm512_set1_epi32(static_cast<int32_t>(stride))),
+                          _mm512_and_si512(lane, _mm512_set1_epi32(L - 1)));
+}
+template <int L, int W>
+PFJAX_VF16_INLINE vf16 load_strided(const float* p, int64_t stride, __mmask16 live) {
+  if constexpr (L == 16) {
+    return _mm512_maskz_loadu_ps(live, p);
+  } else if constexpr (L == 8) {
+    const __m256 lo = _mm256_maskz_loadu_ps(static_cast<__mmask8>(live), p);
+    const __m256 hi = _mm256_maskz_loadu_ps(static_cast<__mmask8>(live >> 8), p + stride);
+    return _mm512_insertf32x8(_mm512_castps256_ps512(lo), hi, 1);
+  } else if constexpr (L == 4) {
+    __m512 v = _mm512_castps128_ps512(_mm_maskz_loadu_ps(live & 0xF, p));
+    v = _mm512_insertf32x4(v, _mm_maskz_loadu_ps((live >> 4) & 0xF, p + stride), 1);
+    v = _mm512_insertf32x4(v, _mm_maskz_loadu_ps((live >> 8) & 0xF, p + 2 * stride), 2);
+    return _mm512_insertf32x4(v, _mm_maskz_loadu_ps((live >> 12) & 0xF, p + 3 * stride), 3);
+  } else {
+    return _mm512_mask_i32gather_ps(_mm512_setzero_ps(), live, strided_index<L>(stride), p, 4);
+  }
+}
+template <int L, int W>
+PFJAX_VF16_INLINE void store_strided(float* p, int64_t stride, vf16 v, __mmask16 live) {
+  if constexpr (L == 16) {
+    _mm512_mask_storeu_ps(p, live, v.v);
+  } else if constexpr (L == 8) {
+    _mm256_mask_storeu_ps(p, static_cast<__mmask8>(live), _mm512_castps512_ps256(v.v));
+    _mm256_mask_storeu_ps(p + stride, static_cast<__mmask8>(live >> 8), _mm512_extractf32x8_ps(v.v, 1));
+  } else if constexpr (L == 4) {
+    _mm_mask_storeu_ps(p, live & 0xF, _mm512_castps512_ps128(v.v));
+    _mm_mask_storeu_ps(p + stride, (live >> 4) & 0xF, _mm512_extractf32x4_ps(v.v, 1));
+    _mm_mask_storeu_ps(p + 2 * stride, (live >> 8) & 0xF, _mm512_extractf32x4_ps(v.v, 2));
+    _mm_mask_storeu_ps(p + 3 * stride, (live >> 12) & 0xF, _mm512_extractf32x4_ps(v.v, 3));
+  } else {
+    _mm512_mask_i32scatter_ps(p, live, strided_index<L>(stride), v.v, 4);
+  }
+}
+// int32 lanes compared (a position against a row index: a causal mask from iotas).
+template <int Cmp>
+PFJAX_VF16_INLINE vb16 compare(vi16 a, vi16 b) { return vb16::of(_mm512_cmp_epi32_mask(a.v, b.v, Cmp)); }
 // A per-position operand (a weight along the row), element k at p[k * stride], in every row.
 template <int L, int W>
 PFJAX_VF16_INLINE vf16 positions(const float* p, int64_t stride) {
