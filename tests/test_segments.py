@@ -158,7 +158,9 @@ def test_cross_entropy_mean_over_short_rows(plan, L, rows, rng, monkeypatch):
     np.testing.assert_allclose(float(pfjax.fuse(_cross_entropy)(x, labels)), want, rtol=2e-6)
     src = _source(_cross_entropy, x, labels)
     if rows > 16:  # rows laid across the lanes, not one row per unit
-        assert "stage_transpose" in src and ("pfjax::seg::" in src) == (plan == "segments")
+        # segments with a per-row tail only where few of their lanes pad the rows
+        segments = plan == "segments" and L in (2, 3, 7, 8)
+        assert "stage_transpose" in src and ("pfjax::seg::" in src) == segments
 
 
 @pytest.mark.parametrize("plan", ["segments", "staged"])
@@ -212,8 +214,12 @@ def test_masked_softmax_over_small_square_rows(W, batch, rng):
     if batch > 16:
         # the kept index of the rows comes from the unit before the block of columns
         assert src.index(f"const int64_t i0 = r % {W}") < src.index("const int64_t c0 =")
-        assert "pfjax::seg::load_strided" in src and "pfjax::seg::store_strided" in src
-        assert "pfjax::seg::compare<" in src
+        # (the per-row results, W apart, are stored after the pass: with 16-lane segments
+        # that leaves the staged plan)
+        segments = W <= 8
+        assert ("pfjax::seg::load_strided" in src) == segments
+        assert ("pfjax::seg::store_strided" in src) == segments
+        assert ("pfjax::seg::compare<" in src) == segments
 
 
 @pytest.mark.parametrize("cols,lo,hi", [(9, 1, 8), (5, 0, 2), (6, 2, 5), (17, 2, 14)])
