@@ -363,8 +363,8 @@ def _lane_stride(unit: set[int], streamed: set[int]):
 # Loops with an exp / logistic / erfc / log in them compute long enough per vector that the
 # hardware prefetchers fall behind: the loads of rows streamed from L3 or DRAM then stall
 # the arithmetic instead of overlapping it. Such loops prefetch their streamed inputs this
-# far ahead (the tanh-GELU kernel at 32 MiB: 1.15-1.19x with 2 KiB into L1; 0.5 KiB 1.09-1.13x,
-# into L2 1.0-1.1x).
+# far ahead (the tanh-GELU kernel at 32 MiB: 1.16-1.19x with 2 KiB into L1; 0.5 KiB 1.09-1.13x,
+# into L2 0.9-1.2x, unsteady).
 PREFETCH_BYTES = 2048
 
 
