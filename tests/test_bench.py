@@ -1,5 +1,9 @@
 """The benchmark harness runs end to end on tiny shapes (no timing assertions)."""
 import json
+import subprocess
+import sys
+
+import pytest
 
 import pfjax
 import pfjax.bench
@@ -50,3 +54,15 @@ def test_filter_selects_subset():
     assert [w.name for w in select("row shapes")] == [
         "sum_of_squares", "softmax_long_rows", "softmax_short_rows", "argmax_short_rows",
         "cross_entropy_short_rows"]
+
+
+@pytest.mark.parametrize("module", ["reductions", "movement", "half", "rows"])
+def test_each_workload_module_imports_first(module):
+    """Any workload module can be imported before the others (no import cycle between
+    them), and all workloads register."""
+    code = (f"import pfjax.bench.{module}; from pfjax.bench.workloads import WORKLOADS; "
+            f"print(len(WORKLOADS))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert int(out.stdout.split()[-1]) == len(WORKLOADS)

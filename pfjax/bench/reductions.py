@@ -8,7 +8,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from pfjax.bench.workloads import Workload, register
+from pfjax.bench.workloads import (Workload, build_logits_and_labels, cross_entropy, register,
+                                   torch_cross_entropy)
 
 EPS = 1e-5
 
@@ -84,20 +85,6 @@ def logsumexp(x):
 def _torch_logsumexp(x):
     return x.logsumexp(-1)
 
-
-def cross_entropy(logits, labels):
-    logp = jax.nn.log_softmax(logits, axis=-1)
-    return -jnp.mean(jnp.take_along_axis(logp, labels[:, None], axis=-1))
-
-
-def torch_cross_entropy(logits, labels):
-    import torch.nn.functional as F
-    return F.cross_entropy(logits, labels.long())
-
-
-def build_logits_and_labels(shape, key):
-    kx, kl = jax.random.split(key)
-    return _normal(kx, shape, 2.0), jax.random.randint(kl, shape[:1], 0, shape[1], jnp.int32)
 
 
 def column_sum(x):

@@ -8,8 +8,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from pfjax.bench.reductions import build_logits_and_labels, cross_entropy, torch_cross_entropy
-from pfjax.bench.workloads import Workload, register
+from pfjax.bench.workloads import (Workload, build_logits_and_labels, cross_entropy, register,
+                                   torch_cross_entropy)
 
 _WHOLE = {"tiny": (64, 256), "cache": (1024, 4096), "dram": (16384, 4096)}
 _LONG = {"tiny": (3, 40000), "cache": (3, 1400000), "dram": (3, 22000000)}

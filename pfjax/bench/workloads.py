@@ -182,6 +182,23 @@ register(Workload("adam", "Adam update (3 outputs)", "elementwise",
                   _build_adam, adam, _torch_adam, rtol=2e-5))
 
 
+# The loss of the cross-entropy workloads (reductions over long rows, row shapes over few
+# classes), here so that either module imports it from this one.
+def cross_entropy(logits, labels):
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    return -jnp.mean(jnp.take_along_axis(logp, labels[:, None], axis=-1))
+
+
+def torch_cross_entropy(logits, labels):
+    import torch.nn.functional as F
+    return F.cross_entropy(logits, labels.long())
+
+
+def build_logits_and_labels(shape, key):
+    kx, kl = jax.random.split(key)
+    return _normal(kx, shape, 2.0), jax.random.randint(kl, shape[:1], 0, shape[1], jnp.int32)
+
+
 # Later workload families register themselves here.
 from pfjax.bench import reductions as _reductions  # noqa: E402,F401
 from pfjax.bench import movement as _movement  # noqa: E402,F401
