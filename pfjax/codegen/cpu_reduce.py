@@ -935,9 +935,12 @@ class _Emitter:
             blocks = -(-c // par.block)
             kept = kept[:-1]
             blocks_first = par.split == 1 and self.blocks_outermost(kept)
-            if blocks_first:
+
+            def kept_indices() -> None:
                 for d in reversed(kept):
                     w(f"const int64_t i{d} = r % {self.space[d]}; r /= {self.space[d]};")
+            if blocks_first:
+                kept_indices()
             w(f"const int64_t c0 = (r % {blocks}) * {par.block}; r /= {blocks};")
             if par.split > 1:
                 w("const int64_t seg = r; r = 0;")
@@ -946,8 +949,7 @@ class _Emitter:
             else:
                 w(f"const int64_t cn = std::min<int64_t>({par.block}, {c} - c0);")
             if not blocks_first:
-                for d in reversed(kept):
-                    w(f"const int64_t i{d} = r % {self.space[d]}; r /= {self.space[d]};")
+                kept_indices()
             w("(void)r;")
         roots = self.nest.roots(self.nodes)
         epilogue = [r for r in roots if r.op is Op.STORE and self.nest.loop_of(r) is None]
@@ -993,9 +995,10 @@ class _Emitter:
         self.emit_column_finals(finals)
         if segments:
             w("#endif")
-        for slot, f in enumerate(finals if not self.column else []):
-            self.emit_unit_values([f.src[0]])
-            w(f"scratch{slot}[u] = {self.ref(f.src[0], {})};")
+        if not self.column:  # (a column reduction's partials came with its unit)
+            for slot, f in enumerate(finals):
+                self.emit_unit_values([f.src[0]])
+                w(f"scratch{slot}[u] = {self.ref(f.src[0], {})};")
         if not self.column and kept:  # the next unit's indices
             for depth, d in enumerate(reversed(kept[1:])):
                 w("  " * depth + f"if (++i{d} == {self.space[d]}) {{ i{d} = 0;")

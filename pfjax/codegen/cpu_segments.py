@@ -10,12 +10,15 @@ reduce, store, with no transpose of the rows across the lanes and back (the stag
 the general column plan). On a 2-core Zen 4, through JAX: softmax over 8 1.17x -> 2.6-3.1x
 jax.jit, argmax over 8 0.74x -> 1.2-1.5x.
 
-The plan holds only where every node has a form here: float32 arithmetic with a pfjax::vf16
-spelling (codegen/vector.py), bool predicates, the positions along the row and what
-argmax / argmin make of them (int32 lanes, selected and reduced by min or max), loads
-that are packed rows, per-row or per-position operands or uniform, and stores of packed
-rows or of one value per row. Elsewhere the staged plan runs; it is also what the kernel
-runs where the compiler lacks AVX-512 F, BW, VL or DQ (the `#else` of PFJAX_SEGMENTS).
+The plan holds where every node the pass needs has a form here: float32 arithmetic with a
+pfjax::vf16 spelling (codegen/vector.py), bool predicates, the positions along the row and
+what argmax / argmin make of them (int32 lanes, selected, compared and reduced by min or
+max), loads that are packed rows, rows a stride apart, per-row or per-position operands or
+uniform, and stores of packed or strided rows or of one value per row. Per-row values the
+pass does not need (a label, its gather, a per-row log) may run after it as a "tail",
+16 rows a vector, on the staged plan's per-unit loops. Elsewhere the staged plan runs; it
+is also what the kernel runs where the compiler lacks AVX-512 F, BW, VL or DQ (the
+`#else` of PFJAX_SEGMENTS).
 """
 from __future__ import annotations
 

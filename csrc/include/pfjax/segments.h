@@ -194,9 +194,8 @@ PFJAX_VF16_INLINE void store_bf16(uint16_t* p, vf16 v, __mmask16, int64_t rows) 
 // read), with one masked load per row for segments of 4 lanes or more.
 template <int L>
 PFJAX_VF16_INLINE __m512i strided_index(int64_t stride) {
-  const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
   return _mm512_add_epi32(_mm512_mullo_epi32(row_of_lane<L>(), _mm512_set1_epi32(static_cast<int32_t>(stride))),
-                          _mm512_and_si512(lane, _mm512_set1_epi32(L - 1)));
+                          position<L>().v);
 }
 template <int L, int W>
 PFJAX_VF16_INLINE vf16 load_strided(const float* p, int64_t stride, __mmask16 live) {
