@@ -11,7 +11,7 @@ from pfjax.codegen.ctypes_table import (STORAGE, compute_expr, guarded_load, loa
                                         register_type, store_expr)
 from pfjax.codegen.intervals import intervals
 from pfjax.codegen import vector as vector_mode
-from pfjax.codegen.vector import (VECTOR_CALLS, direct_flag, stored_value, vector_body_ok,
+from pfjax.codegen.vector import (VECTOR_CALLS, direct_flag, scalar_tail, stored_value, vector_body_ok,
                                    vector_decl, vector_store, vector_streamed_store,
                                    vector_uniform)
 from pfjax.gir import Op
@@ -230,6 +230,7 @@ def _emit_row(w: _Writer, variants, ptr_names: dict[int, str], vector: int,
             _emit_vector_row(w, nodes, ptr_names, offset, streamed, unit, hoisted, start, stop,
                              inner_dim)
             start = "jv"
+        tail = len(w.lines)
         w(f"#pragma omp simd simdlen({max(1, vector)})")
         w(f"for (int64_t j = {start}; j < {stop}; ++j) {{")
         w.indent()
@@ -254,6 +255,8 @@ def _emit_row(w: _Writer, variants, ptr_names: dict[int, str], vector: int,
             w(f"const {register_type(n.dtype)} {v} = {expr};")
         w.indent(-1)
         w("}")
+        if vectorized:
+            scalar_tail(w.lines, tail)
         for k, st in enumerate(direct):
             ptr, tile = ptr_names[id(st)], _tile_ptr(k, st)
             w(f"if (direct{k}) pfjax::rt::stream_copy({ptr} + t0 + jv, {tile} + jv, m - jv);")

@@ -141,14 +141,14 @@ def emit_online(em, plan: OnlinePlan) -> None:
         w(f"float {a}_p = 0.0f;")
         clauses.append(f"reduction(+:{a}_p)")
     start = em.emit_vector_part(body, plan.sums)
-    w(f"#pragma omp simd simdlen({em.par.vector}) {' '.join(clauses)}")
-    w(f"for (int64_t j = {start}; j < t1; ++j) {{")
-    w.indent()
-    local = em.emit_body(body)
-    for r, a in zip(plan.sums, sums):
-        w(f"{a}_p = {a}_p + {em.ref(r.src[0], local)};")
-    w.indent(-1)
-    w("}")
+    with em.remainder(start, n_lane % 16 == 0 and ONLINE_BLOCK % 16 == 0):
+        w(f"#pragma omp simd simdlen({em.par.vector}) {' '.join(clauses)}")
+        w(f"for (int64_t j = {start}; j < t1; ++j) {{")
+        w.indent()
+        local = em.emit_body(body)
+        for r, a in zip(plan.sums, sums):
+            w(f"{a}_p = {a}_p + {em.ref(r.src[0], local)};")
+        w.close()
     for a in sums:
         w(f"{a}_t += {a}_p;")
     if shift_name is None:

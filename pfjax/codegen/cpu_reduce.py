@@ -12,18 +12,21 @@ value is a vector of them, and accumulators are arrays updated lane-wise.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 from pfjax import gir
 from pfjax.codegen.ctypes_table import (STORAGE, compute_expr, guarded_load, literal, load_expr,
                                         register_type, store_expr)
 from pfjax.codegen.cpu import _Writer, emit_sizes, stream_mode
+from pfjax.codegen.cpu_deferred import (deferred_plan, emit_carried, emit_flush, emit_late_block,
+                                        emit_unit_end)
 from pfjax.codegen.cpu_online import emit_online, online_plan
 from pfjax.codegen.cpu_segments import segment_plan
 from pfjax.codegen import vector as vector_mode
-from pfjax.codegen.vector import (VECTOR_CALLS, VECTOR_WAYS, direct_flag, stored_value,
-                                   vector_body_ok, vector_decl, vector_store, vector_streamed_store,
-                                   vector_uniform)
+from pfjax.codegen.vector import (VECTOR_CALLS, VECTOR_WAYS, direct_flag, scalar_tail,
+                                   stored_value, vector_body_ok, vector_decl, vector_store,
+                                   vector_streamed_store, vector_uniform)
 from pfjax.gir import Op
 from pfjax.gir.loops import LoopNest, is_tile_load, loop_nest
 
@@ -116,9 +119,14 @@ class _Emitter:
         if self.row_split:
             self.prefetched = []
         self.online = None if self.row_split else online_plan(self)
-        # Loops that prefetch the next unit's rows: the later ones, unless fused online.
+        self.whole_vectors = False  # every block of the row loop is whole vf16 vectors
+        self.previous = False  # emitting the previous unit's deferred loop (cpu_deferred)
+        self.deferred = deferred_plan(self)
+        # Loops that prefetch the next unit's rows: the later ones, unless fused online or
+        # deferred.
         self.prefetch_loops = [k for k in range(1, self.nest.num_loops)
-                               if not (self.online and k == 1)]
+                               if not (self.online and k == 1)
+                               and not (self.deferred and k == self.deferred.last)]
 
     def _prefetched(self) -> list[tuple[str, gir.Node]]:
         """Input rows the later loops of a row unit prefetch for the next unit: contiguous
@@ -175,7 +183,7 @@ class _Emitter:
     def idx(self, d: int) -> str:
         if d == self.lane:
             return "(c0 + j)" if self.column else self.lane_var
-        return f"i{d}"
+        return f"p{d}" if self.previous else f"i{d}"
 
     def _stages(self) -> tuple[dict[int, str], list[tuple[str, gir.Node]]]:
         """Accesses of a column reduction that are strided across its lanes but contiguous
@@ -234,7 +242,7 @@ class _Emitter:
                 flat = f"({flat}) * {self.space[d]} + {self.idx(d)}" if flat != "0" else self.idx(d)
             if self.column:
                 flat = f"({flat}) * {self.par.block} + j"
-            return f"tile{buf.arg.index}[{flat}]"
+            return f"tile{buf.arg.index}{'_p' if self.previous else ''}[{flat}]"
         view = node.arg.view
         terms = [str(view.offset)] + [f"{self.idx(d)} * {s}" for d, s in enumerate(view.strides) if s]
         base = f"{'in' if buf.arg.role == 'in' else 'out'}{buf.arg.index}"
@@ -421,6 +429,7 @@ class _Emitter:
             n_lane = self.space[self.lane]
             prefetch = bool(self.prefetched) and self.loop_index in self.prefetch_loops
             block = PREFETCH_BLOCK if prefetch else ROW_BLOCK
+            self.whole_vectors = n_lane % 16 == 0 and (n_lane <= block or block % 16 == 0)
             if self.row_split:  # this unit's segment of the row, in whole blocks
                 per_segment = -(-n_lane // self.par.split)
                 seg = -(-per_segment // block) * block
@@ -439,55 +448,9 @@ class _Emitter:
                 w(f"const int64_t t1 = std::min<int64_t>(t0 + {block}, {n_lane});")
             if prefetch:
                 self.emit_prefetches()
-            for k, st in enumerate(r for r in roots if id(r) in self.streamed):
-                w(f"alignas(64) {STORAGE[st.dtype]} stile{k}[{ROW_BLOCK}];")
-            clauses = []
-            for r in reduces:
-                p = self.names[id(r)] + "_p"
-                w(f"{_acc_type(r)} {p} = {_init(r.arg.op, r.dtype)};")
-                clauses.append(_clause(r, p))
-                if r.arg.op in ("max", "min") and r.dtype.is_float:
-                    w(f"int {p}_nan = 0;")
-                    clauses.append(f"reduction(|:{p}_nan)")
-            start = self.emit_vector_part(body, reduces)
-            if n_lane >= self.par.vector:
-                # Rows shorter than a vector are left to the compiler's straight-line code:
-                # mostly-masked vectors and horizontal reductions cost more there.
-                w(f"#pragma omp simd simdlen({self.par.vector}) {' '.join(clauses)}".rstrip())
-            w(f"for (int64_t j = {start}; j < t1; ++j) {{")
-            w.indent()
-            local = self.emit_body(body)
-            for r in reduces:
-                p = self.names[id(r)] + "_p"
-                v = self.ref(r.src[0], local)
-                if r.arg.op in ("max", "min"):
-                    cmp = ">" if r.arg.op == "max" else "<"
-                    w(f"{p} = ({v}) {cmp} {p} ? ({v}) : {p};")
-                    if r.dtype.is_float:
-                        w(f"{p}_nan |= ({v}) != ({v});")
-                else:
-                    w(f"{p} = {_combine(r.arg.op, r.dtype, p, v)};")
-            w.indent(-1)
-            w("}")
-            self.lane_var = "t0"
-            for k, st in enumerate(r for r in roots if id(r) in self.streamed):
-                if start == "tv":  # whole vectors went straight out where aligned
-                    self.lane_var = "tv"
-                    w(f"if (direct{k}) pfjax::rt::stream_copy(&{self.address(st)}, "
-                      f"stile{k} + (tv - t0), t1 - tv);")
-                    self.lane_var = "t0"
-                    w(f"else pfjax::rt::stream_copy(&{self.address(st)}, stile{k}, t1 - t0);")
-                else:
-                    w(f"pfjax::rt::stream_copy(&{self.address(st)}, stile{k}, t1 - t0);")
-            self.lane_var = "j"
-            for r in reduces:
-                a, p = self.names[id(r)], self.names[id(r)] + "_p"
-                if _wide(r):
-                    w(f"{a}_t += {p};")
-                else:
-                    w(f"{a} = {_combine(r.arg.op, r.dtype, a, p)};")
-                if r.arg.op in ("max", "min") and r.dtype.is_float:
-                    w(f"{a}_nan |= {p}_nan;")
+            self.emit_row_block(roots, body, reduces)
+            if self.deferred and self.loop_index == self.deferred.host:
+                emit_late_block(self, self.deferred)
             w.indent(-1)
             w("}")
         for _ in outer:
@@ -512,6 +475,84 @@ class _Emitter:
                 if r.arg.op in ("max", "min") and r.dtype.is_float:
                     a = self.names[id(r)]
                     w(f"if ({a}_nan) {a} = std::numeric_limits<{register_type(r.dtype)}>::quiet_NaN();")
+
+    def emit_row_block(self, roots: list[gir.Node], body: list[gir.Node],
+                       reduces: list[gir.Node]) -> None:
+        """One block [t0, t1) of a row-style loop: the vector part, the scalar remainder,
+        the streamed stores' copies out and the block's partial results."""
+        w = self.w
+        for k, st in enumerate(r for r in roots if id(r) in self.streamed):
+            w(f"alignas(64) {STORAGE[st.dtype]} stile{k}[{ROW_BLOCK}];")
+        clauses = []
+        for r in reduces:
+            p = self.names[id(r)] + "_p"
+            w(f"{_acc_type(r)} {p} = {_init(r.arg.op, r.dtype)};")
+            clauses.append(_clause(r, p))
+            if r.arg.op in ("max", "min") and r.dtype.is_float:
+                w(f"int {p}_nan = 0;")
+                clauses.append(f"reduction(|:{p}_nan)")
+        start = self.emit_vector_part(body, reduces)
+        with self.remainder(start, self.whole_vectors):
+            self.emit_scalar_loop(body, reduces, start, clauses)
+        self.lane_var = "t0"
+        for k, st in enumerate(r for r in roots if id(r) in self.streamed):
+            if start == "tv":  # whole vectors went straight out where aligned
+                self.lane_var = "tv"
+                w(f"if (direct{k}) pfjax::rt::stream_copy(&{self.address(st)}, "
+                  f"stile{k} + (tv - t0), t1 - tv);")
+                self.lane_var = "t0"
+                w(f"else pfjax::rt::stream_copy(&{self.address(st)}, stile{k}, t1 - t0);")
+            else:
+                w(f"pfjax::rt::stream_copy(&{self.address(st)}, stile{k}, t1 - t0);")
+        self.lane_var = "j"
+        for r in reduces:
+            a, p = self.names[id(r)], self.names[id(r)] + "_p"
+            if _wide(r):
+                w(f"{a}_t += {p};")
+            else:
+                w(f"{a} = {_combine(r.arg.op, r.dtype, a, p)};")
+            if r.arg.op in ("max", "min") and r.dtype.is_float:
+                w(f"{a}_nan |= {p}_nan;")
+
+    @contextlib.contextmanager
+    def remainder(self, start: str, whole: bool):
+        """Around the scalar loop after a vf16 part (start "tv"). Where the vector part
+        takes every element of every block (`whole`) the loop is dead code, yet present it
+        slowed the vector loop (softmax over 4096 columns, C driver: 1.09-1.1x without
+        it): it stays only for builds without vf16. Elsewhere it calls the inline twins
+        of the vector-ABI functions (vector.scalar_tail)."""
+        dead = start == "tv" and whole
+        if dead:
+            self.w("#if !PFJAX_VF16")
+        mark = len(self.w.lines)
+        yield
+        if dead:
+            self.w("#endif")
+        elif start == "tv":
+            scalar_tail(self.w.lines, mark)
+
+    def emit_scalar_loop(self, body: list[gir.Node], reduces: list[gir.Node], start: str,
+                         clauses: list[str]) -> None:
+        """The row block's elements from `start` to t1, one lane per iteration."""
+        w = self.w
+        if self.space[self.lane] >= self.par.vector:
+            # Rows shorter than a vector are left to the compiler's straight-line code:
+            # mostly-masked vectors and horizontal reductions cost more there.
+            w(f"#pragma omp simd simdlen({self.par.vector}) {' '.join(clauses)}".rstrip())
+        w(f"for (int64_t j = {start}; j < t1; ++j) {{")
+        w.indent()
+        local = self.emit_body(body)
+        for r in reduces:
+            p = self.names[id(r)] + "_p"
+            v = self.ref(r.src[0], local)
+            if r.arg.op in ("max", "min"):
+                cmp = ">" if r.arg.op == "max" else "<"
+                w(f"{p} = ({v}) {cmp} {p} ? ({v}) : {p};")
+                if r.dtype.is_float:
+                    w(f"{p}_nan |= ({v}) != ({v});")
+            else:
+                w(f"{p} = {_combine(r.arg.op, r.dtype, p, v)};")
+        w.close()
 
     def first_range(self, outer: list[int]) -> tuple[str, str]:
         """Bounds of the outermost reduced loop: a unit's row segment when split."""
@@ -910,8 +951,14 @@ class _Emitter:
             w("#if !PFJAX_SEGMENTS")
         for index, buf in self.tiles:
             t = register_type(buf.dtype)
-            w(f"pfjax::rt::Scratch<{t}> tile{index}_({rsize * (par.block if self.column else 1)});")
-            w(f"{t}* __restrict tile{index} = tile{index}_.data;")
+            size = rsize * (par.block if self.column else 1)
+            if self.deferred:  # this unit's and the previous one's, swapped per unit
+                w(f"pfjax::rt::Scratch<{t}> tile{index}_({2 * size});")
+                w(f"{t}* tile{index} = tile{index}_.data;")
+                w(f"{t}* tile{index}_p = tile{index}_.data + {size};")
+            else:
+                w(f"pfjax::rt::Scratch<{t}> tile{index}_({size});")
+                w(f"{t}* __restrict tile{index} = tile{index}_.data;")
         for stage, n in self.staged:
             t = STORAGE[n.dtype]
             w(f"pfjax::rt::Scratch<{t}> {stage}_({rsize * par.block});")
@@ -926,6 +973,8 @@ class _Emitter:
             for d in reversed(kept):
                 w(f"int64_t i{d} = r % {self.space[d]}; r /= {self.space[d]};")
             w("(void)r;")
+        if self.deferred:
+            emit_carried(self, self.deferred)
         w("for (int64_t u = begin; u < end; ++u) {")
         w.indent()
         if self.column:
@@ -975,6 +1024,10 @@ class _Emitter:
                 if loop == 0:
                     emit_online(self, self.online)
                 continue
+            if self.deferred and loop == self.deferred.last:
+                w(f"// loop {loop}: runs with the next unit's loop {self.deferred.host}")
+                emit_unit_end(self, self.deferred)
+                continue
             w(f"// loop {loop}")
             self.loop_index = loop
             self.emit_loop([r for r in roots if self.nest.loop_of(r) == loop])
@@ -1007,6 +1060,8 @@ class _Emitter:
                 w("  " * depth + "}")
         w.indent(-1)
         w("}")
+        if self.deferred:
+            emit_flush(self, self.deferred)
         can_stream = self.nest.num_loops > 0 and bool(self.streamable(
             [r for r in roots if self.nest.loop_of(r) == self.nest.num_loops - 1]))
         w("if (stream) pfjax::rt::stream_fence();" if can_stream else "(void)stream;")

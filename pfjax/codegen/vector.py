@@ -17,6 +17,9 @@ from pfjax import gir
 from pfjax.gir import Op
 
 VECTOR_CALLS = {"exp", "logistic", "erfc", "log", "log1p"}
+# Calls through the vector ABI (declare simd) and their inline scalar twins (fastmath.h)
+_TAIL_CALLS = {"pfjax::math::exp_v(": "pfjax::math::exp_tail(",
+               "pfjax::math::logistic_v(": "pfjax::math::logistic_tail("}
 VECTOR_LOOPS = True
 # Independent accumulators of a vf16 reduction loop without calls (with calls: 2; the
 # calls' own latency already overlaps vectors).
@@ -172,3 +175,12 @@ def vector_streamed_store(k: int, value: str, uniform: bool, target: str, staged
     the staging tile's element `staged`."""
     return [f"if (direct{k}) {vector_store(value, uniform, target, True, dtype)}",
             f"else {vector_store(value, uniform, staged, False, dtype)}"]
+
+
+def scalar_tail(lines: list[str], start: int) -> None:
+    """Rewrite lines[start:], the scalar remainder after a vf16 loop, to call the inline
+    scalar twins of the vector-ABI functions: a call left anywhere in the kernel's
+    function slowed the vf16 loop itself (fastmath.h, exp_tail)."""
+    for i in range(start, len(lines)):
+        for call, twin in _TAIL_CALLS.items():
+            lines[i] = lines[i].replace(call, twin)

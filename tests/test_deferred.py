@@ -1,0 +1,178 @@
+"""A row unit's last loop run one unit late inside the loop before it (codegen/cpu_deferred),
+the scalar remainders' inline math (vector.scalar_tail) and the dead remainder left out
+where every block is whole vectors."""
+from __future__ import annotations
+
+import ctypes
+import platform
+import shutil
+import subprocess
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import pfjax
+
+DEFERRED = "runs with the next unit's loop"
+
+
+def _special_rows(x):
+    """A NaN row, a row with +inf, one with -inf and one of equal values."""
+    x = x.copy()
+    if x.shape[0] >= 4:
+        x[0, x.shape[1] // 2] = np.nan
+        x[1, 3] = np.inf
+        x[2, :7] = -np.inf
+        x[3] = 0.25
+    return x
+
+
+def _sources(f, *args):
+    return [Path(g.source_path).read_text() for g in pfjax.explain(f, *args).groups]
+
+
+@pytest.mark.parametrize("stream", ["0", "1"])
+@pytest.mark.parametrize("rows, cols", [(1, 4096), (130, 256), (7, 300), (257, 1000)])
+def test_softmax_last_loop_a_unit_late(monkeypatch, rng, stream, rows, cols):
+    """Softmax's store loop runs with the next row's exponentials: every row, the first and
+    last of each chunk (130 and 257 rows span several) and a call of one row, matches XLA
+    with the stores streamed or not, over whole vectors (256) and rows with a remainder."""
+    monkeypatch.setenv("PFJAX_NONTEMPORAL", stream)
+    x = _special_rows(rng.standard_normal((rows, cols)).astype(np.float32) * 3)
+
+    def f(x):
+        return jax.nn.softmax(x, axis=-1)
+
+    got = jax.jit(pfjax.fuse(f))(x)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(jax.jit(f)(x)), rtol=2e-6, atol=1e-7)
+    (src,) = _sources(f, x)
+    assert DEFERRED in src
+
+
+def test_two_late_stores_read_the_input_and_the_tile(rng):
+    """Softmax and log-softmax of one row from one kernel: the late loop reads the tile of
+    the previous row (swapped per row), the previous row of the input (its carried index)
+    and two carried per-row values."""
+    x = _special_rows(rng.standard_normal((203, 515)).astype(np.float32) * 4)
+
+    def f(x):
+        m = jnp.max(x, -1, keepdims=True)
+        e = jnp.exp(x - m)
+        s = jnp.sum(e, -1, keepdims=True)
+        return e / s, x - m - jnp.log(s)
+
+    got = jax.jit(pfjax.fuse(f))(x)
+    want = jax.jit(f)(x)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=2e-6, atol=2e-6)
+    assert any(DEFERRED in s for s in _sources(f, x))
+
+
+def test_grad_through_a_deferred_softmax(rng):
+    x = rng.standard_normal((9, 384)).astype(np.float32)
+    t = rng.standard_normal((9, 384)).astype(np.float32)
+
+    def loss(x):
+        return jnp.sum(jax.nn.softmax(x * 1.5, -1) * t)
+
+    got = jax.jit(jax.grad(pfjax.fuse(loss)))(x)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(jax.jit(jax.grad(loss))(x)),
+                               rtol=1e-5, atol=1e-6)
+    from jax.test_util import check_grads
+    check_grads(pfjax.fuse(loss), (x,), order=1, modes=["rev"], atol=2e-2, rtol=2e-2)
+
+
+def test_no_deferral_without_arithmetic_to_hide_behind(rng):
+    """Layernorm's loops are light: its store loop stays in its unit."""
+    x = rng.standard_normal((8, 512)).astype(np.float32)
+
+    def f(x):
+        m = x.mean(-1, keepdims=True)
+        return (x - m) * jax.lax.rsqrt(((x - m) ** 2).mean(-1, keepdims=True) + 1e-5)
+
+    assert not any(DEFERRED in s for s in _sources(f, x))
+
+
+@pytest.mark.parametrize("n", [37, 300])
+def test_scalar_remainders_call_inline_math(rng, n):
+    """After a vf16 loop the remainder calls exp_tail / logistic_tail (inline), never the
+    vector-ABI functions, and its elements (the last n % 16 of each row) match XLA at
+    exp's and logistic's ends too."""
+    x = rng.standard_normal((5, n)).astype(np.float32) * 3
+    x[:, -3:] = [np.nan, -100.0, 88.9]
+    x[1, -5:-3] = [np.inf, -np.inf]
+
+    def f(x):
+        return jnp.exp(x) * 0.5 + jax.nn.sigmoid(x), jax.nn.gelu(x, approximate=True)
+
+    got = jax.jit(pfjax.fuse(f))(x)
+    for g, w in zip(got, jax.jit(f)(x)):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=4e-6, atol=1e-6)
+    for src in _sources(f, x):
+        if "pfjax::vf16" not in src:
+            continue
+        scalar = src[src.index("#endif"):]  # after the first vf16 loop
+        assert "exp_tail(" in scalar or "logistic_tail(" in scalar
+        assert "math::exp_v(float" not in scalar
+
+
+def test_whole_vector_rows_leave_the_dead_remainder_to_builds_without_vf16(rng):
+    x = rng.standard_normal((4, 512)).astype(np.float32)
+    (src,) = _sources(lambda x: jax.nn.softmax(x, -1), x)
+    assert "#if !PFJAX_VF16" in src
+
+
+class _Info(ctypes.Structure):
+    _fields_ = [("abi", ctypes.c_int32),
+                ("body", ctypes.CFUNCTYPE(None, ctypes.POINTER(ctypes.c_void_p),
+                                          ctypes.POINTER(ctypes.c_void_p), ctypes.c_int64,
+                                          ctypes.c_int64, ctypes.c_int32)),
+                ("num_in", ctypes.c_int64), ("num_out", ctypes.c_int64),
+                ("in_sizes", ctypes.POINTER(ctypes.c_int64)),
+                ("out_sizes", ctypes.POINTER(ctypes.c_int64)),
+                ("total", ctypes.c_int64), ("chunk", ctypes.c_int64)]
+
+
+def _aligned(n):
+    buf = np.zeros(n + 16, np.float32)
+    off = (-buf.ctypes.data % 64) // 4
+    return buf[off:off + n]
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64") or shutil.which("g++") is None,
+                    reason="needs g++ on x86-64")
+@pytest.mark.parametrize("stream", [0, 1])
+def test_deferred_softmax_built_without_avx512(tmp_path, rng, stream):
+    """The same kernel source built for AVX2 (no vf16 loops): the scalar loops, the dead
+    remainder's `#if !PFJAX_VF16` branch among them, compute the answer alone."""
+    x = rng.standard_normal((70, 512)).astype(np.float32) * 3
+    f = lambda x: jax.nn.softmax(x, -1)  # noqa: E731
+    (group,) = pfjax.explain(f, x).groups
+    source = Path(group.source_path)
+    lib = tmp_path / "avx2.so"
+    cmd = [c if c != "-march=native" else "-march=x86-64-v3" for c in _native_command(source)]
+    cmd = [str(source) if c.endswith("kernel.cc") else str(lib) if c.endswith("kernel.so") else c
+           for c in cmd]
+    subprocess.run(cmd, check=True, capture_output=True)
+    handle = ctypes.CDLL(str(lib))
+    name = source.read_text().split("PFJAX_EXPORT_KERNEL(")[1].split(",")[0]
+    getter = getattr(handle, name + "_info")
+    getter.restype = ctypes.POINTER(_Info)
+    info = getter().contents
+    xin, out = _aligned(x.size), _aligned(x.size)
+    xin[:] = x.reshape(-1)
+    ins = (ctypes.c_void_p * 1)(xin.ctypes.data)
+    outs = (ctypes.c_void_p * 1)(out.ctypes.data)
+    for lo, hi in [(0, 1), (1, 33), (33, 70)]:
+        info.body(ins, outs, lo, hi, stream)
+    want = np.asarray(jax.jit(f)(x))
+    np.testing.assert_allclose(out.reshape(x.shape), want, rtol=2e-6, atol=1e-7)
+
+
+def _native_command(source: Path) -> list[str]:
+    import json
+    meta = json.loads((source.parent / "meta.json").read_text())
+    return meta["command"]
