@@ -297,7 +297,11 @@ def test_online_max_and_shifted_sum(f, is_lse, rng):
     want = jax.jit(f)(x)
     assert_tree_close(got, want, rtol=2e-6, atol=1e-5, equal_nan=True)
     (group,) = pfjax.explain(f, x).groups
-    assert "shift_of" in open(group.source_path).read()
+    source = open(group.source_path).read()
+    assert "shift_of" in source
+    # the online sums prefetch the row 4 KiB ahead (the blocks' max loops read memory)
+    online = source[source.index("shift_of"):source.index("online_exact")]
+    assert "__builtin_prefetch" in online and "+ 4096)" in online
     if is_lse:  # against float64 on the finite rows
         rows = x[[0, 1, 6]].astype(np.float64)
         ref = np.log(np.exp(rows - rows.max(-1, keepdims=True)).sum(-1)) + rows.max(-1)

@@ -23,6 +23,7 @@ from pfjax.gir import Op
 ONLINE = True
 ONLINE_BLOCK = 512     # elements per block: 2 KiB of float32, in L1 for the second pass
 ONLINE_MIN_ROW = 4096  # shorter rows stay in L1 between the two loops anyway
+ONLINE_PREFETCH_BYTES = 4096
 
 
 @dataclass
@@ -140,7 +141,14 @@ def emit_online(em, plan: OnlinePlan) -> None:
     for a in sums:
         w(f"float {a}_p = 0.0f;")
         clauses.append(f"reduction(+:{a}_p)")
+    # The block max reads memory once the block's sums are done with the core: the sums
+    # prefetch two blocks ahead (logsumexp over 128 x 32000, C driver: 1.17x; 2 and 8 KiB
+    # ahead 1.1x).
+    em.step_prefetch = {id(n): ONLINE_PREFETCH_BYTES for n in body
+                        if n.op is Op.LOAD and n.src[0].arg.role == "in" and not n.arg.dynamic
+                        and n.arg.view.strides[em.lane] == 1}
     start = em.emit_vector_part(body, plan.sums)
+    em.step_prefetch = {}
     with em.remainder(start, n_lane % 16 == 0 and ONLINE_BLOCK % 16 == 0):
         w(f"#pragma omp simd simdlen({em.par.vector}) {' '.join(clauses)}")
         w(f"for (int64_t j = {start}; j < t1; ++j) {{")

@@ -120,6 +120,7 @@ class _Emitter:
             self.prefetched = []
         self.online = None if self.row_split else online_plan(self)
         self.whole_vectors = False  # every block of the row loop is whole vf16 vectors
+        self.step_prefetch: dict[int, int] = {}  # load -> bytes ahead it prefetches per vf16 step
         self.previous = False  # emitting the previous unit's deferred loop (cpu_deferred)
         self.deferred = deferred_plan(self)
         # Loops that prefetch the next unit's rows: the later ones, unless fused online or
@@ -634,6 +635,9 @@ class _Emitter:
         for n in body:
             if n.op is Op.REDUCE:
                 continue
+            if id(n) in self.step_prefetch:
+                w(f"__builtin_prefetch(reinterpret_cast<const void*>(reinterpret_cast<uintptr_t>("
+                  f"&{self.address(n)}) + {self.step_prefetch[id(n)]}), 0, 3);")
             if n.op is Op.STORE:
                 stored = stored_value(n)
                 value = self.ref(stored, local)
