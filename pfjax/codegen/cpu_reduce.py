@@ -417,6 +417,10 @@ class _Emitter:
             w.indent()
         body = self.cone(roots, full=True)
         if self.column:
+            vectors = self.column_vectors_ok(body, reduces)
+            if vectors:
+                self.emit_column_vectors(body, reduces, blocked)
+                w("#else")
             w(f"#pragma omp simd simdlen({self.par.vector})")
             w("for (int64_t j = 0; j < cn; ++j) {")
             w.indent()
@@ -426,6 +430,8 @@ class _Emitter:
                 w(f"{acc} = {_combine(r.arg.op, r.dtype, acc, self.ref(r.src[0], local))};")
             w.indent(-1)
             w("}")
+            if vectors:
+                w("#endif")
         else:
             n_lane = self.space[self.lane]
             prefetch = bool(self.prefetched) and self.loop_index in self.prefetch_loops
@@ -476,6 +482,68 @@ class _Emitter:
                 if r.arg.op in ("max", "min") and r.dtype.is_float:
                     a = self.names[id(r)]
                     w(f"if ({a}_nan) {a} = std::numeric_limits<{register_type(r.dtype)}>::quiet_NaN();")
+
+    def column_vectors_ok(self, body: list[gir.Node], reduces: list[gir.Node]) -> bool:
+        """A column loop with an exp (or the like) in it has a vf16 form: blocks of whole
+        vectors, float accumulators and per-unit values, and no staged short rows. In the
+        `omp simd` form each call goes through the vector-function ABI and spills the
+        loop's live vectors around it (exp(x).mean(0) over 4096 x 1024: 0.73x jax.jit)."""
+        if not (vector_mode.VECTOR_LOOPS and self.par.vector == 16 and self.par.block % 16 == 0
+                and self.space[self.lane] % self.par.block == 0 and not self.staged):
+            return False
+        if not any(n.op is Op.ALU and n.arg in VECTOR_CALLS for n in body) \
+                or any(r.dtype is not gir.DType.F32 for r in reduces):
+            return False
+        inside = {id(n) for n in body}
+        for n in body:
+            for src in n.src:
+                if src.op not in (Op.BUFFER, Op.STORE, Op.PARALLEL) and id(src) not in inside \
+                        and register_type(src.dtype) != "float":
+                    return False
+        return vector_body_ok(body, self.lane_stride)
+
+    def emit_column_vectors(self, body: list[gir.Node], reduces: list[gir.Node],
+                            blocked: list[gir.Node]) -> None:
+        """The column loop over pfjax::vf16, 16 columns a step: per-unit values and
+        accumulators are loaded from (and stored back to) their arrays."""
+        w = self.w
+        w("#if PFJAX_VF16")
+        w("for (int64_t j = 0; j < cn; j += 16) {")
+        w.indent()
+        local: dict[int, str] = {}
+        uniform: set[int] = set()
+        inside = {id(n) for n in body}
+        for n in body:
+            for src in n.src:
+                if src.op in (Op.BUFFER, Op.STORE, Op.PARALLEL) or id(src) in inside \
+                        or id(src) in local:
+                    continue
+                local[id(src)] = f"v{len(local)}"
+                w(f"const pfjax::vf16 {local[id(src)]} = pfjax::vf16::load(&{self.names[id(src)]}[j]);")
+        for n in body:
+            if n.op is Op.REDUCE:
+                continue
+            if n.op is Op.STORE:
+                stored = stored_value(n)
+                is_uniform = id(stored) in uniform or id(stored) not in local
+                w(vector_store(self.ref(stored, local), is_uniform, self.address(n), dtype=n.dtype))
+                continue
+            local[id(n)] = v = f"v{len(local)}"
+            is_uniform = vector_uniform(n, uniform, local, self.lane_stride)
+            if is_uniform:
+                uniform.add(id(n))
+            w(vector_decl(n, v, is_uniform, lambda: self.expr(n, local),
+                          lambda: self.address(n), lambda s: self.ref(s, local)))
+        for r in reduces:
+            acc = f"{self.names[id(r)]}{'_p' if r in blocked else ''}"
+            v = self.ref(r.src[0], local)
+            if id(r.src[0]) in uniform:
+                v = f"pfjax::vf16({v})"
+            # max_f32(v, a): a where equal, as the scalar form's `v > a ? v : a`; NaN sticks
+            new = "a + v" if r.arg.op == "sum" else f"pfjax::math::{r.arg.op}_f32(v, a)"
+            w(f"{{ const pfjax::vf16 a = pfjax::vf16::load(&{acc}[j]), v = {v}; "
+              f"({new}).store(&{acc}[j]); }}")
+        w.close()
 
     def emit_row_block(self, roots: list[gir.Node], body: list[gir.Node],
                        reduces: list[gir.Node]) -> None:

@@ -1,6 +1,7 @@
-"""A row unit's last loop run one unit late inside the loop before it (codegen/cpu_deferred),
-the scalar remainders' inline math (vector.scalar_tail) and the dead remainder left out
-where every block is whole vectors."""
+"""Loop forms of the CPU codegen: a row unit's last loop run one unit late inside the loop
+before it (codegen/cpu_deferred), the scalar remainders' inline math (vector.scalar_tail),
+the dead remainder left out where every block is whole vectors, and column loops over
+pfjax::vf16. Each also built without AVX-512, where the scalar loops do the work."""
 from __future__ import annotations
 
 import ctypes
@@ -142,17 +143,8 @@ def _aligned(n):
     return buf[off:off + n]
 
 
-@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64") or shutil.which("g++") is None,
-                    reason="needs g++ on x86-64")
-@pytest.mark.parametrize("stream", [0, 1])
-def test_deferred_softmax_built_without_avx512(tmp_path, rng, stream):
-    """The same kernel source built for AVX2 (no vf16 loops): the scalar loops, the dead
-    remainder's `#if !PFJAX_VF16` branch among them, compute the answer alone."""
-    x = rng.standard_normal((70, 512)).astype(np.float32) * 3
-    f = lambda x: jax.nn.softmax(x, -1)  # noqa: E731
-    (group,) = pfjax.explain(f, x).groups
-    source = Path(group.source_path)
-    lib = tmp_path / "avx2.so"
+def _build_without_avx512(source: Path, lib: Path):
+    """The kernel source built for AVX2 (no vf16 loops); its info struct."""
     cmd = [c if c != "-march=native" else "-march=x86-64-v3" for c in _native_command(source)]
     cmd = [str(source) if c.endswith("kernel.cc") else str(lib) if c.endswith("kernel.so") else c
            for c in cmd]
@@ -161,15 +153,81 @@ def test_deferred_softmax_built_without_avx512(tmp_path, rng, stream):
     name = source.read_text().split("PFJAX_EXPORT_KERNEL(")[1].split(",")[0]
     getter = getattr(handle, name + "_info")
     getter.restype = ctypes.POINTER(_Info)
-    info = getter().contents
-    xin, out = _aligned(x.size), _aligned(x.size)
+    return handle, getter().contents
+
+
+def _run_units(info, x, out_size, ranges, stream):
+    xin, out = _aligned(x.size), _aligned(out_size)
     xin[:] = x.reshape(-1)
     ins = (ctypes.c_void_p * 1)(xin.ctypes.data)
     outs = (ctypes.c_void_p * 1)(out.ctypes.data)
-    for lo, hi in [(0, 1), (1, 33), (33, 70)]:
+    for lo, hi in ranges:
         info.body(ins, outs, lo, hi, stream)
-    want = np.asarray(jax.jit(f)(x))
-    np.testing.assert_allclose(out.reshape(x.shape), want, rtol=2e-6, atol=1e-7)
+    return out
+
+
+needs_x86_gxx = pytest.mark.skipif(
+    platform.machine() not in ("x86_64", "AMD64") or shutil.which("g++") is None,
+    reason="needs g++ on x86-64")
+
+
+@needs_x86_gxx
+@pytest.mark.parametrize("stream", [0, 1])
+def test_deferred_softmax_built_without_avx512(tmp_path, rng, stream):
+    """The same kernel source built for AVX2 (no vf16 loops): the scalar loops, the dead
+    remainder's `#if !PFJAX_VF16` branch among them, compute the answer alone."""
+    x = rng.standard_normal((70, 512)).astype(np.float32) * 3
+    f = lambda x: jax.nn.softmax(x, -1)  # noqa: E731
+    (group,) = pfjax.explain(f, x).groups
+    _, info = _build_without_avx512(Path(group.source_path), tmp_path / "avx2.so")
+    out = _run_units(info, x, x.size, [(0, 1), (1, 33), (33, 70)], stream)
+    np.testing.assert_allclose(out.reshape(x.shape), np.asarray(jax.jit(f)(x)), rtol=2e-6, atol=1e-7)
+
+
+def _column_programs():
+    return [
+        ("softmax over axis 0", lambda x: jax.nn.softmax(x, axis=0)),
+        ("log-softmax over axis 0", lambda x: jax.nn.log_softmax(x, axis=0)),
+        ("exp mean over axis 0", lambda x: jnp.exp(x).mean(0)),
+        ("logsumexp over axis 0", lambda x: jax.nn.logsumexp(x, axis=0)),
+        # (NaN kept out: XLA's column max may drop it, pfjax's propagates it)
+        ("max and min of exps over axis 0",
+         lambda x: jnp.exp(jnp.nan_to_num(x)).max(0) - jnp.exp(-jnp.nan_to_num(x)).min(0)),
+    ]
+
+
+@pytest.mark.parametrize("which", range(5))
+def test_column_loops_over_vf16(rng, which):
+    """Column loops with an exp / log in them run over 16-column vectors: blocked sums,
+    NaN-propagating max and min, per-column values loaded from their arrays; NaN, +-inf
+    and -0 / +0 columns match XLA."""
+    title, f = _column_programs()[which]
+    x = rng.standard_normal((300, 128)).astype(np.float32) * 3
+    x[17, 5], x[3, 6], x[:, 7] = np.nan, np.inf, -np.inf
+    x[:, 8] = 0.0
+    x[::2, 8] = -0.0
+    x[:, 9] = rng.standard_normal(300).astype(np.float32) - 200.0  # exps underflow
+    got = jax.jit(pfjax.fuse(f))(x)
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(jax.jit(f)(x))):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=3e-6, atol=1e-6,
+                                   err_msg=title)
+        assert np.array_equal(np.signbit(np.asarray(g)[np.asarray(w) == 0]),
+                              np.signbit(np.asarray(w)[np.asarray(w) == 0])), title
+    sources = _sources(f, x)
+    assert any("for (int64_t j = 0; j < cn; j += 16)" in s for s in sources), title
+
+
+@needs_x86_gxx
+def test_column_softmax_built_without_avx512(tmp_path, rng):
+    x = rng.standard_normal((300, 128)).astype(np.float32) * 3
+    x[5, 3] = np.nan
+    f = lambda x: jax.nn.softmax(x, axis=0)  # noqa: E731
+    (group,) = pfjax.explain(f, x).groups
+    source = Path(group.source_path)
+    assert "j += 16" in source.read_text()
+    _, info = _build_without_avx512(source, tmp_path / "avx2.so")
+    out = _run_units(info, x, x.size, [(0, 1), (1, info.total)], 0)
+    np.testing.assert_allclose(out.reshape(x.shape), np.asarray(jax.jit(f)(x)), rtol=2e-6, atol=1e-7)
 
 
 def _native_command(source: Path) -> list[str]:
