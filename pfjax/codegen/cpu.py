@@ -11,9 +11,9 @@ from pfjax.codegen.ctypes_table import (STORAGE, compute_expr, guarded_load, loa
                                         register_type, store_expr)
 from pfjax.codegen.intervals import intervals
 from pfjax.codegen import vector as vector_mode
-from pfjax.codegen.vector import (VECTOR_CALLS, direct_flag, scalar_tail, stored_value, vector_body_ok,
-                                   vector_decl, vector_store, vector_streamed_store,
-                                   vector_uniform)
+from pfjax.codegen.vector import (VECTOR_CALLS, direct_flag, scalar_tail, stored_value,
+                                   vector_body_ok, vector_decl, vector_store,
+                                   vector_streamed_store, vector_uniform)
 from pfjax.gir import Op
 from pfjax.schedule.decisions import TRANSPOSE_STRIP
 

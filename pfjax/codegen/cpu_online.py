@@ -142,8 +142,8 @@ def emit_online(em, plan: OnlinePlan) -> None:
         w(f"float {a}_p = 0.0f;")
         clauses.append(f"reduction(+:{a}_p)")
     # The block max reads memory once the block's sums are done with the core: the sums
-    # prefetch two blocks ahead (logsumexp over 128 x 32000, C driver: 1.17x; 2 and 8 KiB
-    # ahead 1.1x).
+    # prefetch two blocks ahead (logsumexp over 128 x 32000, C driver: 1.01-1.2x, noisy;
+    # 2 and 8 KiB ahead 1.1x in the same run as 4 KiB's 1.2x).
     em.step_prefetch = {id(n): ONLINE_PREFETCH_BYTES for n in body
                         if n.op is Op.LOAD and n.src[0].arg.role == "in" and not n.arg.dynamic
                         and n.arg.view.strides[em.lane] == 1}
