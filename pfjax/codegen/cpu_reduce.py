@@ -16,13 +16,16 @@ import contextlib
 import math
 
 from pfjax import gir
-from pfjax.codegen.ctypes_table import (STORAGE, compute_expr, guarded_load, literal, load_expr,
+from pfjax.codegen.ctypes_table import (STORAGE, compute_expr, guarded_load, load_expr,
                                         register_type, store_expr)
 from pfjax.codegen.cpu import _Writer, emit_sizes, stream_mode
 from pfjax.codegen.cpu_deferred import (deferred_plan, emit_carried, emit_flush, emit_late_block,
                                         emit_unit_end)
 from pfjax.codegen.cpu_online import emit_online, online_plan
+from pfjax.codegen.cpu_phased import emit_phased
 from pfjax.codegen.cpu_segments import segment_plan
+from pfjax.codegen.accumulate import (acc_type, combine, init_value, omp_clause, partial_type,
+                                      wide_sum)
 from pfjax.codegen import vector as vector_mode
 from pfjax.codegen.vector import (VECTOR_CALLS, VECTOR_WAYS, direct_flag, scalar_tail,
                                    stored_value, vector_body_ok, vector_decl, vector_store,
@@ -42,55 +45,6 @@ COL_BLOCK = 64    # rows per partial accumulation of a column sum
 # Short rows staged across the lanes: the next block's rows are prefetched once this one
 # is staged (its loads otherwise wait on memory at the start of every block).
 STAGE_PREFETCH = True
-
-
-def _init(op: str, dtype: gir.DType) -> str:
-    rt = register_type(dtype)
-    if op == "sum":
-        return literal(0, dtype)
-    if op == "prod":
-        return literal(1, dtype)
-    if op in ("and", "or"):
-        return "1" if op == "and" else "0"
-    if dtype is gir.DType.BOOL:
-        return "false" if op == "max" else "true"
-    if dtype.is_float:
-        return f"{'-' if op == 'max' else ''}std::numeric_limits<{rt}>::infinity()"
-    return f"std::numeric_limits<{rt}>::{'lowest' if op == 'max' else 'max'}()"
-
-
-def _wide(r: gir.Node) -> bool:
-    """A float sum whose blocks' partial sums add up in double: long rows and columns
-    then lose no more precision than a pairwise sum (XLA's accuracy or better)."""
-    return r.arg.op == "sum" and r.dtype.is_float and r.dtype is not gir.DType.F64
-
-
-def _acc_type(node: gir.Node) -> str:
-    # and/or accumulate in int so that OpenMP's bitwise reductions apply
-    return "int" if node.arg.op in ("and", "or") else register_type(node.dtype)
-
-
-def _partial_type(final: gir.Node) -> str:
-    """A unit's partial of a reduction over all units: float sums and products in double."""
-    if final.dtype.is_float and final.arg.op in ("sum", "prod"):
-        return "double"
-    return _acc_type(final)
-
-
-def _combine(op: str, dtype: gir.DType, acc: str, v: str) -> str:
-    """acc <- acc (op) v, with XLA's NaN propagation for float max / min."""
-    if op == "sum":
-        return f"{acc} + {v}" if dtype is not gir.DType.BOOL else f"({acc} || {v})"
-    if op == "prod":
-        return f"{acc} * {v}" if dtype is not gir.DType.BOOL else f"({acc} && {v})"
-    if op == "and":
-        return f"{acc} & static_cast<int>({v})"
-    if op == "or":
-        return f"{acc} | static_cast<int>({v})"
-    cmp = ">" if op == "max" else "<"
-    if dtype.is_float:
-        return f"(({v}) {cmp} ({acc}) || ({v}) != ({v})) ? ({v}) : ({acc})"
-    return f"(({v}) {cmp} ({acc})) ? ({v}) : ({acc})"
 
 
 class _Emitter:
@@ -384,31 +338,31 @@ class _Emitter:
         for r in reduces:
             name = f"a{len(self.names)}"
             self.names[id(r)] = name
-            init = _init(r.arg.op, r.dtype)
-            if _wide(r):  # the running total of a float sum is a double
+            init = init_value(r.arg.op, r.dtype)
+            if wide_sum(r):  # the running total of a float sum is a double
                 if self.column:
                     w(f"double {name}_t[{self.par.block}];")
                     w(f"for (int64_t j = 0; j < cn; ++j) {name}_t[j] = 0.0;")
                 else:
                     w(f"double {name}_t = 0.0;")
             elif self.column:
-                w(f"{_acc_type(r)} {name}[{self.par.block}];")
+                w(f"{acc_type(r)} {name}[{self.par.block}];")
                 w(f"for (int64_t j = 0; j < cn; ++j) {name}[j] = {init};")
             else:
-                w(f"{_acc_type(r)} {name} = {init};")
+                w(f"{acc_type(r)} {name} = {init};")
                 if r.arg.op in ("max", "min") and r.dtype.is_float:
                     w(f"int {name}_nan = 0;")
         outer = [d for d in self.rdims if self.column or d != self.lane]
         # Column float sums accumulate in blocks of rows too (blocked summation).
-        blocked = [r for r in reduces if self.column and _wide(r)]
+        blocked = [r for r in reduces if self.column and wide_sum(r)]
         if blocked:
             lo, hi = self.first_range(outer)
             w(f"for (int64_t b0 = {lo}; b0 < {hi}; b0 += {COL_BLOCK}) {{")
             w.indent()
             for r in blocked:
                 a = self.names[id(r)]
-                w(f"{_acc_type(r)} {a}_p[{self.par.block}];")
-                w(f"for (int64_t j = 0; j < cn; ++j) {a}_p[j] = {_init('sum', r.dtype)};")
+                w(f"{acc_type(r)} {a}_p[{self.par.block}];")
+                w(f"for (int64_t j = 0; j < cn; ++j) {a}_p[j] = {init_value('sum', r.dtype)};")
         first_lo, first_hi = self.first_range(outer)
         for k, d in enumerate(outer):
             lo, hi = ("b0", f"std::min<int64_t>(b0 + {COL_BLOCK}, {first_hi})") \
@@ -427,7 +381,7 @@ class _Emitter:
             local = self.emit_body(body)
             for r in reduces:
                 acc = f"{self.names[id(r)]}{'_p' if r in blocked else ''}[j]"
-                w(f"{acc} = {_combine(r.arg.op, r.dtype, acc, self.ref(r.src[0], local))};")
+                w(f"{acc} = {combine(r.arg.op, r.dtype, acc, self.ref(r.src[0], local))};")
             w.indent(-1)
             w("}")
             if vectors:
@@ -470,7 +424,7 @@ class _Emitter:
             w.indent(-1)
             w("}")
         for r in reduces:
-            if _wide(r):
+            if wide_sum(r):
                 a, t = self.names[id(r)], register_type(r.dtype)
                 if self.column:
                     w(f"{t} {a}[{self.par.block}];")
@@ -555,8 +509,8 @@ class _Emitter:
         clauses = []
         for r in reduces:
             p = self.names[id(r)] + "_p"
-            w(f"{_acc_type(r)} {p} = {_init(r.arg.op, r.dtype)};")
-            clauses.append(_clause(r, p))
+            w(f"{acc_type(r)} {p} = {init_value(r.arg.op, r.dtype)};")
+            clauses.append(omp_clause(r, p))
             if r.arg.op in ("max", "min") and r.dtype.is_float:
                 w(f"int {p}_nan = 0;")
                 clauses.append(f"reduction(|:{p}_nan)")
@@ -576,10 +530,10 @@ class _Emitter:
         self.lane_var = "j"
         for r in reduces:
             a, p = self.names[id(r)], self.names[id(r)] + "_p"
-            if _wide(r):
+            if wide_sum(r):
                 w(f"{a}_t += {p};")
             else:
-                w(f"{a} = {_combine(r.arg.op, r.dtype, a, p)};")
+                w(f"{a} = {combine(r.arg.op, r.dtype, a, p)};")
             if r.arg.op in ("max", "min") and r.dtype.is_float:
                 w(f"{a}_nan |= {p}_nan;")
 
@@ -620,7 +574,7 @@ class _Emitter:
                 if r.dtype.is_float:
                     w(f"{p}_nan |= ({v}) != ({v});")
             else:
-                w(f"{p} = {_combine(r.arg.op, r.dtype, p, v)};")
+                w(f"{p} = {combine(r.arg.op, r.dtype, p, v)};")
         w.close()
 
     def first_range(self, outer: list[int]) -> tuple[str, str]:
@@ -691,7 +645,7 @@ class _Emitter:
         w.indent()
         for r in reduces:
             p = self.names[id(r)] + "_p"
-            more = "".join(f", pfjax::vf16({_init(r.arg.op, r.dtype)})" for _ in range(ways - 1))
+            more = "".join(f", pfjax::vf16({init_value(r.arg.op, r.dtype)})" for _ in range(ways - 1))
             w(f"pfjax::vf16 {p}_v[{ways}] = {{pfjax::vf16({p}){more}}};")
             if r.arg.op in ("max", "min"):
                 w(f"int {p}_vnan = 0;")
@@ -783,15 +737,15 @@ class _Emitter:
         self.emit_unit_values([f.src[0] for f in finals])
         for slot, f in enumerate(finals):
             op = f.arg.op
-            self.w(f"{{ {_partial_type(f)} p = {_init(op, f.dtype)};")
+            self.w(f"{{ {partial_type(f)} p = {init_value(op, f.dtype)};")
             self.w(f"  for (int64_t j = 0; j < cn; ++j) "
-                   f"p = {_combine(op, f.dtype, 'p', self.ref(f.src[0], {}))};")
+                   f"p = {combine(op, f.dtype, 'p', self.ref(f.src[0], {}))};")
             self.w(f"  scratch{slot}[u] = p; }}")
 
     def emit_scratch(self, finals: list[gir.Node]) -> None:
         """Per-unit partial results of each final reduction: 8 bytes per unit, in order."""
         for k, f in enumerate(finals):
-            t = _partial_type(f) if f.dtype is not gir.DType.BOOL else "uint8_t"
+            t = partial_type(f) if f.dtype is not gir.DType.BOOL else "uint8_t"
             self.w(f"{t}* __restrict scratch{k} = reinterpret_cast<{t}*>(static_cast<char*>("
                    f"out_[{len(self.kernel.outputs)}]) + {8 * k * self.par.units});")
 
@@ -806,10 +760,10 @@ class _Emitter:
         column, self.column = self.column, False  # the finish computes scalars only
         self.names = {}
         for k, f in enumerate(finals):
-            acc_t = "double" if f.dtype.is_float and f.arg.op in ("sum", "prod") else _acc_type(f)
-            w(f"{acc_t} f{k} = {_init(f.arg.op, f.dtype)};")
+            acc_t = "double" if f.dtype.is_float and f.arg.op in ("sum", "prod") else acc_type(f)
+            w(f"{acc_t} f{k} = {init_value(f.arg.op, f.dtype)};")
             w(f"for (int64_t u = 0; u < {self.par.units}; ++u) "
-              f"f{k} = {_combine(f.arg.op, f.dtype, f'f{k}', f'scratch{k}[u]')};")
+              f"f{k} = {combine(f.arg.op, f.dtype, f'f{k}', f'scratch{k}[u]')};")
             w(f"const {register_type(f.dtype)} fin{k} = static_cast<{register_type(f.dtype)}>(f{k});")
             self.names[id(f)] = f"fin{k}"
         stores = [n for n in self.nodes if n.op is Op.STORE and self.nest.final[id(n)]]
@@ -833,7 +787,7 @@ class _Emitter:
     def emit_split_scratch(self, reduces: list[gir.Node]) -> None:
         per = 8 * self.par.split * self.space[self.lane]
         for slot, r in enumerate(reduces):
-            t = "double" if _wide(r) else _acc_type(r)
+            t = "double" if wide_sum(r) else acc_type(r)
             self.w(f"{t}* __restrict split{slot} = reinterpret_cast<{t}*>(static_cast<char*>("
                    f"out_[{len(self.kernel.outputs)}]) + {slot * per});")
 
@@ -841,10 +795,10 @@ class _Emitter:
         """a{slot}: the reduction's partials `partials` (an expression in s) combined in
         segment order (float sums in double)."""
         a, rt = f"a{slot}", register_type(r.dtype)
-        t = "double" if _wide(r) else _acc_type(r)
-        self.w(f"{t} {a}_t = {'0.0' if _wide(r) else _init(r.arg.op, r.dtype)};")
+        t = "double" if wide_sum(r) else acc_type(r)
+        self.w(f"{t} {a}_t = {'0.0' if wide_sum(r) else init_value(r.arg.op, r.dtype)};")
         self.w(f"for (int64_t s = 0; s < {self.par.split}; ++s) "
-               f"{a}_t = {_combine(r.arg.op, r.dtype, f'{a}_t', partials)};")
+               f"{a}_t = {combine(r.arg.op, r.dtype, f'{a}_t', partials)};")
         self.w(f"const {rt} {a} = static_cast<{rt}>({a}_t);")
         self.names[id(r)] = a
 
@@ -869,12 +823,12 @@ class _Emitter:
         self.names = {}
         for slot, r in enumerate(reduces):
             a = f"a{slot}"
-            t = "double" if _wide(r) else _acc_type(r)
+            t = "double" if wide_sum(r) else acc_type(r)
             w(f"{t} {a}_t[{par.block}];")
-            w(f"for (int64_t j = 0; j < cn; ++j) {a}_t[j] = {'0.0' if _wide(r) else _init(r.arg.op, r.dtype)};")
+            w(f"for (int64_t j = 0; j < cn; ++j) {a}_t[j] = {'0.0' if wide_sum(r) else init_value(r.arg.op, r.dtype)};")
             w(f"for (int64_t s = 0; s < {par.split}; ++s)")
             w(f"  for (int64_t j = 0; j < cn; ++j) {a}_t[j] = "
-              f"{_combine(r.arg.op, r.dtype, f'{a}_t[j]', f'split{slot}[s * {cols} + c0 + j]')};")
+              f"{combine(r.arg.op, r.dtype, f'{a}_t[j]', f'split{slot}[s * {cols} + c0 + j]')};")
             rt = register_type(r.dtype)
             w(f"{rt} {a}[{par.block}];")
             w(f"for (int64_t j = 0; j < cn; ++j) {a}[j] = static_cast<{rt}>({a}_t[j]);")
@@ -885,122 +839,11 @@ class _Emitter:
 
     # -- the kernel -------------------------------------------------------------------
 
-    # -- row reductions split into segments: one phase per loop -------------------------
-
-    def emit_phased(self) -> str:
-        """Phase p runs loop p over every unit (a segment of a row); its finish step
-        combines each row's partials of the loop's reductions in segment order, into
-        `comb` for the later phases (the last one stores the rows' results). Each phase
-        reads its segment again: the price of keeping every thread busy on few rows."""
-        k, w, par = self.kernel, self.w, self.par
-        name, loops = k.name, self.nest.num_loops
-        roots = self.nest.roots(self.nodes)
-        reduces = [r for r in roots if r.op is Op.REDUCE]
-        rows = par.units // par.split
-        w(f"// Generated by pfjax from GIR kernel {name} (reduction, {loops} phases). Do not edit.")
-        w('#include "pfjax/kernel.h"')
-        w()
-        w("namespace {")
-        w()
-        finishes = []
-        for p in range(loops):
-            self.emit_phase_body(p, roots, reduces, rows)
-            finishes.append(self.emit_phase_finish(p, roots, reduces, rows))
-        emit_sizes(w, k)
-        if loops > 1:
-            later = ", ".join(f"{name}_body{p}" for p in range(1, loops))
-            w(f"constexpr pfjax::rt::BodyFn {name}_later_bodies[] = {{{later}}};")
-            w(f"constexpr pfjax::rt::FinishFn {name}_later_finishes[] = {{{', '.join(finishes[1:])}}};")
-        w()
-        w("}  // namespace")
-        w()
-        can_stream = any(self.streamable([r for r in roots if self.nest.loop_of(r) == p])
-                         for p in range(loops))
-        scratch = 8 * (par.units + rows) * len(reduces)
-        w(f"PFJAX_EXPORT_PHASED_KERNEL({name}, {name}_body0, {len(k.inputs)}, {name}_in_sizes, "
-          f"{len(k.outputs)}, {name}_out_sizes, {par.units}, {max(1, par.chunk)}, "
-          f"{stream_mode(can_stream)}, {finishes[0]}, {scratch}, {loops}, "
-          + (f"{name}_later_bodies, {name}_later_finishes);" if loops > 1 else "nullptr, nullptr);"))
-        return "\n".join(w.lines) + "\n"
-
-    def emit_phase_body(self, p: int, roots: list[gir.Node], reduces: list[gir.Node],
-                        rows: int) -> None:
-        """Loop p over each unit's segment, with the earlier loops' combined values;
-        this loop's partial results go to `split`."""
-        w, par = self.w, self.par
-        mine = [r for r in roots if self.nest.loop_of(r) == p]
-        w(f"void {self.kernel.name}_body{p}(void* const* in_, void* const* out_, int64_t begin, "
-          f"int64_t end, int32_t stream) {{")
-        w.indent()
-        self.emit_pointers()
-        self.emit_phase_scratch(reduces, rows)
-        w("for (int64_t u = begin; u < end; ++u) {")
-        w.indent()
-        w(f"const int64_t seg = u % {par.split}, row = u / {par.split};")
-        self.emit_unit_indices("row")
-        self.names = {}
-        for slot, r in enumerate(reduces):
-            if self.nest.loop_of(r) < p:
-                self.names[id(r)] = f"c{slot}"
-                w(f"const {register_type(r.dtype)} c{slot} = comb{slot}[row];")
-        self.loop_index = p
-        self.emit_loop(mine)
-        for slot, r in enumerate(reduces):
-            if self.nest.loop_of(r) == p:
-                w(f"split{slot}[u] = {self.names[id(r)] + ('_t' if _wide(r) else '')};")
-        w.close()
-        w("if (stream) pfjax::rt::stream_fence();" if self.streamable(mine) else "(void)stream;")
-        w.close()
-        w()
-
-    def emit_phase_finish(self, p: int, roots: list[gir.Node], reduces: list[gir.Node],
-                          rows: int) -> str:
-        """Per row: loop p's partials combined (kept in `comb`, or the last phase's
-        results stored); the function's name, or nullptr when there is nothing to do."""
-        w, par = self.w, self.par
-        last = p == self.nest.num_loops - 1
-        epilogue = [r for r in roots if r.op is Op.STORE and self.nest.loop_of(r) is None]
-        if not any(self.nest.loop_of(r) == p for r in reduces) and not (last and epilogue):
-            return "nullptr"
-        name = f"{self.kernel.name}_finish{p}"
-        w(f"void {name}(void* const* in_, void* const* out_) {{")
-        w.indent()
-        self.emit_pointers()
-        self.emit_phase_scratch(reduces, rows)
-        w(f"for (int64_t q = 0; q < {rows}; ++q) {{")
-        w.indent()
-        self.emit_unit_indices("q")
-        self.names = {}
-        for slot, r in enumerate(reduces):
-            if self.nest.loop_of(r) == p:
-                self.emit_combined_partial(slot, r, f"split{slot}[q * {par.split} + s]")
-                if not last:
-                    w(f"comb{slot}[q] = a{slot};")
-            elif self.nest.loop_of(r) < p:
-                self.names[id(r)] = f"c{slot}"
-                w(f"const {register_type(r.dtype)} c{slot} = comb{slot}[q];")
-        if last:
-            self.emit_epilogue(epilogue)
-        w.close(2)
-        w()
-        return name
-
-    def emit_phase_scratch(self, reduces: list[gir.Node], rows: int) -> None:
-        """split{slot}: each unit's partial; comb{slot}: each row's combined value."""
-        out = f"static_cast<char*>(out_[{len(self.kernel.outputs)}])"
-        units = self.par.units
-        for slot, r in enumerate(reduces):
-            t = "double" if _wide(r) else _acc_type(r)
-            rt = register_type(r.dtype)
-            self.w(f"{t}* __restrict split{slot} = reinterpret_cast<{t}*>({out} + {8 * units * slot});")
-            self.w(f"{rt}* __restrict comb{slot} = reinterpret_cast<{rt}*>({out} + "
-                   f"{8 * units * len(reduces) + 8 * rows * slot});")
-
     def emit(self) -> str:
         k, w, par = self.kernel, self.w, self.par
         name = k.name
         if self.row_split:
-            return self.emit_phased()
+            return emit_phased(self)
         w(f"// Generated by pfjax from GIR kernel {name} (reduction). Do not edit.")
         w('#include "pfjax/kernel.h"')
         w()
@@ -1111,7 +954,7 @@ class _Emitter:
         if split_reduces:
             w("// this segment's partial results, combined by the finish step")
             for slot, r in enumerate(split_reduces):
-                a = self.names[id(r)] + ("_t" if _wide(r) else "")
+                a = self.names[id(r)] + ("_t" if wide_sum(r) else "")
                 w(f"for (int64_t j = 0; j < cn; ++j) "
                   f"split{slot}[seg * {self.space[self.lane]} + c0 + j] = {a}[j];")
         else:
@@ -1165,13 +1008,6 @@ def _split_at(nodes: list[gir.Node], alone) -> list[list[gir.Node]]:
         else:
             parts[-1].append(n)
     return [p for p in parts if p]
-
-
-def _clause(r: gir.Node, var: str) -> str:
-    op = {"sum": "+", "prod": "*", "max": "max", "min": "min", "and": "&", "or": "|"}[r.arg.op]
-    if r.dtype is gir.DType.BOOL and op in "+*":
-        op = "||" if op == "+" else "&&"
-    return f"reduction({op}:{var})"
 
 
 def emit_reduce_kernel(kernel: gir.Kernel) -> str:
