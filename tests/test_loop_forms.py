@@ -72,6 +72,28 @@ def test_two_late_stores_read_the_input_and_the_tile(rng):
     assert any(DEFERRED in s for s in _sources(f, x))
 
 
+@pytest.mark.parametrize("stream", ["0", "1"])
+def test_deferred_loop_over_several_kept_dims_and_per_row_inputs(monkeypatch, rng, stream):
+    """(B, H, S) rows: the previous row's indices are carried for every kept dimension
+    (the chunks' ends fall inside H), and a per-row input read by the late loop (a
+    scale per (B, H)) is carried with the row; under vmap too."""
+    monkeypatch.setenv("PFJAX_NONTEMPORAL", stream)
+    x = _special_rows(rng.standard_normal((5 * 7, 320)).astype(np.float32) * 3)
+    x = x.reshape(5, 7, 320)
+    scale = rng.standard_normal((5, 7)).astype(np.float32)
+
+    def f(x, scale):
+        return jax.nn.softmax(x, -1) * scale[..., None]
+
+    got = jax.jit(pfjax.fuse(f))(x, scale)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(jax.jit(f)(x, scale)),
+                               rtol=2e-6, atol=1e-7)
+    assert any(DEFERRED in src for src in _sources(f, x, scale))
+    batched = jax.vmap(pfjax.fuse(f))(x, scale)
+    np.testing.assert_allclose(np.asarray(batched), np.asarray(jax.vmap(f)(x, scale)),
+                               rtol=2e-6, atol=1e-7)
+
+
 def test_grad_through_a_deferred_softmax(rng):
     x = rng.standard_normal((9, 384)).astype(np.float32)
     t = rng.standard_normal((9, 384)).astype(np.float32)
