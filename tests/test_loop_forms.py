@@ -17,6 +17,8 @@ import pytest
 
 import pfjax
 
+from kernel_abi import kernel_info
+
 DEFERRED = "runs with the next unit's loop"
 
 
@@ -148,17 +150,6 @@ def test_whole_vector_rows_leave_the_dead_remainder_to_builds_without_vf16(rng):
     assert "#if !PFJAX_VF16" in src
 
 
-class _Info(ctypes.Structure):
-    _fields_ = [("abi", ctypes.c_int32),
-                ("body", ctypes.CFUNCTYPE(None, ctypes.POINTER(ctypes.c_void_p),
-                                          ctypes.POINTER(ctypes.c_void_p), ctypes.c_int64,
-                                          ctypes.c_int64, ctypes.c_int32)),
-                ("num_in", ctypes.c_int64), ("num_out", ctypes.c_int64),
-                ("in_sizes", ctypes.POINTER(ctypes.c_int64)),
-                ("out_sizes", ctypes.POINTER(ctypes.c_int64)),
-                ("total", ctypes.c_int64), ("chunk", ctypes.c_int64)]
-
-
 def _aligned(n):
     buf = np.zeros(n + 16, np.float32)
     off = (-buf.ctypes.data % 64) // 4
@@ -166,16 +157,19 @@ def _aligned(n):
 
 
 def _build_without_avx512(source: Path, lib: Path):
-    """The kernel source built for AVX2 (no vf16 loops); its info struct."""
-    cmd = [c if c != "-march=native" else "-march=x86-64-v3" for c in _native_command(source)]
-    cmd = [str(source) if c.endswith("kernel.cc") else str(lib) if c.endswith("kernel.so") else c
-           for c in cmd]
+    """The kernel source built for AVX2 (no vf16 loops) with pfjax's own compiler
+    command; its descriptor."""
+    from pfjax.build import ToolchainMissing, find_toolchain
+    try:
+        toolchain = find_toolchain(jax.ffi.include_dir())
+    except ToolchainMissing as err:
+        pytest.skip(str(err))
+    cmd = [c if c != "-march=native" else "-march=x86-64-v3"
+           for c in toolchain.command(str(source), str(lib))]
     subprocess.run(cmd, check=True, capture_output=True)
     handle = ctypes.CDLL(str(lib))
     name = source.read_text().split("PFJAX_EXPORT_KERNEL(")[1].split(",")[0]
-    getter = getattr(handle, name + "_info")
-    getter.restype = ctypes.POINTER(_Info)
-    return handle, getter().contents
+    return handle, kernel_info(handle, name)
 
 
 def _run_units(info, x, out_size, ranges, stream):
@@ -250,9 +244,3 @@ def test_column_softmax_built_without_avx512(tmp_path, rng):
     _, info = _build_without_avx512(source, tmp_path / "avx2.so")
     out = _run_units(info, x, x.size, [(0, 1), (1, info.total)], 0)
     np.testing.assert_allclose(out.reshape(x.shape), np.asarray(jax.jit(f)(x)), rtol=2e-6, atol=1e-7)
-
-
-def _native_command(source: Path) -> list[str]:
-    import json
-    meta = json.loads((source.parent / "meta.json").read_text())
-    return meta["command"]

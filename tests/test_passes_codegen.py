@@ -23,6 +23,8 @@ from pfjax.passes.collapse import collapse_dims
 from pfjax.passes.simplify import simplify
 from pfjax.schedule import Schedule, apply, choose
 
+from kernel_abi import kernel_info
+
 warnings.filterwarnings("ignore", category=RuntimeWarning, module="pfjax")
 
 
@@ -245,17 +247,6 @@ def _toolchain():
         pytest.skip(str(err))
 
 
-class _Info(ctypes.Structure):
-    _fields_ = [("abi_version", ctypes.c_int32),
-                ("body", ctypes.CFUNCTYPE(None, ctypes.POINTER(ctypes.c_void_p),
-                                          ctypes.POINTER(ctypes.c_void_p), ctypes.c_int64,
-                                          ctypes.c_int64)),
-                ("num_in", ctypes.c_int64), ("num_out", ctypes.c_int64),
-                ("in_sizes", ctypes.POINTER(ctypes.c_int64)),
-                ("out_sizes", ctypes.POINTER(ctypes.c_int64)),
-                ("total", ctypes.c_int64), ("chunk", ctypes.c_int64)]
-
-
 def _storage(dtype, x):
     """numpy array of the kernel's storage type for a value of `dtype`."""
     if dtype is DType.BF16:
@@ -269,9 +260,7 @@ def _storage(dtype, x):
 def _run_compiled(kernel, lib_path, xs, split=3):
     """Call the compiled body over the iteration space in `split` uneven ranges."""
     lib = ctypes.CDLL(str(lib_path))
-    getter = getattr(lib, kernel.name + "_info")
-    getter.restype = ctypes.POINTER(_Info)
-    info = getter().contents
+    info = kernel_info(lib, kernel.name)
     assert info.num_in == len(kernel.inputs) and info.num_out == len(kernel.outputs)
     assert info.total == kernel.parallel.size
     ins = [_storage(b.dtype, x) for b, x in zip(kernel.inputs, xs)]
@@ -287,7 +276,7 @@ def _run_compiled(kernel, lib_path, xs, split=3):
     total = info.total
     cuts = sorted({0, total, *(total * k // split + k for k in range(1, split))} & set(range(total + 1)))
     for lo, hi in zip(cuts, cuts[1:]):
-        info.body(in_ptrs, out_ptrs, lo, hi)
+        info.body(in_ptrs, out_ptrs, lo, hi, 0)
     return outs
 
 

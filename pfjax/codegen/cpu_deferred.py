@@ -87,31 +87,13 @@ def emit_carried(em, plan: DeferredPlan) -> None:
         em.w(f"int64_t p{d} = 0;")
 
 
-def _emit_stores(em, plan: DeferredPlan, emit) -> None:
-    """`emit()` once per store path: streamed (where the dispatcher says so) and plain."""
-    streamed = em.streamable(plan.roots)
-    if not streamed:
-        emit()
-        return
-    em.w("if (stream) {")
-    em.w.indent()
-    em.streamed = {id(r) for r in streamed}
-    emit()
-    em.streamed = set()
-    em.w.indent(-1)
-    em.w("} else {")
-    em.w.indent()
-    emit()
-    em.w.close()
-
-
 def emit_late_block(em, plan: DeferredPlan) -> None:
     """Inside the host loop's block [t0, t1): the previous unit's last loop over it."""
     em.w("if (u > begin) {  // the previous unit's last loop, over this block")
     em.w.indent()
     with previous_unit(em, plan):
         body = em.cone(plan.roots, full=True)
-        _emit_stores(em, plan, lambda: em.emit_row_block(plan.roots, body, []))
+        em.emit_store_paths(plan.roots, lambda: em.emit_row_block(plan.roots, body, []))
     em.w.close()
 
 

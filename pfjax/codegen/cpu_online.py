@@ -144,11 +144,10 @@ def emit_online(em, plan: OnlinePlan) -> None:
     # The block max reads memory once the block's sums are done with the core: the sums
     # prefetch two blocks ahead (logsumexp over 128 x 32000, C driver: 1.01-1.2x, noisy;
     # 2 and 8 KiB ahead 1.1x in the same run as 4 KiB's 1.2x).
-    em.step_prefetch = {id(n): ONLINE_PREFETCH_BYTES for n in body
-                        if n.op is Op.LOAD and n.src[0].arg.role == "in" and not n.arg.dynamic
-                        and n.arg.view.strides[em.lane] == 1}
-    start = em.emit_vector_part(body, plan.sums)
-    em.step_prefetch = {}
+    prefetch = {id(n): ONLINE_PREFETCH_BYTES for n in body
+                if n.op is Op.LOAD and n.src[0].arg.role == "in" and not n.arg.dynamic
+                and n.arg.view.strides[em.lane] == 1}
+    start = em.emit_vector_part(body, plan.sums, prefetch)
     with em.remainder(start, n_lane % 16 == 0 and ONLINE_BLOCK % 16 == 0):
         w(f"#pragma omp simd simdlen({em.par.vector}) {' '.join(clauses)}")
         w(f"for (int64_t j = {start}; j < t1; ++j) {{")

@@ -74,7 +74,6 @@ class _Emitter:
             self.prefetched = []
         self.online = None if self.row_split else online_plan(self)
         self.whole_vectors = False  # every block of the row loop is whole vf16 vectors
-        self.step_prefetch: dict[int, int] = {}  # load -> bytes ahead it prefetches per vf16 step
         self.previous = False  # emitting the previous unit's deferred loop (cpu_deferred)
         self.deferred = deferred_plan(self)
         # Loops that prefetch the next unit's rows: the later ones, unless fused online or
@@ -313,23 +312,27 @@ class _Emitter:
         return [r for r in stores if r.arg.view.strides[self.lane] == 1]
 
     def emit_loop(self, roots: list[gir.Node]) -> None:
+        self.emit_store_paths(roots, lambda: self._emit_loop(roots))
+
+    def emit_store_paths(self, roots: list[gir.Node], emit) -> None:
+        """`emit()` the code for `roots` once, or twice where their stores can stream:
+        streaming pays only on output pages already mapped, which the dispatcher decides
+        per call (`stream`)."""
         streamed = self.streamable(roots)
         if not streamed:
-            self._emit_loop(roots)
+            emit()
             return
-        # Streaming pays only on output pages already mapped: the dispatcher decides.
         self.emit_unit_values(roots)
         self.w("if (stream) {")
         self.w.indent()
         self.streamed = {id(r) for r in streamed}
-        self._emit_loop(roots)
+        emit()
         self.streamed = set()
         self.w.indent(-1)
         self.w("} else {")
         self.w.indent()
-        self._emit_loop(roots)
-        self.w.indent(-1)
-        self.w("}")
+        emit()
+        self.w.close()
 
     def _emit_loop(self, roots: list[gir.Node]) -> None:
         w = self.w
@@ -474,20 +477,7 @@ class _Emitter:
                     continue
                 local[id(src)] = f"v{len(local)}"
                 w(f"const pfjax::vf16 {local[id(src)]} = pfjax::vf16::load(&{self.names[id(src)]}[j]);")
-        for n in body:
-            if n.op is Op.REDUCE:
-                continue
-            if n.op is Op.STORE:
-                stored = stored_value(n)
-                is_uniform = id(stored) in uniform or id(stored) not in local
-                w(vector_store(self.ref(stored, local), is_uniform, self.address(n), dtype=n.dtype))
-                continue
-            local[id(n)] = v = f"v{len(local)}"
-            is_uniform = vector_uniform(n, uniform, local, self.lane_stride)
-            if is_uniform:
-                uniform.add(id(n))
-            w(vector_decl(n, v, is_uniform, lambda: self.expr(n, local),
-                          lambda: self.address(n), lambda s: self.ref(s, local)))
+        self.emit_vector_step(body, local, uniform)
         for r in reduces:
             acc = f"{self.names[id(r)]}{'_p' if r in blocked else ''}"
             v = self.ref(r.src[0], local)
@@ -614,9 +604,10 @@ class _Emitter:
             return 1
         return n.arg.view.strides[self.lane]
 
-    def emit_vector_part(self, body: list[gir.Node], reduces: list[gir.Node]) -> str:
+    def emit_vector_part(self, body: list[gir.Node], reduces: list[gir.Node],
+                         prefetch: dict[int, int] | None = None) -> str:
         """The vf16 loop over the block [t0, t1) where the body has that form; returns
-        where the scalar loop starts."""
+        where the scalar loop starts. `prefetch`: as emit_vector_step's."""
         streamed = [n for n in body if id(n) in self.streamed]
         if not (vector_mode.VECTOR_LOOPS and self.space[self.lane] >= 16
                 and self.par.vector == 16
@@ -627,10 +618,44 @@ class _Emitter:
         for k, st in enumerate(streamed):
             self.w(direct_flag(k, f"&{self.address(st)}"))
         self.lane_var = "j"
-        self.emit_vector_loop(body, reduces)
+        self.emit_vector_loop(body, reduces, prefetch)
         return "tv"
 
-    def emit_vector_loop(self, body: list[gir.Node], reduces: list[gir.Node]) -> None:
+    def emit_vector_step(self, body: list[gir.Node], local: dict[int, str], uniform: set[int],
+                         prefetch: dict[int, int] | None = None) -> None:
+        """The values and stores of one vf16 step over `body` (reductions left to the
+        caller). `local` names the values (it may hold some already), `uniform` those the
+        same in every lane; `prefetch`: load -> bytes ahead it prefetches per step."""
+        w = self.w
+        streamed = [n for n in body if id(n) in self.streamed]
+        for n in body:
+            if n.op is Op.REDUCE:
+                continue
+            if prefetch and id(n) in prefetch:
+                w(f"__builtin_prefetch(reinterpret_cast<const void*>(reinterpret_cast<uintptr_t>("
+                  f"&{self.address(n)}) + {prefetch[id(n)]}), 0, 3);")
+            if n.op is Op.STORE:
+                stored = stored_value(n)
+                value = self.ref(stored, local)
+                is_uniform = id(stored) in uniform or id(stored) not in local
+                if id(n) in self.streamed:
+                    k = streamed.index(n)
+                    for line in vector_streamed_store(k, value, is_uniform, self.address(n),
+                                                      f"stile{k}[j - t0]", n.dtype):
+                        w(line)
+                else:
+                    w(vector_store(value, is_uniform, self.address(n), dtype=n.dtype))
+                continue
+            v = f"v{len(local)}"
+            local[id(n)] = v
+            is_uniform = vector_uniform(n, uniform, local, self.lane_stride)
+            if is_uniform:
+                uniform.add(id(n))
+            w(vector_decl(n, v, is_uniform, lambda: self.expr(n, local),
+                          lambda: self.address(n), lambda s: self.ref(s, local)))
+
+    def emit_vector_loop(self, body: list[gir.Node], reduces: list[gir.Node],
+                         prefetch: dict[int, int] | None = None) -> None:
         """The block's whole vectors over pfjax::vf16, up to `tv`; the scalar loop that
         follows takes the remainder, its accumulators starting from these. The body is a
         lambda applied to `ways` vectors per step, each into its own accumulators: one
@@ -653,32 +678,7 @@ class _Emitter:
         w.indent()
         local: dict[int, str] = {}
         uniform: set[int] = set()
-        streamed = [n for n in body if id(n) in self.streamed]
-        for n in body:
-            if n.op is Op.REDUCE:
-                continue
-            if id(n) in self.step_prefetch:
-                w(f"__builtin_prefetch(reinterpret_cast<const void*>(reinterpret_cast<uintptr_t>("
-                  f"&{self.address(n)}) + {self.step_prefetch[id(n)]}), 0, 3);")
-            if n.op is Op.STORE:
-                stored = stored_value(n)
-                value = self.ref(stored, local)
-                is_uniform = id(stored) in uniform or id(stored) not in local
-                if id(n) in self.streamed:
-                    k = streamed.index(n)
-                    for line in vector_streamed_store(k, value, is_uniform, self.address(n),
-                                                      f"stile{k}[j - t0]", n.dtype):
-                        w(line)
-                else:
-                    w(vector_store(value, is_uniform, self.address(n), dtype=n.dtype))
-                continue
-            v = f"v{len(local)}"
-            local[id(n)] = v
-            is_uniform = vector_uniform(n, uniform, local, self.lane_stride)
-            if is_uniform:
-                uniform.add(id(n))
-            w(vector_decl(n, v, is_uniform, lambda: self.expr(n, local),
-                          lambda: self.address(n), lambda s: self.ref(s, local)))
+        self.emit_vector_step(body, local, uniform, prefetch)
         for r in reduces:  # lane-wise into the vector accumulators
             acc = self.names[id(r)] + "_p_v[k]"
             v = self.ref(r.src[0], local)
