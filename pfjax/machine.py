@@ -16,7 +16,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-__all__ = ["machine_info", "measure_bandwidth", "native_available"]
+__all__ = ["machine_info", "measure_bandwidth", "native_available", "triad"]
 
 _FIX_HINT = (
     "Build it by installing pfjax from the repository root, e.g. "
@@ -65,6 +65,23 @@ def machine_info() -> dict[str, Any]:
     return _python_machine_info()
 
 
+def _native_or_raise(what: str):
+    native, err = _load_native()
+    if native is None:
+        raise RuntimeError(
+            f"pfjax.machine.{what} needs the native module pfjax._native, which was not "
+            f"built or could not be loaded ({err}). {_FIX_HINT}"
+        )
+    return native
+
+
+def triad(bytes_per_array: int, threads: int = 0, nontemporal: bool = False):
+    """A STREAM triad allocated once: ``.run()`` makes one pass and returns its seconds,
+    ``.bytes_moved`` is ``3 * bytes_per_array``. For timing the ceiling in the same
+    rounds as other work."""
+    return _native_or_raise("triad").Triad(int(bytes_per_array), int(threads), bool(nontemporal))
+
+
 def measure_bandwidth(
     bytes_per_array: int, threads: int = 0, repeats: int = 10, nontemporal: bool = False
 ) -> float:
@@ -74,14 +91,8 @@ def measure_bandwidth(
     each, split over ``threads`` threads (0: all hardware threads); bytes moved per
     pass are counted as ``3 * bytes_per_array``.
     """
-    native, err = _load_native()
-    if native is None:
-        raise RuntimeError(
-            f"pfjax.machine.measure_bandwidth needs the native module pfjax._native, "
-            f"which was not built or could not be loaded ({err}). {_FIX_HINT}"
-        )
     return float(
-        native.measure_bandwidth(
+        _native_or_raise("measure_bandwidth").measure_bandwidth(
             int(bytes_per_array), int(threads), int(repeats), bool(nontemporal)
         )
     )

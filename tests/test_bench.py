@@ -34,6 +34,27 @@ def test_bench_tiny_all_workloads(tmp_path, capsys):
     data = json.loads(out_json.read_text())
     assert len(data["results"]) == len(WORKLOADS)
     assert data["ceilings"]["cache"] > 0
+    # The side-by-side triad ran in every workload's rounds.
+    assert all(r["ceiling_gbps"] > 0 for r in data["results"])
+
+
+def test_bursts_run_untimed_then_timed_calls_per_round():
+    from pfjax.bench.harness import Burst, Timing, time_interleaved
+    calls = []
+
+    def candidate(name, seconds):
+        def run():
+            calls.append(name)
+            return seconds
+        return run
+
+    timing = Timing(min_reps=6, min_time_s=0.0, max_reps=6, warmup=1)
+    meds, timed = time_interleaved([candidate("a", 1.0), candidate("b", 2.0)], timing,
+                                   "test", Burst(untimed=1, timed=3))
+    assert meds == [1.0, 2.0] and timed == 6
+    assert calls[:2] == ["a", "b"]  # warm-up
+    # Two rounds of 4 calls per candidate, the order rotating each round.
+    assert calls[2:] == ["a"] * 4 + ["b"] * 4 + ["b"] * 4 + ["a"] * 4
 
 
 def test_bytes_moved_counts_inputs_and_outputs():

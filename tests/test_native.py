@@ -102,6 +102,21 @@ def test_measure_bandwidth_rejects_bad_arguments(native):
         native.measure_bandwidth(1 << 16, threads=-1)
 
 
+@pytest.mark.parametrize("nontemporal", [False, True])
+def test_triad_runs_repeatedly(nontemporal):
+    triad = machine.triad(1000, threads=64, nontemporal=nontemporal)  # odd size, few chunks
+    assert triad.bytes_moved == 3 * 1000
+    times = [triad.run() for _ in range(3)]
+    assert all(isinstance(t, float) and math.isfinite(t) and t > 0 for t in times)
+
+
+def test_triad_rejects_bad_arguments():
+    with pytest.raises(ValueError):
+        machine.triad(0)
+    with pytest.raises(ValueError):
+        machine.triad(1 << 16, threads=-1)
+
+
 def test_fallback_without_native(monkeypatch):
     # A None entry in sys.modules makes `import pfjax._native` raise ImportError.
     monkeypatch.setitem(sys.modules, "pfjax._native", None)
@@ -119,5 +134,7 @@ def test_fallback_without_native(monkeypatch):
             machine.machine_info()
         with pytest.raises(RuntimeError, match="pip install -e"):
             machine.measure_bandwidth(1 << 16)
+        with pytest.raises(RuntimeError, match="pfjax.machine.triad needs"):
+            machine.triad(1 << 16)
     finally:
         machine.machine_info.cache_clear()

@@ -303,58 +303,85 @@ float *alloc_floats(size_t n) {
   return static_cast<float *>(p);
 }
 
-double measure_bandwidth(int64_t bytes_per_array, int threads, int repeats, bool nontemporal) {
-  if (bytes_per_array < 64)
-    throw std::invalid_argument("bytes_per_array must be at least 64");
-  if (repeats < 1) throw std::invalid_argument("repeats must be >= 1");
-  if (threads < 0) throw std::invalid_argument("threads must be >= 0");
-  unsigned nthreads = threads ? unsigned(threads) : std::thread::hardware_concurrency();
-  if (nthreads == 0) nthreads = 1;
+// A STREAM triad a = b + s*c over arrays allocated (and first touched by their owning
+// thread) once, so that it can run many times beside other work: the benchmark times it
+// in the same rounds as the workloads, as the ceiling under the same conditions.
+class Triad {
+ public:
+  Triad(int64_t bytes_per_array, int threads, bool nontemporal) : nontemporal_(nontemporal) {
+    if (bytes_per_array < 64)
+      throw std::invalid_argument("bytes_per_array must be at least 64");
+    if (threads < 0) throw std::invalid_argument("threads must be >= 0");
+    nthreads_ = threads ? unsigned(threads) : std::thread::hardware_concurrency();
+    if (nthreads_ == 0) nthreads_ = 1;
+    n_ = size_t(bytes_per_array) / sizeof(float);
+    const size_t nchunks = (n_ + kChunk - 1) / kChunk;
+    if (nthreads_ > nchunks) nthreads_ = unsigned(nchunks);
+    a_.reset(alloc_floats(n_));
+    b_.reset(alloc_floats(n_));
+    c_.reset(alloc_floats(n_));
+    triad_ = pick_triad();
+    Parallel([this](size_t lo, size_t hi) {  // first touch by the owning thread (NUMA)
+      float *a = a_.get(), *b = b_.get(), *c = c_.get();
+      for (size_t i = lo; i < hi; ++i) { a[i] = 0.0f; b[i] = 1.0f; c[i] = 2.0f; }
+    });
+  }
 
-  const size_t n = size_t(bytes_per_array) / sizeof(float);
-  const size_t kChunk = 16;  // floats: one 64-byte line
-  const size_t nchunks = (n + kChunk - 1) / kChunk;
-  if (nthreads > nchunks) nthreads = unsigned(nchunks);
+  // Seconds of one pass, from all threads starting together to all finishing (thread
+  // start-up is outside the timed part).
+  double Run() {
+    return Parallel([this](size_t lo, size_t hi) {
+      triad_(a_.get() + lo, b_.get() + lo, c_.get() + lo, 3.0f, hi - lo, nontemporal_);
+    });
+  }
 
-  std::unique_ptr<float, AlignedFree> A(alloc_floats(n)), B(alloc_floats(n)), C(alloc_floats(n));
-  float *a = A.get(), *b = B.get(), *c = C.get();
-  const TriadFn triad = pick_triad();
-  const float s = 3.0f;
+  int64_t BytesMoved() const { return int64_t(3 * n_ * sizeof(float)); }
+  float Sample() const { return a_.get()[n_ / 2] + a_.get()[n_ - 1]; }
 
-  SpinBarrier barrier(nthreads);
-  std::vector<double> times(size_t(repeats), 0.0);
-  using clock = std::chrono::steady_clock;
-  clock::time_point t0;
+ private:
+  static constexpr size_t kChunk = 16;  // floats: one 64-byte line
 
-  auto worker = [&](unsigned t) {
-    size_t lo = std::min(n, (nchunks * t / nthreads) * kChunk);
-    size_t hi = std::min(n, (nchunks * (t + 1) / nthreads) * kChunk);
-    // First touch by the owning thread (NUMA placement), then one warm-up pass.
-    for (size_t i = lo; i < hi; ++i) { a[i] = 0.0f; b[i] = 1.0f; c[i] = 2.0f; }
-    triad(a + lo, b + lo, c + lo, s, hi - lo, nontemporal);
-    for (int r = 0; r < repeats; ++r) {
+  template <class Fn>
+  double Parallel(Fn fn) {
+    const size_t nchunks = (n_ + kChunk - 1) / kChunk;
+    SpinBarrier barrier(nthreads_);
+    using clock = std::chrono::steady_clock;
+    clock::time_point t0, t1;
+    auto worker = [&](unsigned t) {
+      size_t lo = std::min(n_, (nchunks * t / nthreads_) * kChunk);
+      size_t hi = std::min(n_, (nchunks * (t + 1) / nthreads_) * kChunk);
       barrier.wait();
       if (t == 0) t0 = clock::now();
       barrier.wait();
-      triad(a + lo, b + lo, c + lo, s, hi - lo, nontemporal);
+      fn(lo, hi);
       barrier.wait();
-      if (t == 0) times[size_t(r)] = std::chrono::duration<double>(clock::now() - t0).count();
-    }
-  };
+      if (t == 0) t1 = clock::now();
+    };
+    std::vector<std::thread> pool;
+    pool.reserve(nthreads_ - 1);
+    for (unsigned t = 1; t < nthreads_; ++t) pool.emplace_back(worker, t);
+    worker(0);
+    for (auto &th : pool) th.join();
+    return std::chrono::duration<double>(t1 - t0).count();
+  }
 
-  std::vector<std::thread> pool;
-  pool.reserve(nthreads - 1);
-  for (unsigned t = 1; t < nthreads; ++t) pool.emplace_back(worker, t);
-  worker(0);
-  for (auto &th : pool) th.join();
+  bool nontemporal_;
+  unsigned nthreads_ = 1;
+  size_t n_ = 0;
+  std::unique_ptr<float, AlignedFree> a_{nullptr}, b_{nullptr}, c_{nullptr};
+  TriadFn triad_ = nullptr;
+};
 
-  // Keep the stores observable.
-  volatile float sink = a[n / 2] + a[n - 1];
+double measure_bandwidth(int64_t bytes_per_array, int threads, int repeats, bool nontemporal) {
+  if (repeats < 1) throw std::invalid_argument("repeats must be >= 1");
+  Triad triad(bytes_per_array, threads, nontemporal);
+  triad.Run();  // warm-up pass
+  double best = std::numeric_limits<double>::infinity();
+  for (int r = 0; r < repeats; ++r) best = std::min(best, triad.Run());
+  volatile float sink = triad.Sample();  // keep the stores observable
   (void)sink;
-
-  double best = *std::min_element(times.begin(), times.end());
   if (!(best > 0.0)) best = 1e-9;
-  return 3.0 * double(n * sizeof(float)) / best / 1e9;
+  return double(triad.BytesMoved()) / best / 1e9;
 }
 
 }  // namespace
@@ -377,4 +404,19 @@ NB_MODULE(_native, m) {
       "STREAM triad a = b + s*c over float32 arrays of bytes_per_array bytes each, "
       "split over `threads` threads (0 = all hardware threads); returns the best "
       "GB/s over `repeats`, counting 3 * bytes_per_array bytes per pass.");
+
+  nb::class_<Triad>(m, "Triad",
+                    "A STREAM triad over float32 arrays allocated once, to be run many "
+                    "times (the benchmark's side-by-side ceiling).")
+      .def(nb::init<int64_t, int, bool>(), nb::arg("bytes_per_array"), nb::arg("threads") = 0,
+           nb::arg("nontemporal") = false)
+      .def(
+          "run",
+          [](Triad &t) {
+            nb::gil_scoped_release release;
+            return t.Run();
+          },
+          "One pass; returns its seconds (all threads start together; thread start-up "
+          "is not timed).")
+      .def_prop_ro("bytes_moved", &Triad::BytesMoved, "3 * bytes_per_array");
 }

@@ -69,6 +69,14 @@ def machine_info() -> dict:
     return info
 
 
+def triad(bytes_per_array: int, nontemporal: bool = False):
+    """pfjax.machine.triad (RuntimeError without the native module)."""
+    m, err = _machine_module()
+    if m is None:
+        raise RuntimeError(err)
+    return m.triad(bytes_per_array, threads=0, nontemporal=nontemporal)
+
+
 def jax_triad_bandwidth(bytes_per_array: int, repeats: int = 10) -> float:
     """GB/s of a jitted ``b + s*c`` (3 * bytes_per_array moved), best of repeats."""
     import jax
