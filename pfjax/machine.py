@@ -16,7 +16,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-__all__ = ["machine_info", "measure_bandwidth", "native_available", "triad"]
+__all__ = ["machine_info", "measure_bandwidth", "native_available", "stream_kernel"]
 
 _FIX_HINT = (
     "Build it by installing pfjax from the repository root, e.g. "
@@ -75,11 +75,15 @@ def _native_or_raise(what: str):
     return native
 
 
-def triad(bytes_per_array: int, threads: int = 0, nontemporal: bool = False):
-    """A STREAM triad allocated once: ``.run()`` makes one pass and returns its seconds,
-    ``.bytes_moved`` is ``3 * bytes_per_array``. For timing the ceiling in the same
-    rounds as other work."""
-    return _native_or_raise("triad").Triad(int(bytes_per_array), int(threads), bool(nontemporal))
+def stream_kernel(read_bytes: int, write_bytes: int, threads: int = 0,
+                  nontemporal: bool = False):
+    """A kernel that reads ``read_bytes`` and writes ``write_bytes`` (float32 arrays
+    allocated once, interleaved in 4 KiB steps, split over ``threads`` threads, 0: all):
+    ``.run()`` makes one pass and returns its seconds, ``.bytes_moved`` is the sum. The
+    fastest a fused kernel can move the same bytes in the same proportion; for timing
+    that ceiling in the same rounds as the kernel."""
+    return _native_or_raise("stream_kernel").StreamMix(
+        int(read_bytes), int(write_bytes), int(threads), bool(nontemporal))
 
 
 def measure_bandwidth(

@@ -34,7 +34,7 @@ def test_bench_tiny_all_workloads(tmp_path, capsys):
     data = json.loads(out_json.read_text())
     assert len(data["results"]) == len(WORKLOADS)
     assert data["ceilings"]["cache"] > 0
-    # The side-by-side triad ran in every workload's rounds.
+    # The side-by-side ceiling kernel ran in every workload's rounds.
     assert all(r["ceiling_gbps"] > 0 for r in data["results"])
 
 

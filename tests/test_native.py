@@ -103,18 +103,23 @@ def test_measure_bandwidth_rejects_bad_arguments(native):
 
 
 @pytest.mark.parametrize("nontemporal", [False, True])
-def test_triad_runs_repeatedly(nontemporal):
-    triad = machine.triad(1000, threads=64, nontemporal=nontemporal)  # odd size, few chunks
-    assert triad.bytes_moved == 3 * 1000
-    times = [triad.run() for _ in range(3)]
+@pytest.mark.parametrize("read_bytes, write_bytes", [
+    (1000, 1000), (4 << 20, 0), (64, 3 << 20), (3 << 20, 1 << 10), (40, 100)])
+def test_stream_kernel_runs_repeatedly(read_bytes, write_bytes, nontemporal):
+    # Odd sizes, more threads than 64-byte lines, read-only, write-heavy.
+    k = machine.stream_kernel(read_bytes, write_bytes, threads=64, nontemporal=nontemporal)
+    assert k.bytes_moved == read_bytes // 4 * 4 + write_bytes // 4 * 4
+    times = [k.run() for _ in range(3)]
     assert all(isinstance(t, float) and math.isfinite(t) and t > 0 for t in times)
 
 
-def test_triad_rejects_bad_arguments():
+def test_stream_kernel_rejects_bad_arguments():
     with pytest.raises(ValueError):
-        machine.triad(0)
+        machine.stream_kernel(0, 0)
     with pytest.raises(ValueError):
-        machine.triad(1 << 16, threads=-1)
+        machine.stream_kernel(-64, 128)
+    with pytest.raises(ValueError):
+        machine.stream_kernel(1 << 16, 0, threads=-1)
 
 
 def test_fallback_without_native(monkeypatch):
@@ -134,7 +139,7 @@ def test_fallback_without_native(monkeypatch):
             machine.machine_info()
         with pytest.raises(RuntimeError, match="pip install -e"):
             machine.measure_bandwidth(1 << 16)
-        with pytest.raises(RuntimeError, match="pfjax.machine.triad needs"):
-            machine.triad(1 << 16)
+        with pytest.raises(RuntimeError, match="pfjax.machine.stream_kernel needs"):
+            machine.stream_kernel(1 << 16, 1 << 16)
     finally:
         machine.machine_info.cache_clear()

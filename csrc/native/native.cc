@@ -197,180 +197,7 @@ nb::dict machine_info() {
   return d;
 }
 
-// ------------------------------------------------------------ triad kernels
-//
-// a[i] = b[i] + s * c[i] over [0, n). Arrays are 64-byte aligned; chunk
-// boundaries are multiples of 16 floats, so every thread's range is aligned.
-
-using TriadFn = void (*)(float *, const float *, const float *, float, size_t, bool);
-
-void triad_generic(float *__restrict a, const float *__restrict b,
-                   const float *__restrict c, float s, size_t n, bool) {
-  for (size_t i = 0; i < n; ++i) a[i] = b[i] + s * c[i];
-}
-
-#if defined(PFJAX_X86)
-__attribute__((target("avx512f")))
-void triad_avx512(float *__restrict a, const float *__restrict b,
-                  const float *__restrict c, float s, size_t n, bool nt) {
-  const __m512 vs = _mm512_set1_ps(s);
-  size_t i = 0;
-  if (nt) {
-    for (; i + 16 <= n; i += 16)
-      _mm512_stream_ps(a + i, _mm512_fmadd_ps(vs, _mm512_load_ps(c + i), _mm512_load_ps(b + i)));
-    _mm_sfence();
-  } else {
-    for (; i + 16 <= n; i += 16)
-      _mm512_store_ps(a + i, _mm512_fmadd_ps(vs, _mm512_load_ps(c + i), _mm512_load_ps(b + i)));
-  }
-  for (; i < n; ++i) a[i] = b[i] + s * c[i];
-}
-
-__attribute__((target("avx2,fma")))
-void triad_avx2(float *__restrict a, const float *__restrict b,
-                const float *__restrict c, float s, size_t n, bool nt) {
-  const __m256 vs = _mm256_set1_ps(s);
-  size_t i = 0;
-  if (nt) {
-    for (; i + 8 <= n; i += 8)
-      _mm256_stream_ps(a + i, _mm256_fmadd_ps(vs, _mm256_load_ps(c + i), _mm256_load_ps(b + i)));
-    _mm_sfence();
-  } else {
-    for (; i + 8 <= n; i += 8)
-      _mm256_store_ps(a + i, _mm256_fmadd_ps(vs, _mm256_load_ps(c + i), _mm256_load_ps(b + i)));
-  }
-  for (; i < n; ++i) a[i] = b[i] + s * c[i];
-}
-
-void triad_sse2(float *__restrict a, const float *__restrict b,
-                const float *__restrict c, float s, size_t n, bool nt) {
-  const __m128 vs = _mm_set1_ps(s);
-  size_t i = 0;
-  if (nt) {
-    for (; i + 4 <= n; i += 4)
-      _mm_stream_ps(a + i, _mm_add_ps(_mm_load_ps(b + i), _mm_mul_ps(vs, _mm_load_ps(c + i))));
-    _mm_sfence();
-  } else {
-    for (; i + 4 <= n; i += 4)
-      _mm_store_ps(a + i, _mm_add_ps(_mm_load_ps(b + i), _mm_mul_ps(vs, _mm_load_ps(c + i))));
-  }
-  for (; i < n; ++i) a[i] = b[i] + s * c[i];
-}
-#endif
-
-TriadFn pick_triad() {
-#if defined(PFJAX_X86)
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f")) return triad_avx512;
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return triad_avx2;
-  return triad_sse2;
-#else
-  return triad_generic;
-#endif
-}
-
-// Sense-reversing spin barrier (yields, so oversubscription stays usable).
-class SpinBarrier {
- public:
-  explicit SpinBarrier(unsigned n) : n_(n), waiting_(0), phase_(0) {}
-  void wait() {
-    unsigned phase = phase_.load(std::memory_order_acquire);
-    if (waiting_.fetch_add(1, std::memory_order_acq_rel) + 1 == n_) {
-      waiting_.store(0, std::memory_order_relaxed);
-      phase_.fetch_add(1, std::memory_order_acq_rel);
-    } else {
-      unsigned spins = 0;
-      while (phase_.load(std::memory_order_acquire) == phase) {
-        if (++spins > 256) std::this_thread::yield();
-      }
-    }
-  }
-
- private:
-  const unsigned n_;
-  std::atomic<unsigned> waiting_;
-  std::atomic<unsigned> phase_;
-};
-
-struct AlignedFree {
-  void operator()(float *p) const { std::free(p); }
-};
-
-float *alloc_floats(size_t n) {
-  size_t bytes = ((n * sizeof(float) + 4095) / 4096) * 4096;  // page multiple
-  void *p = std::aligned_alloc(4096, bytes ? bytes : 4096);
-  if (!p) throw std::bad_alloc();
-  return static_cast<float *>(p);
-}
-
-// A STREAM triad a = b + s*c over arrays allocated (and first touched by their owning
-// thread) once, so that it can run many times beside other work: the benchmark times it
-// in the same rounds as the workloads, as the ceiling under the same conditions.
-class Triad {
- public:
-  Triad(int64_t bytes_per_array, int threads, bool nontemporal) : nontemporal_(nontemporal) {
-    if (bytes_per_array < 64)
-      throw std::invalid_argument("bytes_per_array must be at least 64");
-    if (threads < 0) throw std::invalid_argument("threads must be >= 0");
-    nthreads_ = threads ? unsigned(threads) : std::thread::hardware_concurrency();
-    if (nthreads_ == 0) nthreads_ = 1;
-    n_ = size_t(bytes_per_array) / sizeof(float);
-    const size_t nchunks = (n_ + kChunk - 1) / kChunk;
-    if (nthreads_ > nchunks) nthreads_ = unsigned(nchunks);
-    a_.reset(alloc_floats(n_));
-    b_.reset(alloc_floats(n_));
-    c_.reset(alloc_floats(n_));
-    triad_ = pick_triad();
-    Parallel([this](size_t lo, size_t hi) {  // first touch by the owning thread (NUMA)
-      float *a = a_.get(), *b = b_.get(), *c = c_.get();
-      for (size_t i = lo; i < hi; ++i) { a[i] = 0.0f; b[i] = 1.0f; c[i] = 2.0f; }
-    });
-  }
-
-  // Seconds of one pass, from all threads starting together to all finishing (thread
-  // start-up is outside the timed part).
-  double Run() {
-    return Parallel([this](size_t lo, size_t hi) {
-      triad_(a_.get() + lo, b_.get() + lo, c_.get() + lo, 3.0f, hi - lo, nontemporal_);
-    });
-  }
-
-  int64_t BytesMoved() const { return int64_t(3 * n_ * sizeof(float)); }
-  float Sample() const { return a_.get()[n_ / 2] + a_.get()[n_ - 1]; }
-
- private:
-  static constexpr size_t kChunk = 16;  // floats: one 64-byte line
-
-  template <class Fn>
-  double Parallel(Fn fn) {
-    const size_t nchunks = (n_ + kChunk - 1) / kChunk;
-    SpinBarrier barrier(nthreads_);
-    using clock = std::chrono::steady_clock;
-    clock::time_point t0, t1;
-    auto worker = [&](unsigned t) {
-      size_t lo = std::min(n_, (nchunks * t / nthreads_) * kChunk);
-      size_t hi = std::min(n_, (nchunks * (t + 1) / nthreads_) * kChunk);
-      barrier.wait();
-      if (t == 0) t0 = clock::now();
-      barrier.wait();
-      fn(lo, hi);
-      barrier.wait();
-      if (t == 0) t1 = clock::now();
-    };
-    std::vector<std::thread> pool;
-    pool.reserve(nthreads_ - 1);
-    for (unsigned t = 1; t < nthreads_; ++t) pool.emplace_back(worker, t);
-    worker(0);
-    for (auto &th : pool) th.join();
-    return std::chrono::duration<double>(t1 - t0).count();
-  }
-
-  bool nontemporal_;
-  unsigned nthreads_ = 1;
-  size_t n_ = 0;
-  std::unique_ptr<float, AlignedFree> a_{nullptr}, b_{nullptr}, c_{nullptr};
-  TriadFn triad_ = nullptr;
-};
+#include "bandwidth.h"
 
 double measure_bandwidth(int64_t bytes_per_array, int threads, int repeats, bool nontemporal) {
   if (repeats < 1) throw std::invalid_argument("repeats must be >= 1");
@@ -405,18 +232,19 @@ NB_MODULE(_native, m) {
       "split over `threads` threads (0 = all hardware threads); returns the best "
       "GB/s over `repeats`, counting 3 * bytes_per_array bytes per pass.");
 
-  nb::class_<Triad>(m, "Triad",
-                    "A STREAM triad over float32 arrays allocated once, to be run many "
-                    "times (the benchmark's side-by-side ceiling).")
-      .def(nb::init<int64_t, int, bool>(), nb::arg("bytes_per_array"), nb::arg("threads") = 0,
-           nb::arg("nontemporal") = false)
+  nb::class_<StreamMix>(m, "StreamMix",
+                        "Reads read_bytes and writes write_bytes of float32 arrays "
+                        "allocated once, interleaved in 4 KiB steps, to be run many times "
+                        "(the benchmark's per-workload ceiling).")
+      .def(nb::init<int64_t, int64_t, int, bool>(), nb::arg("read_bytes"),
+           nb::arg("write_bytes"), nb::arg("threads") = 0, nb::arg("nontemporal") = false)
       .def(
           "run",
-          [](Triad &t) {
+          [](StreamMix &k) {
             nb::gil_scoped_release release;
-            return t.Run();
+            return k.Run();
           },
           "One pass; returns its seconds (all threads start together; thread start-up "
           "is not timed).")
-      .def_prop_ro("bytes_moved", &Triad::BytesMoved, "3 * bytes_per_array");
+      .def_prop_ro("bytes_moved", &StreamMix::BytesMoved, "read_bytes + write_bytes");
 }

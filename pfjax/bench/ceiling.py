@@ -69,12 +69,12 @@ def machine_info() -> dict:
     return info
 
 
-def triad(bytes_per_array: int, nontemporal: bool = False):
-    """pfjax.machine.triad (RuntimeError without the native module)."""
+def stream_kernel(read_bytes: int, write_bytes: int, nontemporal: bool = False):
+    """pfjax.machine.stream_kernel on all threads (RuntimeError without the native module)."""
     m, err = _machine_module()
     if m is None:
         raise RuntimeError(err)
-    return m.triad(bytes_per_array, threads=0, nontemporal=nontemporal)
+    return m.stream_kernel(read_bytes, write_bytes, threads=0, nontemporal=nontemporal)
 
 
 def jax_triad_bandwidth(bytes_per_array: int, repeats: int = 10) -> float:
