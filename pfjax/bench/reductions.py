@@ -99,6 +99,14 @@ def column_mean_var(x):
     return jnp.mean(x, 0), jnp.var(x, 0)
 
 
+def softmax_columns(x):
+    return jax.nn.softmax(x, axis=0)
+
+
+def _torch_softmax_columns(x):
+    return x.softmax(0)
+
+
 def _torch_column_mean_var(x):
     return x.mean(0), x.var(0, unbiased=False)
 
@@ -173,6 +181,9 @@ register(Workload("column_sum", "column sum", "reduction", _COLS, _build_x, colu
                   _torch_column_sum, rtol=1e-4, atol=1e-3))
 register(Workload("column_mean_var", "column mean + var", "reduction", _COLS, _build_x,
                   column_mean_var, _torch_column_mean_var, rtol=1e-4, atol=1e-4))
+register(Workload("softmax_columns", "softmax over axis 0", "reduction",
+                  {"tiny": (512, 64), "cache": (4096, 1024), "dram": (65536, 1024)}, _build_x,
+                  softmax_columns, _torch_softmax_columns, rtol=1e-4, atol=1e-6))
 register(Workload("batchnorm_apply", "batchnorm apply", "reduction", _COLS, _build_bn,
                   batchnorm_apply, _torch_batchnorm_apply, rtol=1e-4, atol=1e-4))
 
