@@ -78,7 +78,8 @@ def _native_or_raise(what: str):
 def stream_kernel(read_bytes: int, write_bytes: int, threads: int = 0,
                   nontemporal: bool = False):
     """A kernel that reads ``read_bytes`` and writes ``write_bytes`` (float32 arrays
-    allocated once, interleaved in 4 KiB steps, split over ``threads`` threads, 0: all):
+    allocated once, the reads spread evenly between the writes, split over ``threads``
+    threads, 0: all):
     ``.run()`` makes one pass and returns its seconds, ``.bytes_moved`` is the sum. The
     fastest a fused kernel can move the same bytes in the same proportion; for timing
     that ceiling in the same rounds as the kernel."""

@@ -1,4 +1,4 @@
-// pfjax._native: machine description and a STREAM-triad bandwidth probe.
+// pfjax._native: machine description and bandwidth probes (csrc/native/bandwidth.h).
 //
 // Built with -O2 and no -march flags: the ISA-specific triad kernels are
 // selected at run time (AVX-512F / AVX2+FMA / SSE2 on x86-64, plain C++
@@ -234,8 +234,8 @@ NB_MODULE(_native, m) {
 
   nb::class_<StreamMix>(m, "StreamMix",
                         "Reads read_bytes and writes write_bytes of float32 arrays "
-                        "allocated once, interleaved in 4 KiB steps, to be run many times "
-                        "(the benchmark's per-workload ceiling).")
+                        "allocated once, the reads spread evenly between the writes, to be "
+                        "run many times (the benchmark's per-workload ceiling).")
       .def(nb::init<int64_t, int64_t, int, bool>(), nb::arg("read_bytes"),
            nb::arg("write_bytes"), nb::arg("threads") = 0, nb::arg("nontemporal") = false)
       .def(

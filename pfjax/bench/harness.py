@@ -2,7 +2,8 @@
 
 Every timing is a ratio measured side by side in one process: pfjax and jax.jit run
 interleaved on the same inputs after warm-up, and medians are reported together with
-the fraction of the measured memory-bandwidth ceiling (minimal bytes).
+the fraction of the memory-bandwidth ceiling (minimal bytes). The ceiling is a kernel
+that reads and writes as many bytes as the workload, timed in the same rounds.
 
 At the cache-resident size each candidate runs a burst per round: one untimed call
 that brings its inputs back into cache (the other candidate's working set has just
