@@ -19,6 +19,9 @@ from pfjax import gir
 from pfjax.codegen.ctypes_table import (STORAGE, compute_expr, guarded_load, load_expr,
                                         register_type, store_expr)
 from pfjax.codegen.cpu import _Writer, emit_sizes, stream_mode
+from pfjax.codegen.cpu_columns import (column_vectors_ok, emit_column_finals,
+                                       emit_column_vectors, emit_split_finish,
+                                       emit_split_scratch, split_bytes)
 from pfjax.codegen.cpu_deferred import (deferred_plan, emit_carried, emit_flush, emit_late_block,
                                         emit_unit_end)
 from pfjax.codegen.cpu_online import emit_online, online_plan
@@ -374,9 +377,9 @@ class _Emitter:
             w.indent()
         body = self.cone(roots, full=True)
         if self.column:
-            vectors = self.column_vectors_ok(body, reduces)
+            vectors = column_vectors_ok(self, body, reduces)
             if vectors:
-                self.emit_column_vectors(body, reduces, blocked)
+                emit_column_vectors(self, body, reduces, blocked)
                 w("#else")
             w(f"#pragma omp simd simdlen({self.par.vector})")
             w("for (int64_t j = 0; j < cn; ++j) {")
@@ -439,55 +442,6 @@ class _Emitter:
                 if r.arg.op in ("max", "min") and r.dtype.is_float:
                     a = self.names[id(r)]
                     w(f"if ({a}_nan) {a} = std::numeric_limits<{register_type(r.dtype)}>::quiet_NaN();")
-
-    def column_vectors_ok(self, body: list[gir.Node], reduces: list[gir.Node]) -> bool:
-        """A column loop with an exp (or the like) in it has a vf16 form: blocks of whole
-        vectors, float accumulators and per-unit values, and no staged short rows. In the
-        `omp simd` form each call goes through the vector-function ABI and spills the
-        loop's live vectors around it (exp(x).mean(0) over 4096 x 1024: 0.73x jax.jit)."""
-        if not (vector_mode.VECTOR_LOOPS and self.par.vector == 16 and self.par.block % 16 == 0
-                and self.space[self.lane] % self.par.block == 0 and not self.staged):
-            return False
-        if not any(n.op is Op.ALU and n.arg in VECTOR_CALLS for n in body) \
-                or any(r.dtype is not gir.DType.F32 for r in reduces):
-            return False
-        inside = {id(n) for n in body}
-        for n in body:
-            for src in n.src:
-                if src.op not in (Op.BUFFER, Op.STORE, Op.PARALLEL) and id(src) not in inside \
-                        and register_type(src.dtype) != "float":
-                    return False
-        return vector_body_ok(body, self.lane_stride)
-
-    def emit_column_vectors(self, body: list[gir.Node], reduces: list[gir.Node],
-                            blocked: list[gir.Node]) -> None:
-        """The column loop over pfjax::vf16, 16 columns a step: per-unit values and
-        accumulators are loaded from (and stored back to) their arrays."""
-        w = self.w
-        w("#if PFJAX_VF16")
-        w("for (int64_t j = 0; j < cn; j += 16) {")
-        w.indent()
-        local: dict[int, str] = {}
-        uniform: set[int] = set()
-        inside = {id(n) for n in body}
-        for n in body:
-            for src in n.src:
-                if src.op in (Op.BUFFER, Op.STORE, Op.PARALLEL) or id(src) in inside \
-                        or id(src) in local:
-                    continue
-                local[id(src)] = f"v{len(local)}"
-                w(f"const pfjax::vf16 {local[id(src)]} = pfjax::vf16::load(&{self.names[id(src)]}[j]);")
-        self.emit_vector_step(body, local, uniform)
-        for r in reduces:
-            acc = f"{self.names[id(r)]}{'_p' if r in blocked else ''}"
-            v = self.ref(r.src[0], local)
-            if id(r.src[0]) in uniform:
-                v = f"pfjax::vf16({v})"
-            # max_f32(v, a): a where equal, as the scalar form's `v > a ? v : a`; NaN sticks
-            new = "a + v" if r.arg.op == "sum" else f"pfjax::math::{r.arg.op}_f32(v, a)"
-            w(f"{{ const pfjax::vf16 a = pfjax::vf16::load(&{acc}[j]), v = {v}; "
-              f"({new}).store(&{acc}[j]); }}")
-        w.close()
 
     def emit_row_block(self, roots: list[gir.Node], body: list[gir.Node],
                        reduces: list[gir.Node]) -> None:
@@ -729,19 +683,6 @@ class _Emitter:
             t = STORAGE[buf.dtype]
             self.w(f"{t}* __restrict out{buf.arg.index} = static_cast<{t}*>(out_[{buf.arg.index}]);")
 
-    def emit_column_finals(self, finals: list[gir.Node]) -> None:
-        """A column reduction's partials of the reductions over all rows: its block's rows
-        combined in order (a float sum in double)."""
-        if not finals or not self.column:
-            return
-        self.emit_unit_values([f.src[0] for f in finals])
-        for slot, f in enumerate(finals):
-            op = f.arg.op
-            self.w(f"{{ {partial_type(f)} p = {init_value(op, f.dtype)};")
-            self.w(f"  for (int64_t j = 0; j < cn; ++j) "
-                   f"p = {combine(op, f.dtype, 'p', self.ref(f.src[0], {}))};")
-            self.w(f"  scratch{slot}[u] = p; }}")
-
     def emit_scratch(self, finals: list[gir.Node]) -> None:
         """Per-unit partial results of each final reduction: 8 bytes per unit, in order."""
         for k, f in enumerate(finals):
@@ -779,18 +720,6 @@ class _Emitter:
         w("}")
         w()
 
-    # -- column reductions split into row segments -------------------------------------
-
-    def split_bytes(self, reduces: list[gir.Node]) -> int:
-        return 8 * self.par.split * self.space[self.lane] * len(reduces)
-
-    def emit_split_scratch(self, reduces: list[gir.Node]) -> None:
-        per = 8 * self.par.split * self.space[self.lane]
-        for slot, r in enumerate(reduces):
-            t = "double" if wide_sum(r) else acc_type(r)
-            self.w(f"{t}* __restrict split{slot} = reinterpret_cast<{t}*>(static_cast<char*>("
-                   f"out_[{len(self.kernel.outputs)}]) + {slot * per});")
-
     def emit_combined_partial(self, slot: int, r: gir.Node, partials: str) -> None:
         """a{slot}: the reduction's partials `partials` (an expression in s) combined in
         segment order (float sums in double)."""
@@ -808,34 +737,6 @@ class _Emitter:
         for d in reversed([d for d in range(len(self.space)) if d not in self.rdims]):
             self.w(f"const int64_t i{d} = r % {self.space[d]}; r /= {self.space[d]};")
         self.w("(void)r;")
-
-    def emit_split_finish(self, reduces: list[gir.Node], epilogue: list[gir.Node]) -> None:
-        """Add the segments' partials up in segment order, then the per-column results."""
-        w, par, name = self.w, self.par, self.kernel.name
-        cols = self.space[self.lane]
-        w(f"void {name}_finish(void* const* in_, void* const* out_) {{")
-        w.indent()
-        self.emit_pointers()
-        self.emit_split_scratch(reduces)
-        w(f"for (int64_t c0 = 0; c0 < {cols}; c0 += {par.block}) {{")
-        w.indent()
-        w(f"const int64_t cn = std::min<int64_t>({par.block}, {cols} - c0);")
-        self.names = {}
-        for slot, r in enumerate(reduces):
-            a = f"a{slot}"
-            t = "double" if wide_sum(r) else acc_type(r)
-            w(f"{t} {a}_t[{par.block}];")
-            w(f"for (int64_t j = 0; j < cn; ++j) {a}_t[j] = {'0.0' if wide_sum(r) else init_value(r.arg.op, r.dtype)};")
-            w(f"for (int64_t s = 0; s < {par.split}; ++s)")
-            w(f"  for (int64_t j = 0; j < cn; ++j) {a}_t[j] = "
-              f"{combine(r.arg.op, r.dtype, f'{a}_t[j]', f'split{slot}[s * {cols} + c0 + j]')};")
-            rt = register_type(r.dtype)
-            w(f"{rt} {a}[{par.block}];")
-            w(f"for (int64_t j = 0; j < cn; ++j) {a}[j] = static_cast<{rt}>({a}_t[j]);")
-            self.names[id(r)] = a
-        self.emit_epilogue(epilogue)
-        w.close(2)
-        w()
 
     # -- the kernel -------------------------------------------------------------------
 
@@ -857,7 +758,7 @@ class _Emitter:
         self.emit_scratch(finals)
         split_reduces = [r for r in self.nest.roots(self.nodes) if r.op is Op.REDUCE] \
             if par.split > 1 else []
-        self.emit_split_scratch(split_reduces)
+        emit_split_scratch(self, split_reduces)
         rsize = 1
         for d in self.rdims:
             rsize *= self.space[d]
@@ -921,7 +822,7 @@ class _Emitter:
             w("#if PFJAX_SEGMENTS")
             names = dict(self.names)  # the two branches name their values apart
             segments.emit_unit(epilogue)
-            self.emit_column_finals(finals)
+            emit_column_finals(self, finals)
             self.names = names
             w("#else")
         rows = self.space[self.rdims[0]] if self.staged else 0
@@ -960,7 +861,7 @@ class _Emitter:
         else:
             w("// per-unit results")
             self.emit_epilogue(epilogue)
-        self.emit_column_finals(finals)
+        emit_column_finals(self, finals)
         if segments:
             w("#endif")
         if not self.column:  # (a column reduction's partials came with its unit)
@@ -986,7 +887,7 @@ class _Emitter:
         if finals:
             self.emit_finish(finals)
         if split_reduces:
-            self.emit_split_finish(split_reduces, epilogue)
+            emit_split_finish(self, split_reduces, epilogue)
         emit_sizes(w, k)
         w()
         w("}  // namespace")
@@ -994,7 +895,7 @@ class _Emitter:
         w(f"PFJAX_EXPORT_KERNEL({name}, {name}_body, {len(k.inputs)}, {name}_in_sizes, "
           f"{len(k.outputs)}, {name}_out_sizes, {par.units}, {max(1, par.chunk)}, {stream_mode(can_stream)}, "
           f"{name + '_finish' if finals or split_reduces else 'nullptr'}, "
-          f"{8 * par.units * len(finals) + self.split_bytes(split_reduces)});")
+          f"{8 * par.units * len(finals) + split_bytes(self, split_reduces)});")
         return "\n".join(w.lines) + "\n"
 
 
