@@ -105,7 +105,8 @@ def emit_split_finish(em, reduces: list[gir.Node], epilogue: list[gir.Node]) -> 
         a = f"a{slot}"
         t = "double" if wide_sum(r) else acc_type(r)
         w(f"{t} {a}_t[{par.block}];")
-        w(f"for (int64_t j = 0; j < cn; ++j) {a}_t[j] = {'0.0' if wide_sum(r) else init_value(r.arg.op, r.dtype)};")
+        init = "0.0" if wide_sum(r) else init_value(r.arg.op, r.dtype)
+        w(f"for (int64_t j = 0; j < cn; ++j) {a}_t[j] = {init};")
         w(f"for (int64_t s = 0; s < {par.split}; ++s)")
         w(f"  for (int64_t j = 0; j < cn; ++j) {a}_t[j] = "
           f"{combine(r.arg.op, r.dtype, f'{a}_t[j]', f'split{slot}[s * {cols} + c0 + j]')};")

@@ -79,7 +79,7 @@ def _emit_phase_body(em, p: int, roots: list[gir.Node], reduces: list[gir.Node],
     for slot, r in enumerate(reduces):
         if em.nest.loop_of(r) < p:
             rt = register_type(r.dtype)
-            if em.column:  # (c0 is the block's first column)
+            if em.column:  # an array over the columns ("c0" names the first column)
                 em.names[id(r)] = f"cv{slot}"
                 w(f"const {rt}* cv{slot} = comb{slot} + c0;")
             else:
@@ -135,6 +135,7 @@ def _emit_phase_finish(em, p: int, roots: list[gir.Node], reduces: list[gir.Node
     w()
     return name
 
+
 def _emit_column_finish(em, p: int, reduces: list[gir.Node], epilogue: list[gir.Node],
                         cols: int) -> None:
     """Per column: loop p's partials added up in segment order (into `comb`, or, in the
@@ -157,7 +158,8 @@ def _emit_column_finish(em, p: int, reduces: list[gir.Node], epilogue: list[gir.
             w(f"{rt}* {a} = comb{slot} + c0;")
             w("for (int64_t j = 0; j < cn; ++j) {")
             w(f"  {t} acc = {init};")
-            w(f"  for (int64_t s = 0; s < {par.split}; ++s) acc = {combine(r.arg.op, r.dtype, 'acc', partial)};")
+            w(f"  for (int64_t s = 0; s < {par.split}; ++s) "
+              f"acc = {combine(r.arg.op, r.dtype, 'acc', partial)};")
             w(f"  {a}[j] = static_cast<{rt}>(acc);")
             w("}")
             em.names[id(r)] = a
