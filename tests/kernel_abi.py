@@ -1,8 +1,17 @@
 """ctypes view of a compiled kernel's descriptor (`<name>_info`, csrc/include/pfjax/kernel.h),
-for tests that call a kernel's body directly."""
+for tests that call a kernel's body directly, and a build of a kernel's source without
+AVX-512."""
 from __future__ import annotations
 
 import ctypes
+import platform
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
 
 # body(inputs, outputs, begin, end, stream)
 BODY = ctypes.CFUNCTYPE(None, ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_void_p),
@@ -40,3 +49,31 @@ def kernel_info(lib: ctypes.CDLL, name: str) -> KernelInfo:
     getter = getattr(lib, name + "_info")
     getter.restype = ctypes.POINTER(KernelInfo)
     return getter().contents
+
+
+needs_x86_gxx = pytest.mark.skipif(
+    platform.machine() not in ("x86_64", "AMD64") or shutil.which("g++") is None,
+    reason="needs g++ on x86-64")
+
+
+def aligned(n: int) -> np.ndarray:
+    """n float32 zeros starting on a 64-byte boundary."""
+    buf = np.zeros(n + 16, np.float32)
+    off = (-buf.ctypes.data % 64) // 4
+    return buf[off:off + n]
+
+
+def build_without_avx512(source: Path, lib: Path) -> KernelInfo:
+    """The kernel source built for AVX2 (no vf16 loops) with pfjax's own compiler
+    command; its descriptor (the library stays loaded)."""
+    import jax
+    from pfjax.build import ToolchainMissing, find_toolchain
+    try:
+        toolchain = find_toolchain(jax.ffi.include_dir())
+    except ToolchainMissing as err:
+        pytest.skip(str(err))
+    cmd = [c if c != "-march=native" else "-march=x86-64-v3"
+           for c in toolchain.command(str(source), str(lib))]
+    subprocess.run(cmd, check=True, capture_output=True)
+    name = re.search(r"PFJAX_EXPORT_(?:PHASED_)?KERNEL\((\w+),", source.read_text()).group(1)
+    return kernel_info(ctypes.CDLL(str(lib)), name)

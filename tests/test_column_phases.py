@@ -7,9 +7,6 @@ segment short), under grad and vmap, and built without AVX-512."""
 from __future__ import annotations
 
 import ctypes
-import platform
-import shutil
-import subprocess
 from pathlib import Path
 
 import jax
@@ -20,7 +17,7 @@ from jax.test_util import check_grads
 
 import pfjax
 
-from kernel_abi import kernel_info, phases
+from kernel_abi import aligned, build_without_avx512, needs_x86_gxx, phases
 
 PHASED = "phases). Do not edit."
 
@@ -92,41 +89,19 @@ def test_few_rows_keep_column_blocks(rng):
     assert not any(PHASED in s for s in _sources(PROGRAMS["softmax"], x))
 
 
-needs_x86_gxx = pytest.mark.skipif(
-    platform.machine() not in ("x86_64", "AMD64") or shutil.which("g++") is None,
-    reason="needs g++ on x86-64")
-
-
-def _aligned(n, dtype=np.float32):
-    buf = np.zeros(n + 64, dtype)
-    off = (-buf.ctypes.data % 64) // buf.itemsize
-    return buf[off:off + n]
-
-
 @needs_x86_gxx
 def test_phased_column_softmax_built_without_avx512(tmp_path, rng):
     """The phases built for AVX2 (the scalar `omp simd` loops only), run through their
     descriptor with units handed out in uneven ranges, match XLA."""
-    from pfjax.build import ToolchainMissing, find_toolchain
-    try:
-        toolchain = find_toolchain(jax.ffi.include_dir())
-    except ToolchainMissing as err:
-        pytest.skip(str(err))
     x = _columns(rng, 5000, 48)
     f = PROGRAMS["softmax"]
     (group,) = pfjax.explain(f, x).groups
     source = Path(group.source_path)
-    text = source.read_text()
-    assert PHASED in text
-    lib = tmp_path / "avx2.so"
-    cmd = [c if c != "-march=native" else "-march=x86-64-v3"
-           for c in toolchain.command(str(source), str(lib))]
-    subprocess.run(cmd, check=True, capture_output=True)
-    name = text.split("PFJAX_EXPORT_PHASED_KERNEL(")[1].split(",")[0]
-    info = kernel_info(ctypes.CDLL(str(lib)), name)
+    assert PHASED in source.read_text()
+    info = build_without_avx512(source, tmp_path / "avx2.so")
     assert info.num_phases == 3
-    xin, out = _aligned(x.size), _aligned(x.size)
-    scratch = _aligned(info.scratch_bytes // 4 + 16)
+    xin, out = aligned(x.size), aligned(x.size)
+    scratch = aligned(info.scratch_bytes // 4 + 16)
     xin[:] = x.reshape(-1)
     ins = (ctypes.c_void_p * 1)(xin.ctypes.data)
     outs = (ctypes.c_void_p * 2)(out.ctypes.data, scratch.ctypes.data)

@@ -5,9 +5,6 @@ pfjax::vf16. Each also built without AVX-512, where the scalar loops do the work
 from __future__ import annotations
 
 import ctypes
-import platform
-import shutil
-import subprocess
 from pathlib import Path
 
 import jax
@@ -17,7 +14,7 @@ import pytest
 
 import pfjax
 
-from kernel_abi import kernel_info
+from kernel_abi import aligned, build_without_avx512, needs_x86_gxx
 
 DEFERRED = "runs with the next unit's loop"
 
@@ -150,41 +147,14 @@ def test_whole_vector_rows_leave_the_dead_remainder_to_builds_without_vf16(rng):
     assert "#if !PFJAX_VF16" in src
 
 
-def _aligned(n):
-    buf = np.zeros(n + 16, np.float32)
-    off = (-buf.ctypes.data % 64) // 4
-    return buf[off:off + n]
-
-
-def _build_without_avx512(source: Path, lib: Path):
-    """The kernel source built for AVX2 (no vf16 loops) with pfjax's own compiler
-    command; its descriptor."""
-    from pfjax.build import ToolchainMissing, find_toolchain
-    try:
-        toolchain = find_toolchain(jax.ffi.include_dir())
-    except ToolchainMissing as err:
-        pytest.skip(str(err))
-    cmd = [c if c != "-march=native" else "-march=x86-64-v3"
-           for c in toolchain.command(str(source), str(lib))]
-    subprocess.run(cmd, check=True, capture_output=True)
-    handle = ctypes.CDLL(str(lib))
-    name = source.read_text().split("PFJAX_EXPORT_KERNEL(")[1].split(",")[0]
-    return handle, kernel_info(handle, name)
-
-
 def _run_units(info, x, out_size, ranges, stream):
-    xin, out = _aligned(x.size), _aligned(out_size)
+    xin, out = aligned(x.size), aligned(out_size)
     xin[:] = x.reshape(-1)
     ins = (ctypes.c_void_p * 1)(xin.ctypes.data)
     outs = (ctypes.c_void_p * 1)(out.ctypes.data)
     for lo, hi in ranges:
         info.body(ins, outs, lo, hi, stream)
     return out
-
-
-needs_x86_gxx = pytest.mark.skipif(
-    platform.machine() not in ("x86_64", "AMD64") or shutil.which("g++") is None,
-    reason="needs g++ on x86-64")
 
 
 @needs_x86_gxx
@@ -195,7 +165,7 @@ def test_deferred_softmax_built_without_avx512(tmp_path, rng, stream):
     x = rng.standard_normal((70, 512)).astype(np.float32) * 3
     f = lambda x: jax.nn.softmax(x, -1)  # noqa: E731
     (group,) = pfjax.explain(f, x).groups
-    _, info = _build_without_avx512(Path(group.source_path), tmp_path / "avx2.so")
+    info = build_without_avx512(Path(group.source_path), tmp_path / "avx2.so")
     out = _run_units(info, x, x.size, [(0, 1), (1, 33), (33, 70)], stream)
     np.testing.assert_allclose(out.reshape(x.shape), np.asarray(jax.jit(f)(x)), rtol=2e-6, atol=1e-7)
 
@@ -241,6 +211,6 @@ def test_column_softmax_built_without_avx512(tmp_path, rng):
     (group,) = pfjax.explain(f, x).groups
     source = Path(group.source_path)
     assert "j += 16" in source.read_text()
-    _, info = _build_without_avx512(source, tmp_path / "avx2.so")
+    info = build_without_avx512(source, tmp_path / "avx2.so")
     out = _run_units(info, x, x.size, [(0, 1), (1, info.total)], 0)
     np.testing.assert_allclose(out.reshape(x.shape), np.asarray(jax.jit(f)(x)), rtol=2e-6, atol=1e-7)
