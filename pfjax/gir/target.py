@@ -45,7 +45,10 @@ def cpu_target(info: dict) -> Target:
     """CPU target from machine facts (pfjax.machine.machine_info()).
 
     A group is a thread, its units are SIMD lanes; the local level is a per-thread buffer
-    sized to stay in L2 (half of it, leaving room for the streams passing through).
+    sized to stay in L2 (half of it, leaving room for the streams passing through). With
+    AVX2 or AVX-512 the lanes are the 16 of the vectors the code generator writes
+    (pfjax::vf16: one AVX-512 register, or two AVX2 ones), so that both machines get the
+    same loops.
     """
     simd = int(info.get("simd_bytes") or 16)
     l2 = int(info.get("l2_bytes") or (1 << 20))
@@ -59,7 +62,7 @@ def cpu_target(info: dict) -> Target:
             MemoryLevel(REG, 32 * simd, 1e4, "unit"),
         ),
         groups=cores,
-        lanes=simd // 4,
+        lanes=16 if simd >= 32 else simd // 4,
         vector_bytes=simd,
         isa=tuple(sorted(info.get("isa") or ())),
     )

@@ -47,7 +47,8 @@ PFJAX_MATH_INLINE float exp_lean(float x) { return exp_lean_sum(x, 0.0f); }
 // the AVX-512 variant below on whole vectors (`vscalefps` scales by 2^n with correct
 // overflow, underflow and denormal results in one instruction, so it needs about half the
 // work of exp_f32), and the scalar exp_f32 on the remainder. <= 2 ulp, like exp_f32
-// special values: NaN propagates, +inf -> inf, -inf -> 0. Without AVX-512 it is exp_f32.
+// special values: NaN propagates, +inf -> inf, -inf -> 0. With AVX2 and FMA only, the
+// variants of fastmath_avx2.h; with neither, exp_f32.
 #if defined(__AVX512F__) && !defined(__CUDACC__)
 }  // namespace math
 }  // namespace pfjax
@@ -116,6 +117,15 @@ namespace pfjax {
 namespace math {
 PFJAX_MATH_INLINE float exp_v(float x) { return pfjax_exp_v(x); }
 PFJAX_MATH_INLINE float logistic_v(float x) { return pfjax_logistic_v(x); }
+#elif defined(__AVX2__) && defined(__FMA__) && !defined(__CUDACC__)
+}  // namespace math
+}  // namespace pfjax
+#include "pfjax/fastmath_avx2.h"
+namespace pfjax {
+namespace math {
+PFJAX_MATH_INLINE float exp_v(float x) { return pfjax_exp_v(x); }
+PFJAX_MATH_INLINE float logistic_v(float x) { return pfjax_logistic_v(x); }
+#define PFJAX_AVX2_VECTOR_ABI 1
 #else
 PFJAX_MATH_INLINE float exp_v(float x) { return exp_f32(x); }
 #endif
@@ -198,7 +208,7 @@ PFJAX_MATH_INLINE float logistic_fast(float x) {
 // On the GPU CUDA's own expf (2 ulp) is short and light on registers: exp_lean's clamps
 // and selects made the transposed tanh-GELU kernel spill at its 32-register bound.
 PFJAX_MATH_INLINE float logistic_v(float x) { return x < -88.0f ? 0.0f : 1.0f / (1.0f + expf(-x)); }
-#elif !defined(__AVX512F__)
+#elif !defined(__AVX512F__) && !defined(PFJAX_AVX2_VECTOR_ABI)
 PFJAX_MATH_INLINE float logistic_v(float x) { return logistic_fast(x); }
 #endif
 
@@ -212,8 +222,8 @@ PFJAX_MATH_INLINE float logistic_tail(float x) { return logistic_fast(x); }
 }  // namespace math
 }  // namespace pfjax
 
-#if defined(__AVX512F__) && !defined(__CUDACC__)
-// The remainder of a logistic_v loop (fewer than 16 elements) runs this.
+#if (defined(__AVX512F__) || defined(PFJAX_AVX2_VECTOR_ABI)) && !defined(__CUDACC__)
+// The remainder of a logistic_v loop (fewer than a vector) runs this.
 extern "C" PFJAX_VECTOR_ABI float pfjax_logistic_v_scalar(float x) {
   return pfjax::math::logistic_fast(x);
 }

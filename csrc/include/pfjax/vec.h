@@ -247,4 +247,8 @@ PFJAX_VF16_INLINE vf16 rsqrt_f32(vf16 x) { return _mm512_div_ps(_mm512_set1_ps(1
 }  // namespace math
 
 }  // namespace pfjax
+#elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__) && !defined(__CUDACC__)
+// Without AVX-512: the same 16 lanes as two AVX2 registers.
+#define PFJAX_VF16 1
+#include "pfjax/vec_avx2.h"
 #endif

@@ -1,0 +1,81 @@
+// pfjax/fastmath_avx2.h -- exp and logistic through the vector-function ABI on AVX2 + FMA
+// machines without AVX-512 (fastmath.h includes it outside its namespaces).
+//
+// As fastmath.h's AVX-512 forms: in a `#pragma omp simd` loop GCC calls these on whole
+// 8-lane vectors (twice per step of a simdlen(16) loop) and the scalar function on the
+// remainder; pfjax::vf16's AVX2 form (vec_avx2.h) inlines the same code, so both give the
+// same bits. AVX2 has no vscalefps: 2^n is built from the exponent bits, exact for n in
+// [-126, 127], and the rare lanes outside (denormal or huge results) take exp_f32.
+#pragma once
+
+#include <immintrin.h>
+
+#define PFJAX_AVX2_INLINE static inline __attribute__((always_inline))
+
+// fastmath.h's exp polynomial (pfjax_exp_poly16) on 8 lanes
+PFJAX_AVX2_INLINE __m256 pfjax_exp_poly8(__m256 r) {
+  __m256 p = _mm256_fmadd_ps(_mm256_set1_ps(1.38146128e-3f), r, _mm256_set1_ps(8.36871006e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.16683890e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.66665211e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.99999940e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+  return _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+}
+// 2^n for integral float n in [-126, 127]
+PFJAX_AVX2_INLINE __m256 pfjax_pow2_8(__m256 n) {
+  return _mm256_castsi256_ps(_mm256_slli_epi32(
+      _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23));
+}
+// exp(x) for x in [log(FLT_MIN), 127.5 ln 2]: results are normal floats, and 2^n is exact
+// (fastmath.h's pfjax_exp_core16 with the scaling by exponent arithmetic).
+PFJAX_AVX2_INLINE __m256 pfjax_exp_core8(__m256 x) {
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  return _mm256_mul_ps(pfjax_exp_poly8(r), pfjax_pow2_8(n));
+}
+PFJAX_AVX2_INLINE __m256 pfjax_exp8(__m256 x) {
+  // NaN survives the clamp (min/max return their second operand when it is NaN) and
+  // the polynomial. Lanes below FLT_MIN's log are 0; those with denormal results, and
+  // those above the clamp (finite up to 88.72, then inf), are rare: exp_f32 takes them.
+  // lo: log(FLT_MIN); hi: below 127.5 ln 2, so that n <= 127
+  const __m256 lo = _mm256_set1_ps(-87.3365402f), hi = _mm256_set1_ps(88.3762589f);
+  const __m256 tiny = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
+  __m256 y = _mm256_andnot_ps(tiny, pfjax_exp_core8(_mm256_max_ps(lo, _mm256_min_ps(hi, x))));
+  const __m256 slow = _mm256_or_ps(_mm256_cmp_ps(x, hi, _CMP_GT_OQ),
+                                   _mm256_and_ps(tiny, _mm256_cmp_ps(x, _mm256_set1_ps(-104.0f), _CMP_GE_OQ)));
+  const int lanes = _mm256_movemask_ps(slow);
+  if (__builtin_expect(lanes != 0, 0)) {
+    alignas(32) float xs[8], ys[8];
+    _mm256_store_ps(xs, x);
+    _mm256_store_ps(ys, y);
+    for (int i = 0; i < 8; ++i)
+      if (lanes >> i & 1) ys[i] = pfjax::math::exp_f32(xs[i]);
+    y = _mm256_load_ps(ys);
+  }
+  return y;
+}
+// 1 / (1 + exp(-x)); -x clamped to +-87 keeps exp normal; 0 below x = -87 (as XLA:
+// x * logistic(x) at -inf is then NaN), NaN propagates.
+PFJAX_AVX2_INLINE __m256 pfjax_logistic8(__m256 x) {
+  const __m256 t = _mm256_min_ps(_mm256_set1_ps(87.0f),
+                                 _mm256_max_ps(_mm256_set1_ps(-87.0f), _mm256_sub_ps(_mm256_setzero_ps(), x)));
+  const __m256 y = _mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_add_ps(pfjax_exp_core8(t), _mm256_set1_ps(1.0f)));
+  return _mm256_andnot_ps(_mm256_cmp_ps(x, _mm256_set1_ps(-87.0f), _CMP_LT_OQ), y);
+}
+
+#pragma omp declare simd simdlen(8) notinbranch
+extern "C" __attribute__((const, nothrow)) float pfjax_exp_v(float x);
+#pragma omp declare simd simdlen(8) notinbranch
+extern "C" __attribute__((const, nothrow)) float pfjax_logistic_v(float x);
+// Defined here under the ABI's names (weak: every kernel library has its own copy); the
+// scalar logistic, for the remainder, is at the end of fastmath.h.
+#define PFJAX_VECTOR_ABI __attribute__((weak, visibility("hidden")))
+extern "C" PFJAX_VECTOR_ABI float pfjax_exp_v_scalar(float x) asm("pfjax_exp_v");
+extern "C" PFJAX_VECTOR_ABI float pfjax_exp_v_scalar(float x) { return pfjax::math::exp_f32(x); }
+extern "C" PFJAX_VECTOR_ABI __m256 pfjax_exp_v8(__m256 x) asm("_ZGVdN8v_pfjax_exp_v");
+extern "C" PFJAX_VECTOR_ABI __m256 pfjax_exp_v8(__m256 x) { return pfjax_exp8(x); }
+extern "C" PFJAX_VECTOR_ABI float pfjax_logistic_v_scalar(float x) asm("pfjax_logistic_v");
+extern "C" PFJAX_VECTOR_ABI __m256 pfjax_logistic_v8(__m256 x) asm("_ZGVdN8v_pfjax_logistic_v");
+extern "C" PFJAX_VECTOR_ABI __m256 pfjax_logistic_v8(__m256 x) { return pfjax_logistic8(x); }
