@@ -164,6 +164,32 @@ static inline void transpose16x16_b32(void* dst, int64_t dst_stride, const void*
                                       int64_t src_stride) {
   transpose_block_b32(dst, dst_stride, src, src_stride, 16, 16);
 }
+#elif defined(__AVX2__)
+// Transpose in registers of a block of 8 x 8 4-byte elements (dst row c gets element c
+// of each source row): unpacks of 32-bit pairs, shuffles of 64-bit pairs, then 128-bit
+// lane swaps. Without it a transposed stage was a scalar copy: transpose + bias + GELU
+// ran 2.5x slower than the same GELU without the transpose on an AVX2 machine.
+static inline __attribute__((always_inline)) void transpose8x8_b32(
+    void* dst, int64_t dst_stride, const void* src, int64_t src_stride) {
+  const float* s = static_cast<const float*>(src);
+  float* d = static_cast<float*>(dst);
+  __m256 r[8], t[8], u[8];
+  for (int k = 0; k < 8; ++k) r[k] = _mm256_loadu_ps(s + k * src_stride);
+  for (int k = 0; k < 8; k += 2) {
+    t[k] = _mm256_unpacklo_ps(r[k], r[k + 1]);
+    t[k + 1] = _mm256_unpackhi_ps(r[k], r[k + 1]);
+  }
+  for (int k = 0; k < 8; k += 4) {  // u[k + c]: columns c and c + 4 of rows k..k+3
+    u[k] = _mm256_shuffle_ps(t[k], t[k + 2], 0x44);
+    u[k + 1] = _mm256_shuffle_ps(t[k], t[k + 2], 0xEE);
+    u[k + 2] = _mm256_shuffle_ps(t[k + 1], t[k + 3], 0x44);
+    u[k + 3] = _mm256_shuffle_ps(t[k + 1], t[k + 3], 0xEE);
+  }
+  for (int c = 0; c < 4; ++c) {
+    _mm256_storeu_ps(d + c * dst_stride, _mm256_permute2f128_ps(u[c], u[c + 4], 0x20));
+    _mm256_storeu_ps(d + (c + 4) * dst_stride, _mm256_permute2f128_ps(u[c], u[c + 4], 0x31));
+  }
+}
 #endif
 
 // Stage a transposed block at the local level: dst[tt * dst_stride + jj] =
@@ -189,6 +215,17 @@ static inline void stage_transpose(T* __restrict dst, int64_t dst_stride,
       for (; jj < cols; jj += 16)
         transpose_block_b32(dst + t0 * dst_stride + jj, dst_stride, src + jj * src_stride + t0,
                             src_stride, row_len, static_cast<int>(std::min<int64_t>(16, cols - jj)));
+    }
+  }
+#elif defined(__AVX2__)
+  if constexpr (sizeof(T) == 4) {
+    for (; t0 + 8 <= rows; t0 += 8) {
+      int64_t jj = 0;
+      for (; jj + 8 <= cols; jj += 8)
+        transpose8x8_b32(dst + t0 * dst_stride + jj, dst_stride, src + jj * src_stride + t0,
+                         src_stride);
+      for (; jj < cols; ++jj)
+        for (int64_t tt = t0; tt < t0 + 8; ++tt) dst[tt * dst_stride + jj] = src[jj * src_stride + tt];
     }
   }
 #endif
