@@ -64,8 +64,8 @@ def aligned(n: int) -> np.ndarray:
 
 
 def build_without_avx512(source: Path, lib: Path) -> KernelInfo:
-    """The kernel source built for AVX2 (no vf16 loops) with pfjax's own compiler
-    command; its descriptor (the library stays loaded)."""
+    """The kernel source built for AVX2 (vf16 as two AVX2 registers) with pfjax's own
+    compiler command; its descriptor (the library stays loaded)."""
     import jax
     from pfjax.build import ToolchainMissing, find_toolchain
     try:

@@ -1,5 +1,7 @@
 """pfjax::rt::stage_transpose against numpy: whole 16 x 16 register blocks, masked edge
-blocks, short rows packed back to back or with gaps, in both directions."""
+blocks, short rows packed back to back or with gaps, in both directions. Built natively
+and for AVX2 (x86-64-v3: 8 x 8 register blocks), so both forms are checked on AVX-512
+machines."""
 from __future__ import annotations
 
 import ctypes
@@ -20,13 +22,17 @@ extern "C" void stage(float* dst, int64_t dst_stride, const float* src, int64_t 
 """
 
 
-@pytest.fixture(scope="module")
-def stage(tmp_path_factory):
+@pytest.fixture(scope="module", params=["native", "x86-64-v3"])
+def stage(request, tmp_path_factory):
     if _gxx() is None:
         pytest.skip("g++ not on PATH")
+    from pfjax.machine import machine_info
+    if request.param != "native" and "avx2" not in machine_info().get("isa", ()):
+        pytest.skip("the machine has no AVX2")
     d = tmp_path_factory.mktemp("stage_transpose")
     (d / "stage.cc").write_text(SOURCE)
-    subprocess.run([_gxx(), *FLAGS, "-I", INCLUDE, str(d / "stage.cc"), "-o", str(d / "stage.so")],
+    flags = [f if f != "-march=native" else f"-march={request.param}" for f in FLAGS]
+    subprocess.run([_gxx(), *flags, "-I", INCLUDE, str(d / "stage.cc"), "-o", str(d / "stage.so")],
                    check=True, capture_output=True, text=True)
     fn = ctypes.CDLL(str(d / "stage.so")).stage
     fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64,
