@@ -67,19 +67,6 @@ PFJAX_HALF_INLINE __m256i bf16_bits(vf16 x) {
   const __mmask16 nan = _mm512_cmp_ps_mask(x.v, x.v, _CMP_UNORD_Q);
   return _mm512_cvtepi32_epi16(_mm512_mask_mov_epi32(rounded, nan, quiet));
 }
-PFJAX_HALF_INLINE void store_f16(vf16 x, uint16_t* p) {
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), f16_bits(x));
-}
-PFJAX_HALF_INLINE void store_bf16(vf16 x, uint16_t* p) {
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), bf16_bits(x));
-}
-// non-temporal: p 32-byte aligned
-PFJAX_HALF_INLINE void stream_f16(vf16 x, uint16_t* p) {
-  _mm256_stream_si256(reinterpret_cast<__m256i*>(p), f16_bits(x));
-}
-PFJAX_HALF_INLINE void stream_bf16(vf16 x, uint16_t* p) {
-  _mm256_stream_si256(reinterpret_cast<__m256i*>(p), bf16_bits(x));
-}
 // A float value rounded to the half type and back (a cast to f16 / bf16 in registers).
 PFJAX_HALF_INLINE vf16 round_f16(vf16 x) { return _mm512_cvtph_ps(f16_bits(x)); }
 PFJAX_HALF_INLINE vf16 round_bf16(vf16 x) {
@@ -251,4 +238,23 @@ PFJAX_VF16_INLINE vf16 rsqrt_f32(vf16 x) { return _mm512_div_ps(_mm512_set1_ps(1
 // Without AVX-512: the same 16 lanes as two AVX2 registers.
 #define PFJAX_VF16 1
 #include "pfjax/vec_avx2.h"
+#endif
+
+#if PFJAX_VF16
+namespace pfjax {
+// Stores of 16 half-precision values, from either form's f16_bits / bf16_bits.
+PFJAX_HALF_INLINE void store_f16(vf16 x, uint16_t* p) {
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), f16_bits(x));
+}
+PFJAX_HALF_INLINE void store_bf16(vf16 x, uint16_t* p) {
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), bf16_bits(x));
+}
+// non-temporal: p 32-byte aligned
+PFJAX_HALF_INLINE void stream_f16(vf16 x, uint16_t* p) {
+  _mm256_stream_si256(reinterpret_cast<__m256i*>(p), f16_bits(x));
+}
+PFJAX_HALF_INLINE void stream_bf16(vf16 x, uint16_t* p) {
+  _mm256_stream_si256(reinterpret_cast<__m256i*>(p), bf16_bits(x));
+}
+}  // namespace pfjax
 #endif

@@ -57,19 +57,6 @@ PFJAX_HALF_INLINE __m256i bf16_bits(vf16 x) {
   // packus interleaves 128-bit lanes: (a0-3, b0-3, a4-7, b4-7), put back in order
   return _mm256_permute4x64_epi64(_mm256_packus_epi32(bf16_lanes(x.a), bf16_lanes(x.b)), 0xD8);
 }
-PFJAX_HALF_INLINE void store_f16(vf16 x, uint16_t* p) {
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), f16_bits(x));
-}
-PFJAX_HALF_INLINE void store_bf16(vf16 x, uint16_t* p) {
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), bf16_bits(x));
-}
-// non-temporal: p 32-byte aligned
-PFJAX_HALF_INLINE void stream_f16(vf16 x, uint16_t* p) {
-  _mm256_stream_si256(reinterpret_cast<__m256i*>(p), f16_bits(x));
-}
-PFJAX_HALF_INLINE void stream_bf16(vf16 x, uint16_t* p) {
-  _mm256_stream_si256(reinterpret_cast<__m256i*>(p), bf16_bits(x));
-}
 PFJAX_HALF_INLINE vf16 round_f16(vf16 x) {
   const __m256i h = f16_bits(x);
   return {_mm256_cvtph_ps(_mm256_castsi256_si128(h)), _mm256_cvtph_ps(_mm256_extracti128_si256(h, 1))};
