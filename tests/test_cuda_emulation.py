@@ -81,6 +81,9 @@ def test_row_reductions(rng, tmp_path):
         v = ((x - m) ** 2).mean(-1, keepdims=True)
         return (x - m) * jax.lax.rsqrt(v + 1e-5) * w + b
     check(layernorm, x, w, b, tmp_path=tmp_path, tol=dict(rtol=1e-4, atol=1e-4))
+    # three packs per thread, the last one partial: unrolled loops, x kept in registers
+    x3, w3, b3 = randn(rng, 3, 2600), randn(rng, 2600), randn(rng, 2600)
+    check(layernorm, x3, w3, b3, tmp_path=tmp_path, tol=dict(rtol=1e-4, atol=1e-4))
     check(lambda x: jax.nn.softmax(x, -1), x, tmp_path=tmp_path)  # exp kept in shared memory
     check(lambda x: jax.nn.softmax(x * 2.0, -1), randn(rng, 3, 301), tmp_path=tmp_path)  # no packs
     x[1, 7] = np.nan
@@ -120,3 +123,22 @@ def test_tall_column_variance_in_one_pass(rng, tmp_path):
     x = randn(rng, 3001, 37) + 100
     x[0, 3] = 1e4
     check(lambda x: (x.mean(0), x.var(0)), x, tmp_path=tmp_path, tol=dict(rtol=1e-4, atol=1e-5))
+
+
+def test_reductions_with_few_units_are_cut_into_chunks(rng, tmp_path, monkeypatch):
+    """A whole-array sum, long rows and tall columns: each loop a launch of its own over
+    (unit, chunk) blocks, partials combined in chunk order (chunks made small here)."""
+    import pfjax.codegen.cuda_split as split
+    monkeypatch.setattr(split, "MIN_CHUNK", 64)
+    monkeypatch.setattr(split, "WANT_BLOCKS", 16)
+    x = randn(rng, 2, 20000)  # rows too long for shared memory: no tile
+    _, src = cuda_sources(lambda x: jnp.sum(x), [jax.ShapeDtypeStruct(x.shape, x.dtype)])[0][:2]
+    assert "kChunks = " in src and "_p1(" in src
+    check(lambda x: jnp.sum(x * x), x, tmp_path=tmp_path, tol=dict(rtol=1e-5, atol=1e-3))
+    check(lambda x: jax.nn.softmax(x, -1), x, tmp_path=tmp_path)
+    y = randn(rng, 3000, 70)
+    check(lambda y: (y.mean(0), y.var(0)), y, tmp_path=tmp_path, tol=dict(rtol=1e-4, atol=1e-5))
+    check(lambda y: jax.nn.softmax(y, 0), y, tmp_path=tmp_path)
+    y[5, 3] = np.nan
+    y[7, 4] = np.inf
+    check(lambda y: (jnp.max(y, 0), jnp.argmax(y, 0), jnp.any(y > 3.0, 0)), y, tmp_path=tmp_path)

@@ -48,7 +48,7 @@ def compile_report(sources: list[tuple[str, str]], sm: int = 90
     reports = ptxas_report(output)
     rows = []
     for workload, body in sources:
-        for kernel in re.findall(r"__global__ void __launch_bounds__\(\d+\) (\w+)\(", body):
+        for kernel in re.findall(r"__global__ void __launch_bounds__\([\d, ]+\) (\w+)\(", body):
             found = [r for name, r in reports.items() if kernel in name]
             rows.append((workload, kernel, found[0] if found else None))
     return rows, output

@@ -19,7 +19,6 @@ from pfjax.gir.loops import loop_nest
 
 THREADS = 256
 PACK_BYTES = 16
-BLOCKS_PER_SM = 8
 
 
 class CudaUnsupported(NotImplementedError):
@@ -33,7 +32,10 @@ def emit_cuda_kernel(kernel: gir.Kernel) -> str:
         if par.split > 1 or (par.column_style and loop_nest(kernel).finals(nodes)):
             raise CudaUnsupported("reductions over all column blocks (a finish step)")
         from pfjax.codegen.cuda_reduce import ColumnReduction, RowReduction
-        return (ColumnReduction if par.column_style else RowReduction)(kernel).source()
+        from pfjax.codegen.cuda_split import split_emitter
+        emitter = split_emitter(kernel) or \
+            (ColumnReduction if par.column_style else RowReduction)(kernel)
+        return emitter.source()
     if _Transposed.applies(kernel):
         return _Transposed(kernel).source()
     return _Elementwise(kernel).source()
@@ -65,15 +67,22 @@ def _footer(w: _Writer, kernel: gir.Kernel) -> None:
 
 
 def _launch_and_footer(w: _Writer, kernel: gir.Kernel, want: str, body: list[str],
-                       early_exit: bool = True) -> None:
-    """The launch function (grid: the blocks wanted, at most what fills the device) and
-    the kernel's exports."""
+                       early_exit: bool = True, resident: tuple[int, int] | None = None) -> None:
+    """The launch function and the kernel's exports. The grid is the blocks wanted, or
+    with `resident` (threads, shared bytes of the kernel) at most the blocks resident at
+    once: a grid-stride kernel then runs in one wave."""
     w(f"cudaError_t {kernel.name}_launch(void** in, void** out, cudaStream_t stream) {{")
     w.indent()
     w(f"const int64_t want = {want};")
     if early_exit:
         w("if (want == 0) return cudaSuccess;")
-    w(f"const int blocks = static_cast<int>(std::min<int64_t>(want, pfjax::rt::DeviceBlocks({BLOCKS_PER_SM})));")
+    if resident is None:
+        w("const int blocks = static_cast<int>(std::min<int64_t>(want, 0x7fffffff));")
+    else:
+        threads, shared = resident
+        w(f"static const int resident = pfjax::rt::ResidentBlocks({kernel.name}_kernel, "
+          f"{threads}, {shared});")
+        w("const int blocks = static_cast<int>(std::min<int64_t>(want, resident));")
     for line in body:
         w(line)
     w.indent(-1)
@@ -242,7 +251,7 @@ class _Elementwise(Emitter):
         w()
         _launch_and_footer(w, k, f"(kTotal / kVec + {THREADS - 1}) / {THREADS}", [
             f"PFJAX_LAUNCH({name}_kernel, blocks, {THREADS}, 0, stream, {', '.join(casts)});",
-            "return cudaGetLastError();"])
+            "return cudaGetLastError();"], resident=(THREADS, 0))
         return "\n".join(w.lines) + "\n"
 
 

@@ -17,6 +17,13 @@ from pfjax.gir import DType, Op
 from pfjax.gir.loops import is_tile_load, loop_nest
 
 
+# Rows that take a thread at most this many packs are walked by fully unrolled loops, and
+# packs that a later loop reads again stay in registers (at most CACHE_REGISTERS of them
+# per thread) instead of being loaded twice.
+MAX_UNROLLED = 8
+CACHE_REGISTERS = 32
+SHORT_KERNEL_NODES = 64
+
 _REDUCE_OP = {"sum": "OpSum", "prod": "OpProd", "max": "OpMax", "min": "OpMin",
               "and": "OpAnd", "or": "OpOr"}
 
@@ -48,6 +55,8 @@ class RowReduction(Emitter):
         self.vec = self.choose_vec()
         self.tiles = {n.src[0].arg.index: n.src[0] for n in self.nodes
                       if n.op is Op.STORE and n.src[0].arg.role == "tile"}
+        self.cached: dict[str, str] = {}  # address of a packed load -> its register array
+        self.filled: set[str] = set()
 
     def value(self, n: gir.Node) -> str:
         if is_tile_load(n):
@@ -72,6 +81,46 @@ class RowReduction(Emitter):
         return view.strides[lane] == 1 and view.offset % self.vec == 0 \
             and all(s % self.vec == 0 for d, s in enumerate(view.strides) if d != lane) \
             and not n.arg.dynamic and n.arg.fill is None
+
+    def iterations(self) -> int | None:
+        """Packs per thread of a row walked by unrolled loops, or None (a strided loop)."""
+        if self.vec == 1:
+            return None
+        iters = -(-self.row // (self.threads() * self.vec))
+        return iters if iters <= MAX_UNROLLED else None
+
+    def plan_register_cache(self, roots: list[gir.Node], iters: int) -> None:
+        """Packed loads that more than one loop of the nest reads: kept in registers."""
+        loops_of: dict[str, tuple[gir.Node, set[int]]] = {}
+        for loop in range(self.nest.num_loops):
+            in_loop = [r for r in roots if self.nest.loop_of(r) == loop]
+            for n in self.cone(in_loop, full=True):
+                if n.op is Op.LOAD and self.packable(n):
+                    loops_of.setdefault(self.plain_address(n), (n, set()))[1].add(loop)
+        budget = CACHE_REGISTERS
+        for address, (n, loops) in loops_of.items():
+            regs = -(-iters * self.vec * n.dtype.itemsize // 4)
+            if len(loops) > 1 and regs <= budget:
+                budget -= regs
+                name = f"rc{len(self.cached)}_"
+                self.cached[address] = name
+                self.w(f"pfjax::rt::Pack<{STORAGE[n.dtype]}, {self.vec}> {name}[{iters}];")
+
+    def open_packs(self, body: list[gir.Node]) -> dict[int, str]:
+        packs: dict[int, str] = {}
+        rest = []
+        for n in body:
+            address = self.plain_address(n) if n.op is Op.LOAD and self.packable(n) else None
+            if address not in self.cached:
+                rest.append(n)
+                continue
+            name = self.cached[address]
+            if address not in self.filled:  # the first loop that reads it loads it
+                self.filled.add(address)
+                self.w(f"{name}[it_] = pfjax::rt::load_pack<{STORAGE[n.dtype]}, {self.vec}>(&{address});")
+            packs[id(n)] = f"{name}[it_]"
+        packs.update(super().open_packs(rest))
+        return packs
 
     def idx(self, d: int) -> str:
         if self.vec > 1 and d == self.rdims[-1]:
@@ -145,6 +194,66 @@ class RowReduction(Emitter):
         return (f"pfjax::rt::block_reduce(static_cast<long long>({acc}), {op}, "
                 f"static_cast<long long>({ident}), reinterpret_cast<long long*>(red_))")
 
+    def open_accumulators(self, in_loop: list[gir.Node]) -> list[gir.Node]:
+        """Declare the accumulators of a loop's reductions; returns those reductions."""
+        reductions = [r for r in in_loop if r.op is Op.REDUCE]
+        for r in reductions:
+            acc_t = register_type(r.dtype if r.dtype is not DType.BOOL else DType.I32)
+            self.w(f"{acc_t} acc_{self.acc_name(r)} = {_identity(r.arg.op, r.dtype)};")
+        return reductions
+
+    def loop_body(self, in_loop: list[gir.Node]) -> None:
+        """One element (or pack) of a loop over the row: its values, reductions, stores."""
+        w, vec = self.w, self.vec
+        self.unravel("j", self.rdims)
+        body = self.cone(in_loop, full=True)
+        local_names = dict(self.names)
+        guard = self.store_guard()
+        packs = self.open_packs(body)
+        if vec > 1:
+            w("#pragma unroll")
+            w(f"for (int l = 0; l < {vec}; ++l) {{")
+            w.indent()
+        for n in body:
+            if n.op is Op.REDUCE:
+                op = _REDUCE_OP[n.arg.op]
+                v = self.names[id(n.src[0])]
+                acc = f"acc_{self.acc_name(n)}"
+                w(f"{acc} = pfjax::rt::{op}()({acc}, static_cast<decltype({acc})>({v}));")
+            elif n.op is Op.STORE:
+                value = store_expr(self.names[id(n.src[1])], n.dtype)
+                store = f"{packs[id(n)]}.v[l] = {value};" if id(n) in packs else \
+                    f"{self.address(n)} = {value};"
+                w(f"if ({guard}) {store}" if guard and n.src[0].arg.role != "tile" else store)
+            elif id(n) in packs:
+                self.define(n, load_expr(f"{packs[id(n)]}.v[l]", n.dtype))
+            else:
+                self.define(n)
+        if vec > 1:
+            w.indent(-1)
+            w("}")
+        for n in body:
+            if n.op is Op.STORE and id(n) in packs:
+                w(f"pfjax::rt::store_pack(&{self.plain_address(n)}, {packs[id(n)]});")
+        self.names = local_names  # values of the loop body end with it
+
+    def after_loops(self, roots: list[gir.Node], finals: list[gir.Node]) -> None:
+        """Stores of per-unit values after the last loop, and the per-unit partials of
+        reductions over all units."""
+        w = self.w
+        after = [r for r in roots if r.op is Op.STORE and self.nest.loop_of(r) is None]
+        if after or finals:
+            w(f"if ({self.after_guard()}) {{")
+            w.indent()
+            for n in self.cone([s.src[1] for s in after] + [f.src[0] for f in finals], full=False):
+                self.define(n)
+            for s in after:
+                w(f"{self.address(s)} = {store_expr(self.names[id(s.src[1])], s.dtype)};")
+            for slot, f in enumerate(finals):  # partials of the reductions over all units
+                w(f"scratch[{slot} * kUnits + u] = static_cast<double>({self.names[id(f.src[0])]});")
+            w.indent(-1)
+            w("}")
+
     def source(self) -> str:
         k, w, name = self.kernel, self.w, self.kernel.name
         units = self.units()
@@ -156,7 +265,12 @@ class RowReduction(Emitter):
         if finals:
             params = [*params, "double* __restrict__ scratch"]
         w(f"constexpr int64_t kUnits = {units}, kRow = {self.row};")
-        w(f"__global__ void __launch_bounds__({threads}) {name}_kernel({', '.join(params)}) {{")
+        # Unrolled rows of a short kernel: left alone, ptxas picked 64 registers and
+        # spilled (residual + layernorm); asked for two blocks per multiprocessor it takes
+        # up to 128 and spills nothing. Long kernels (a training step) need more.
+        short = self.iterations() and len(self.nodes) < SHORT_KERNEL_NODES
+        bounds = f"{threads}, 2" if short else str(threads)
+        w(f"__global__ void __launch_bounds__({bounds}) {name}_kernel({', '.join(params)}) {{")
         w.indent()
         w("__shared__ double red_[256];  // partials: one per warp, or per thread of a column block")
         if self.tiles:
@@ -171,46 +285,24 @@ class RowReduction(Emitter):
         roots = self.nest.roots(self.nodes)
         self.per_unit(0)
         first, step = self.loop_start()
+        iters = self.iterations()
+        if iters is not None:
+            self.plan_register_cache(roots, iters)
         for loop in range(self.nest.num_loops):
             in_loop = [r for r in roots if self.nest.loop_of(r) == loop]
-            reductions = [r for r in in_loop if r.op is Op.REDUCE]
-            for r in reductions:
-                acc_t = register_type(r.dtype if r.dtype is not DType.BOOL else DType.I32)
-                w(f"{acc_t} acc_{self.acc_name(r)} = {_identity(r.arg.op, r.dtype)};")
+            reductions = self.open_accumulators(in_loop)
             vec = self.vec
-            w(f"for (int64_t j = {first} * {vec}; j < kRow; j += {step} * {vec}) {{")
-            w.indent()
-            self.unravel("j", self.rdims)
-            body = self.cone(in_loop, full=True)
-            local_names = dict(self.names)
-            guard = self.store_guard()
-            packs = self.open_packs(body)
-            if vec > 1:
-                w("#pragma unroll")
-                w(f"for (int l = 0; l < {vec}; ++l) {{")
+            if iters is None:
+                w(f"for (int64_t j = {first} * {vec}; j < kRow; j += {step} * {vec}) {{")
                 w.indent()
-            for n in body:
-                if n.op is Op.REDUCE:
-                    op = _REDUCE_OP[n.arg.op]
-                    v = self.names[id(n.src[0])]
-                    acc = f"acc_{self.acc_name(n)}"
-                    w(f"{acc} = pfjax::rt::{op}()({acc}, static_cast<decltype({acc})>({v}));")
-                elif n.op is Op.STORE:
-                    value = store_expr(self.names[id(n.src[1])], n.dtype)
-                    store = f"{packs[id(n)]}.v[l] = {value};" if id(n) in packs else \
-                        f"{self.address(n)} = {value};"
-                    w(f"if ({guard}) {store}" if guard and n.src[0].arg.role != "tile" else store)
-                elif id(n) in packs:
-                    self.define(n, load_expr(f"{packs[id(n)]}.v[l]", n.dtype))
-                else:
-                    self.define(n)
-            if vec > 1:
-                w.indent(-1)
-                w("}")
-            for n in body:
-                if n.op is Op.STORE and id(n) in packs:
-                    w(f"pfjax::rt::store_pack(&{self.plain_address(n)}, {packs[id(n)]});")
-            self.names = local_names  # values of the loop body end with it
+            else:
+                w("#pragma unroll")
+                w(f"for (int it_ = 0; it_ < {iters}; ++it_) {{")
+                w.indent()
+                w(f"const int64_t j = ({first} + it_ * {step}) * {vec};")
+                if self.row % (int(step) * vec):
+                    w("if (j >= kRow) break;")
+            self.loop_body(in_loop)
             w.indent(-1)
             w("}")
             for r in reductions:
@@ -218,18 +310,7 @@ class RowReduction(Emitter):
                 red = self.combine(r, acc, _identity(r.arg.op, r.dtype))
                 self.define(r, f"static_cast<{register_type(r.dtype)}>({red})")
             self.per_unit(loop + 1)
-        after = [r for r in roots if r.op is Op.STORE and self.nest.loop_of(r) is None]
-        if after or finals:
-            w(f"if ({self.after_guard()}) {{")
-            w.indent()
-            for n in self.cone([s.src[1] for s in after] + [f.src[0] for f in finals], full=False):
-                self.define(n)
-            for s in after:
-                w(f"{self.address(s)} = {store_expr(self.names[id(s.src[1])], s.dtype)};")
-            for slot, f in enumerate(finals):  # partials of the reductions over all units
-                w(f"scratch[{slot} * kUnits + u] = static_cast<double>({self.names[id(f.src[0])]});")
-            w.indent(-1)
-            w("}")
+        self.after_loops(roots, finals)
         w("__syncthreads();  // shared memory is reused by the next unit")
         w.indent(-1)
         w("}")
@@ -320,6 +401,9 @@ class ColumnReduction(RowReduction):
 
     def threads(self) -> int:
         return THREADS
+
+    def iterations(self) -> None:
+        return None
 
     def units(self) -> int:
         n = self.col_blocks

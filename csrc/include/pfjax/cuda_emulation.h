@@ -106,7 +106,8 @@ inline cudaError_t cudaFreeAsync(void* p, cudaStream_t) {
 
 namespace pfjax::rt {
 // A few blocks, so that grid-stride loops take more than one step.
-inline int DeviceBlocks(int /*per_sm*/) { return 3; }
+template <typename Kernel>
+inline int ResidentBlocks(Kernel, int, size_t) { return 3; }
 }  // namespace pfjax::rt
 
 #define PFJAX_CUDA_EXPORT(NAME, LAUNCH, NUM_IN, IN_SIZES, NUM_OUT, OUT_SIZES) \
