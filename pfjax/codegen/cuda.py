@@ -19,6 +19,7 @@ from pfjax.gir.loops import loop_nest
 
 THREADS = 256
 PACK_BYTES = 16
+MAX_UNROLL = 4  # packs per thread of an elementwise kernel
 
 
 class CudaUnsupported(NotImplementedError):
@@ -67,22 +68,16 @@ def _footer(w: _Writer, kernel: gir.Kernel) -> None:
 
 
 def _launch_and_footer(w: _Writer, kernel: gir.Kernel, want: str, body: list[str],
-                       early_exit: bool = True, resident: tuple[int, int] | None = None) -> None:
-    """The launch function and the kernel's exports. The grid is the blocks wanted, or
-    with `resident` (threads, shared bytes of the kernel) at most the blocks resident at
-    once: a grid-stride kernel then runs in one wave."""
+                       early_exit: bool = True) -> None:
+    """The launch function and the kernel's exports. The grid is every block wanted (no
+    persistent blocks: a grid of more blocks than are resident at once ran its last
+    wave part-empty, and the scheduler balances small blocks better)."""
     w(f"cudaError_t {kernel.name}_launch(void** in, void** out, cudaStream_t stream) {{")
     w.indent()
     w(f"const int64_t want = {want};")
     if early_exit:
         w("if (want == 0) return cudaSuccess;")
-    if resident is None:
-        w("const int blocks = static_cast<int>(std::min<int64_t>(want, 0x7fffffff));")
-    else:
-        threads, shared = resident
-        w(f"static const int resident = pfjax::rt::ResidentBlocks({kernel.name}_kernel, "
-          f"{threads}, {shared});")
-        w("const int blocks = static_cast<int>(std::min<int64_t>(want, resident));")
+    w("const int blocks = static_cast<int>(std::min<int64_t>(want, 0x7fffffff));")
     for line in body:
         w(line)
     w.indent(-1)
@@ -216,13 +211,52 @@ class _Elementwise(Emitter):
         params, casts = _pointer_args(k)
         w(f"constexpr int64_t kTotal = {total};")
         w(f"constexpr int kVec = {self.vec};  // elements per thread step, along the row")
+        loads = {}  # address -> (pack array, dtype) of the packed loads, in order
+        for n in self.nodes:
+            if n.op is Op.LOAD and self.packable(n):
+                loads.setdefault(self.plain_address(n), (f"pa{len(loads)}_", n.dtype))
+        unroll = max(1, min(MAX_UNROLL, 8 // max(1, len(loads))))
+        w(f"constexpr int kUnroll = {unroll};  // packs per thread, all loaded before any is used")
         w(f"__global__ void __launch_bounds__({THREADS}) {name}_kernel({', '.join(params)}) {{")
         w.indent()
-        w(f"for (int64_t s = blockIdx.x * int64_t({THREADS}) + threadIdx.x; s < kTotal / kVec; "
-          f"s += int64_t(gridDim.x) * {THREADS}) {{")
+        w(f"for (int64_t b = blockIdx.x; b * {THREADS} * kUnroll < kTotal / kVec; b += gridDim.x) {{")
         w.indent()
-        self.unravel("s * kVec", list(range(len(self.space))))
-        packs = self.open_packs(self.nodes)
+        for array, dtype in loads.values():
+            w(f"pfjax::rt::Pack<{STORAGE[dtype]}, {self.vec}> {array}[kUnroll];")
+        tail = (total // self.vec) % (THREADS * unroll) != 0
+        for phase in ("load", "compute"):
+            w("#pragma unroll")
+            w("for (int q = 0; q < kUnroll; ++q) {")
+            w.indent()
+            w(f"const int64_t s = (b * kUnroll + q) * {THREADS} + threadIdx.x;")
+            if tail:
+                w("if (s >= kTotal / kVec) break;")
+            saved = dict(self.names)
+            self.unravel("s * kVec", list(range(len(self.space))))
+            if phase == "load":
+                for address, (array, dtype) in loads.items():
+                    w(f"{array}[q] = pfjax::rt::load_pack<{STORAGE[dtype]}, {self.vec}>(&{address});")
+            else:
+                self.compute_packs(loads)
+            self.names = saved
+            w.indent(-1)
+            w("}")
+        w.indent(-1)
+        w("}")
+        w.indent(-1)
+        w("}")
+        w()
+        _launch_and_footer(w, k, f"(kTotal / kVec + {THREADS} * kUnroll - 1) / ({THREADS} * kUnroll)", [
+            f"PFJAX_LAUNCH({name}_kernel, blocks, {THREADS}, 0, stream, {', '.join(casts)});",
+            "return cudaGetLastError();"])
+        return "\n".join(w.lines) + "\n"
+
+    def compute_packs(self, loads: dict) -> None:
+        """One pack of every output from the loaded packs (pack arrays indexed by q)."""
+        w = self.w
+        packs = {id(n): f"{loads[self.plain_address(n)][0]}[q]" for n in self.nodes
+                 if n.op is Op.LOAD and self.packable(n)}
+        packs.update(self.open_packs([n for n in self.nodes if n.op is Op.STORE]))
         w("#pragma unroll")
         w("for (int l = 0; l < kVec; ++l) {")
         w.indent()
@@ -244,15 +278,6 @@ class _Elementwise(Emitter):
         for n in self.nodes:
             if n.op is Op.STORE and id(n) in packs:
                 w(f"pfjax::rt::store_pack(&{self.plain_address(n)}, {packs[id(n)]});")
-        w.indent(-1)
-        w("}")
-        w.indent(-1)
-        w("}")
-        w()
-        _launch_and_footer(w, k, f"(kTotal / kVec + {THREADS - 1}) / {THREADS}", [
-            f"PFJAX_LAUNCH({name}_kernel, blocks, {THREADS}, 0, stream, {', '.join(casts)});",
-            "return cudaGetLastError();"], resident=(THREADS, 0))
-        return "\n".join(w.lines) + "\n"
 
 
 TILE = 32  # transpose tiles: 32 x 32 elements, a block of 32 x 8 threads

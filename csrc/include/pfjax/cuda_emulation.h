@@ -104,12 +104,6 @@ inline cudaError_t cudaFreeAsync(void* p, cudaStream_t) {
   pfjax::emu::launch(BLOCKS, THREADS, [&] { KERNEL(__VA_ARGS__); })
 #define PFJAX_DYNAMIC_SHARED(NAME, BYTES) alignas(16) static unsigned char NAME[(BYTES) > 0 ? (BYTES) : 1]
 
-namespace pfjax::rt {
-// A few blocks, so that grid-stride loops take more than one step.
-template <typename Kernel>
-inline int ResidentBlocks(Kernel, int, size_t) { return 3; }
-}  // namespace pfjax::rt
-
 #define PFJAX_CUDA_EXPORT(NAME, LAUNCH, NUM_IN, IN_SIZES, NUM_OUT, OUT_SIZES) \
   extern "C" __attribute__((visibility("default"))) int NAME##_emulate(void** in, void** out) { \
     return LAUNCH(in, out, nullptr);                                                          \

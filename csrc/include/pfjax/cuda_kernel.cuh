@@ -143,29 +143,6 @@ inline ffi::Error Check(cudaError_t err, const char* name) {
                               ": " + cudaGetErrorString(err));
 }
 
-inline int DeviceSms() {
-  static int sms = [] {
-    int device = 0, count = 0;
-    if (cudaGetDevice(&device) != cudaSuccess ||
-        cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device) != cudaSuccess)
-      return 132;  // H100 SXM
-    return count;
-  }();
-  return sms;
-}
-
-// Blocks of KERNEL that are resident at once on the whole device: the grid of a
-// grid-stride kernel. More would run as a second, partial wave; the count comes from
-// the kernel's own registers and shared memory (callers keep it in a static).
-template <typename Kernel>
-inline int ResidentBlocks(Kernel kernel, int threads, size_t shared) {
-  int per_sm = 0;
-  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, shared) != cudaSuccess ||
-      per_sm < 1)
-    per_sm = 1;
-  return DeviceSms() * per_sm;
-}
-
 }  // namespace pfjax::rt
 
 // One FFI handler per kernel, launched on the stream XLA hands over. LAUNCH is
