@@ -57,6 +57,13 @@ class RowReduction(Emitter):
                       if n.op is Op.STORE and n.src[0].arg.role == "tile"}
         self.cached: dict[str, str] = {}  # address of a packed load -> its register array
         self.filled: set[str] = set()
+        # A row walked by unrolled loops keeps its tiles (values the reuse pass keeps at
+        # the local level) in registers too: shared memory costs a store and a load per
+        # element, with bank conflicts between the threads' packs.
+        iters = self.iterations()
+        self.register_tiles = bool(self.tiles) and iters is not None and \
+            sum(iters * self.vec * max(1, t.dtype.itemsize // 4) for t in self.tiles.values()) \
+            <= CACHE_REGISTERS
 
     def value(self, n: gir.Node) -> str:
         if is_tile_load(n):
@@ -98,6 +105,10 @@ class RowReduction(Emitter):
                 if n.op is Op.LOAD and self.packable(n):
                     loops_of.setdefault(self.plain_address(n), (n, set()))[1].add(loop)
         budget = CACHE_REGISTERS
+        if self.register_tiles:
+            for index, t in sorted(self.tiles.items()):
+                budget -= iters * self.vec * max(1, t.dtype.itemsize // 4)
+                self.w(f"{register_type(t.dtype)} tile{index}[{iters}][{self.vec}];")
         for address, (n, loops) in loops_of.items():
             regs = -(-iters * self.vec * n.dtype.itemsize // 4)
             if len(loops) > 1 and regs <= budget:
@@ -129,6 +140,8 @@ class RowReduction(Emitter):
 
     def address(self, n: gir.Node) -> str:
         if n.src[0].arg.role == "tile":
+            if self.register_tiles:
+                return f"tile{n.src[0].arg.index}[it_][{'l' if self.vec > 1 else '0'}]"
             return f"tile{n.src[0].arg.index}[j{' + l' if self.vec > 1 else ''}]"
         return super().address(n)
 
@@ -260,7 +273,8 @@ class RowReduction(Emitter):
         threads = self.threads()
         self.header()
         params, casts = _pointer_args(k)
-        tile_bytes = sum(self.row * t.dtype.itemsize for t in self.tiles.values())
+        tile_bytes = 0 if self.register_tiles else \
+            sum(self.row * t.dtype.itemsize for t in self.tiles.values())
         finals = self.nest.finals(self.nodes)
         if finals:
             params = [*params, "double* __restrict__ scratch"]
@@ -273,7 +287,7 @@ class RowReduction(Emitter):
         w(f"__global__ void __launch_bounds__({bounds}) {name}_kernel({', '.join(params)}) {{")
         w.indent()
         w("__shared__ double red_[256];  // partials: one per warp, or per thread of a column block")
-        if self.tiles:
+        if tile_bytes:
             w(f"PFJAX_DYNAMIC_SHARED(tiles_, {tile_bytes});")
             offset = 0
             for index, t in sorted(self.tiles.items()):
