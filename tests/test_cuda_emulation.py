@@ -142,3 +142,23 @@ def test_reductions_with_few_units_are_cut_into_chunks(rng, tmp_path, monkeypatc
     y[5, 3] = np.nan
     y[7, 4] = np.inf
     check(lambda y: (jnp.max(y, 0), jnp.argmax(y, 0), jnp.any(y > 3.0, 0)), y, tmp_path=tmp_path)
+
+
+def test_short_rows_take_a_thread_each(rng, tmp_path, monkeypatch):
+    """Rows of 7-10 elements: each thread walks its own row; the last block's threads past
+    the last row store nothing; a mean over all rows is combined per block first."""
+    import pfjax.codegen.cuda_threadrows as threadrows
+    monkeypatch.setattr(threadrows, "MIN_UNITS", 16)
+    x = randn(rng, 300, 8)
+    _, src = cuda_sources(lambda x: jax.nn.softmax(x, -1), [jax.ShapeDtypeStruct(x.shape, x.dtype)])[0][:2]
+    assert "kParts" in src
+    check(lambda x: jax.nn.softmax(x, -1), x, tmp_path=tmp_path)
+    check(lambda x: jax.nn.softmax(x, -1), randn(rng, 301, 7), tmp_path=tmp_path)
+    x[3, 2] = np.nan
+    check(lambda x: (jnp.argmax(x, -1), jnp.max(x, -1)), x, tmp_path=tmp_path)
+    logits, labels = randn(rng, 1000, 10), rng.integers(0, 10, 1000).astype(np.int32)
+
+    def cross_entropy(logits, labels):
+        logp = jax.nn.log_softmax(logits, -1)
+        return -jnp.mean(jnp.take_along_axis(logp, labels[:, None], -1))
+    check(cross_entropy, logits, labels, tmp_path=tmp_path, tol=dict(rtol=1e-5, atol=1e-5))

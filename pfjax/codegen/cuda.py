@@ -29,13 +29,16 @@ class CudaUnsupported(NotImplementedError):
 def emit_cuda_kernel(kernel: gir.Kernel) -> str:
     par = kernel.parallel
     if par.rdims:
-        nodes = gir.toposort(kernel.root)
-        if par.split > 1 or (par.column_style and loop_nest(kernel).finals(nodes)):
-            raise CudaUnsupported("reductions over all column blocks (a finish step)")
         from pfjax.codegen.cuda_reduce import ColumnReduction, RowReduction
         from pfjax.codegen.cuda_split import split_emitter
-        emitter = split_emitter(kernel) or \
-            (ColumnReduction if par.column_style else RowReduction)(kernel)
+        from pfjax.codegen.cuda_threadrows import thread_rows_emitter
+        emitter = thread_rows_emitter(kernel) if par.split <= 1 else None
+        if emitter is None:
+            nodes = gir.toposort(kernel.root)
+            if par.split > 1 or (par.column_style and loop_nest(kernel).finals(nodes)):
+                raise CudaUnsupported("reductions over all column blocks (a finish step)")
+            emitter = split_emitter(kernel) or \
+                (ColumnReduction if par.column_style else RowReduction)(kernel)
         return emitter.source()
     if _Transposed.applies(kernel):
         return _Transposed(kernel).source()

@@ -43,6 +43,8 @@ def _identity(op: str, dtype: DType) -> str:
 class RowReduction(Emitter):
     """One block per unit; loops of the loop nest stride the threads over the row."""
 
+    parts = "kUnits"  # partials of a reduction over all units, combined by the finish kernel
+
     def __init__(self, kernel: gir.Kernel):
         super().__init__(kernel)
         self.nest = loop_nest(kernel)
@@ -247,7 +249,8 @@ class RowReduction(Emitter):
             w("}")
         for n in body:
             if n.op is Op.STORE and id(n) in packs:
-                w(f"pfjax::rt::store_pack(&{self.plain_address(n)}, {packs[id(n)]});")
+                store = f"pfjax::rt::store_pack(&{self.plain_address(n)}, {packs[id(n)]});"
+                w(f"if ({guard}) {store}" if guard else store)
         self.names = local_names  # values of the loop body end with it
 
     def after_loops(self, roots: list[gir.Node], finals: list[gir.Node]) -> None:
@@ -371,8 +374,8 @@ class RowReduction(Emitter):
             op = f"pfjax::rt::{_REDUCE_OP[f.arg.op]}()"
             ident = _identity(f.arg.op, DType.F64)
             w(f"double fin_{k} = {ident};")
-            w(f"for (int64_t u = threadIdx.x; u < kUnits; u += {THREADS}) "
-              f"fin_{k} = {op}(fin_{k}, scratch[{k} * kUnits + u]);")
+            w(f"for (int64_t u = threadIdx.x; u < {self.parts}; u += {THREADS}) "
+              f"fin_{k} = {op}(fin_{k}, scratch[{k} * {self.parts} + u]);")
             self.define(f, f"static_cast<{register_type(f.dtype)}>(pfjax::rt::block_reduce(fin_{k}, {op}, {ident}, red_))")
         stores = [n for n in self.nodes if n.op is Op.STORE and self.nest.final.get(id(n), False)]
         w("if (threadIdx.x == 0) {")
