@@ -73,7 +73,7 @@ def test_dynamic_slice_and_bf16(rng, tmp_path):
           tol=dict(rtol=1e-2, atol=1e-2))
 
 
-def test_row_reductions(rng, tmp_path):
+def test_row_reductions(rng, tmp_path, monkeypatch):
     x, w, b = randn(rng, 5, 300), randn(rng, 300), randn(rng, 300)
 
     def layernorm(x, w, b):
@@ -84,6 +84,13 @@ def test_row_reductions(rng, tmp_path):
     # three packs per thread, the last one partial: unrolled loops, x kept in registers
     x3, w3, b3 = randn(rng, 3, 2600), randn(rng, 2600), randn(rng, 2600)
     check(layernorm, x3, w3, b3, tmp_path=tmp_path, tol=dict(rtol=1e-4, atol=1e-4))
+    # a row past 8 packs of 256 threads: more threads (288), the row still in registers
+    import pfjax.codegen.cuda_split as split
+    monkeypatch.setattr(split, "WANT_BLOCKS", 2)  # two rows: not cut into chunks
+    x9 = randn(rng, 2, 9000)
+    _, src = cuda_sources(jax.nn.log_softmax, [jax.ShapeDtypeStruct(x9.shape, x9.dtype)])[0][:2]
+    assert "__launch_bounds__(288)" in src and "it_ < 8" in src
+    check(lambda x: jax.nn.log_softmax(x, -1), x9, tmp_path=tmp_path, tol=dict(rtol=1e-5, atol=1e-5))
     check(lambda x: jax.nn.softmax(x, -1), x, tmp_path=tmp_path)  # exp kept in shared memory
     check(lambda x: jax.nn.softmax(x * 2.0, -1), randn(rng, 3, 301), tmp_path=tmp_path)  # no packs
     x[1, 7] = np.nan

@@ -21,6 +21,7 @@ from pfjax.gir.loops import is_tile_load, loop_nest
 # packs that a later loop reads again stay in registers (at most CACHE_REGISTERS of them
 # per thread) instead of being loaded twice.
 MAX_UNROLLED = 8
+MAX_THREADS = 1024  # a block's most
 CACHE_REGISTERS = 32
 SHORT_KERNEL_NODES = 64
 
@@ -183,7 +184,14 @@ class RowReduction(Emitter):
     # -- how units map onto a block (a row reduction: the block strides over one row) --
 
     def threads(self) -> int:
-        return min(THREADS, max(32, -(-self.row // (32 * self.vec)) * 32))
+        """256 threads, fewer for a short row; up to 1024 where that lets unrolled loops
+        keep the whole row in registers (a 32000-class row read once instead of thrice)."""
+        base = min(THREADS, max(32, -(-self.row // (32 * self.vec)) * 32))
+        if self.vec > 1 and -(-self.row // (base * self.vec)) > MAX_UNROLLED:
+            wide = -(-self.row // (MAX_UNROLLED * self.vec * 32)) * 32
+            if wide <= MAX_THREADS:
+                return wide
+        return base
 
     def units(self) -> int:
         return self.par.units
@@ -285,7 +293,7 @@ class RowReduction(Emitter):
         # Unrolled rows of a short kernel: left alone, ptxas picked 64 registers and
         # spilled (residual + layernorm); asked for two blocks per multiprocessor it takes
         # up to 128 and spills nothing. Long kernels (a training step) need more.
-        short = self.iterations() and len(self.nodes) < SHORT_KERNEL_NODES
+        short = self.iterations() and len(self.nodes) < SHORT_KERNEL_NODES and threads <= THREADS
         bounds = f"{threads}, 2" if short else str(threads)
         w(f"__global__ void __launch_bounds__({bounds}) {name}_kernel({', '.join(params)}) {{")
         w.indent()

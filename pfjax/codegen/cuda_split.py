@@ -47,6 +47,9 @@ class _Split:
     def iterations(self) -> None:
         return None  # chunks are long: strided loops
 
+    def threads(self) -> int:
+        return THREADS if not self.par.column_style else super().threads()
+
     def partial_index(self, slot: int, chunk: str) -> str:
         return f"(({slot} * kUnits + u) * kChunks + {chunk}) * {self.width}"
 
