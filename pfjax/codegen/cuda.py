@@ -284,8 +284,6 @@ class _Elementwise(Emitter):
 
 
 TILE = 32  # transpose tiles: 32 x 32 elements, a block of 32 x 8 threads
-WIDE_TILES = 4  # tiles per block: 16 loads per thread in flight before the barrier
-STAGE_BYTES = 32 * 1024  # static shared memory for the staged tiles, at most
 
 
 class _Transposed(Emitter):
@@ -324,50 +322,37 @@ class _Transposed(Emitter):
         outer = 1
         for n in self.space[:-2]:
             outer *= n
-        tile_bytes = sum(TILE * (TILE + 1) * n.dtype.itemsize for _, n in self.staged.values())
-        wide = max(1, min(WIDE_TILES, -(-cols // TILE), STAGE_BYTES // max(1, tile_bytes)))
-        tiles_r, tiles_c = -(-rows // TILE), -(-cols // (TILE * wide))
+        tiles_r, tiles_c = -(-rows // TILE), -(-cols // TILE)
         self.header()
         params, casts = _pointer_args(k)
         w(f"constexpr int64_t kTiles = {outer * tiles_r * tiles_c};")
-        w(f"constexpr int kWide = {wide};  // 32x32 tiles side by side per block")
         w(f"__global__ void __launch_bounds__({TILE * 8}) {name}_kernel({', '.join(params)}) {{")
         w.indent()
         for slot, n in self.staged.values():
-            w(f"__shared__ {STORAGE[n.dtype]} stage{slot}[kWide][{TILE}][{TILE + 1}];")
+            w(f"__shared__ {STORAGE[n.dtype]} stage{slot}[{TILE}][{TILE + 1}];")
         w(f"const int tx = threadIdx.x % {TILE}, ty = threadIdx.x / {TILE};")
         w("for (int64_t t_ = blockIdx.x; t_ < kTiles; t_ += gridDim.x) {")
         w.indent()
-        w(f"const int64_t c0 = (t_ % {tiles_c}) * {TILE * wide};")
+        w(f"const int64_t c0 = (t_ % {tiles_c}) * {TILE};")
         w(f"const int64_t r0 = ((t_ / {tiles_c}) % {tiles_r}) * {TILE};")
         self.unravel(f"t_ / {tiles_c * tiles_r}", list(range(rank - 2)))
-        # Stage: thread (tx, t) reads element (row r0 + tx, column c0 + t): contiguous in
-        # tx; every tile's loads are issued before the barrier.
-        w("#pragma unroll")
-        w("for (int k = 0; k < kWide; ++k) {")
-        w.indent()
-        w("#pragma unroll")
+        # Stage: thread (tx, t) reads element (row r0 + tx, column c0 + t): contiguous in tx.
         w(f"for (int t = ty; t < {TILE}; t += 8) {{")
         w.indent()
-        w(f"const int64_t i{rank - 2} = r0 + tx, i{rank - 1} = c0 + k * {TILE} + t;")
+        w(f"const int64_t i{rank - 2} = r0 + tx, i{rank - 1} = c0 + t;")
         w(f"if (i{rank - 2} < {rows} && i{rank - 1} < {cols}) {{")
         w.indent()
         for slot, n in self.staged.values():
-            w(f"stage{slot}[k][t][tx] = {self.plain_address(n)};")
-        w.indent(-1)
-        w("}")
+            w(f"stage{slot}[t][tx] = {self.plain_address(n)};")
         w.indent(-1)
         w("}")
         w.indent(-1)
         w("}")
         w("__syncthreads();")
-        # Compute: thread (tx, t) makes element (row r0 + t, column c0 + k * 32 + tx).
-        w("#pragma unroll")
-        w("for (int k = 0; k < kWide; ++k) {")
-        w.indent()
+        # Compute: thread (tx, t) makes element (row r0 + t, column c0 + tx).
         w(f"for (int t = ty; t < {TILE}; t += 8) {{")
         w.indent()
-        w(f"const int64_t i{rank - 2} = r0 + t, i{rank - 1} = c0 + k * {TILE} + tx;")
+        w(f"const int64_t i{rank - 2} = r0 + t, i{rank - 1} = c0 + tx;")
         w(f"if (i{rank - 2} < {rows} && i{rank - 1} < {cols}) {{")
         w.indent()
         for n in self.nodes:
@@ -377,11 +362,9 @@ class _Transposed(Emitter):
                 w(f"{self.address(n)} = {store_expr(self.names[id(n.src[1])], n.dtype)};")
             elif self.transposed(n):
                 slot, _ = self.staged[(n.src[0].arg.index, n.arg.view)]
-                self.define(n, load_expr(f"stage{slot}[k][tx][t]", n.dtype))
+                self.define(n, load_expr(f"stage{slot}[tx][t]", n.dtype))
             else:
                 self.define(n)
-        w.indent(-1)
-        w("}")
         w.indent(-1)
         w("}")
         w.indent(-1)
