@@ -12,7 +12,7 @@ from __future__ import annotations
 from pfjax import gir
 from pfjax.codegen.ctypes_table import STORAGE, literal, load_expr, register_type, store_expr
 from pfjax.codegen.cuda import (PACK_BYTES, THREADS, CudaUnsupported, Emitter,
-                                _buffer_name, _launch_and_footer, _pointer_args)
+                                _launch_and_footer, _pointer_args)
 from pfjax.gir import DType, Op
 from pfjax.gir.loops import is_tile_load, loop_nest
 
@@ -230,6 +230,17 @@ class RowReduction(Emitter):
             self.w(f"{acc_t} acc_{self.acc_name(r)} = {_identity(r.arg.op, r.dtype)};")
         return reductions
 
+    def emit_loop(self, opening: list[str], prologue: list[str], in_loop: list[gir.Node]) -> None:
+        """A loop over the row: its opening lines, then (inside) the prologue and body."""
+        for line in opening:
+            self.w(line)
+        self.w.indent()
+        for line in prologue:
+            self.w(line)
+        self.loop_body(in_loop)
+        self.w.indent(-1)
+        self.w("}")
+
     def loop_body(self, in_loop: list[gir.Node]) -> None:
         """One element (or pack) of a loop over the row: its values, reductions, stores."""
         w, vec = self.w, self.vec
@@ -323,18 +334,13 @@ class RowReduction(Emitter):
             reductions = self.open_accumulators(in_loop)
             vec = self.vec
             if iters is None:
-                w(f"for (int64_t j = {first} * {vec}; j < kRow; j += {step} * {vec}) {{")
-                w.indent()
+                self.emit_loop([f"for (int64_t j = {first} * {vec}; j < kRow; j += {step} * {vec}) {{"],
+                               [], in_loop)
             else:
-                w("#pragma unroll")
-                w(f"for (int it_ = 0; it_ < {iters}; ++it_) {{")
-                w.indent()
-                w(f"const int64_t j = ({first} + it_ * {step}) * {vec};")
-                if self.row % (int(step) * vec):
-                    w("if (j >= kRow) break;")
-            self.loop_body(in_loop)
-            w.indent(-1)
-            w("}")
+                self.emit_loop(["#pragma unroll", f"for (int it_ = 0; it_ < {iters}; ++it_) {{"],
+                               [f"const int64_t j = ({first} + it_ * {step}) * {vec};"] +
+                               (["if (j >= kRow) break;"] if self.row % (int(step) * vec) else []),
+                               in_loop)
             for r in reductions:
                 acc = f"acc_{self.acc_name(r)}"
                 red = self.combine(r, acc, _identity(r.arg.op, r.dtype))

@@ -53,12 +53,25 @@ class _Split:
     def partial_index(self, slot: int, chunk: str) -> str:
         return f"(({slot} * kUnits + u) * kChunks + {chunk}) * {self.width}"
 
+    # A block's partials: written by `writer` threads at `lane` past the slot's index;
+    # combined by each thread over the chunks `gather_from` walks.
+    writer, lane = "threadIdx.x == 0", ""
+
     def gather(self, r: gir.Node, slot: int) -> str:
         """The combined result of reduction r from the chunks' partials (every thread)."""
-        raise NotImplementedError
+        t, ident = _gather_type(r)
+        op = f"pfjax::rt::{_REDUCE_OP[r.arg.op]}()"
+        g = f"g{self.acc_name(r)}_"
+        self.w(f"{t} {g} = {ident};")
+        self.w(f"for (int64_t cc = {self.gather_from}) {g} = {op}({g}, static_cast<{t}>("
+               f"part_[{self.partial_index(slot, 'cc')}{self.lane}]));")
+        return self.gathered(g, op, ident, t)
 
     def write_partial(self, r: gir.Node, slot: int, value: str) -> None:
-        raise NotImplementedError
+        p = f"p{self.acc_name(r)}_"
+        self.w(f"const auto {p} = {value};")
+        self.w(f"if ({self.writer}) part_[{self.partial_index(slot, 'c_')}{self.lane}] = "
+               f"static_cast<double>({p});")
 
     def source(self) -> str:
         k, w, name = self.kernel, self.w, self.kernel.name
@@ -96,11 +109,8 @@ class _Split:
                 in_loop = [r for r in roots if self.nest.loop_of(r) == launch]
                 reductions = self.open_accumulators(in_loop)
                 w("const int64_t lo_ = c_ * kChunk, hi_ = lo_ + kChunk < kRow ? lo_ + kChunk : kRow;")
-                w(f"for (int64_t j = lo_ + {first} * {self.vec}; j < hi_; j += {step} * {self.vec}) {{")
-                w.indent()
-                self.loop_body(in_loop)
-                w.indent(-1)
-                w("}")
+                self.emit_loop([f"for (int64_t j = lo_ + {first} * {self.vec}; j < hi_; "
+                                f"j += {step} * {self.vec}) {{"], [], in_loop)
                 for r in reductions:
                     acc = f"acc_{self.acc_name(r)}"
                     self.write_partial(r, slots[id(r)], self.combine(r, acc, _identity(r.arg.op, r.dtype)))
@@ -144,49 +154,32 @@ def _gather_type(r: gir.Node) -> tuple[str, str]:
 
 
 class SplitRows(_Split, RowReduction):
-    """A row cut into chunks; a block's partial is its block-wide result."""
+    """A row cut into chunks; a block's partial is its block-wide result, and the threads
+    share the chunks of a gather."""
 
     def __init__(self, kernel: gir.Kernel):
         RowReduction.__init__(self, kernel)
         self.setup_split()
+        self.gather_from = f"threadIdx.x; cc < kChunks; cc += {self.threads()}"
 
-    def gather(self, r: gir.Node, slot: int) -> str:
-        t, ident = _gather_type(r)
-        op = f"pfjax::rt::{_REDUCE_OP[r.arg.op]}()"
-        g = f"g{self.acc_name(r)}_"
-        self.w(f"{t} {g} = {ident};")
-        self.w(f"for (int64_t cc = threadIdx.x; cc < kChunks; cc += {self.threads()}) "
-               f"{g} = {op}({g}, static_cast<{t}>(part_[{self.partial_index(slot, 'cc')}]));")
+    def gathered(self, g: str, op: str, ident: str, t: str) -> str:
         return f"pfjax::rt::block_reduce({g}, {op}, {ident}, reinterpret_cast<{t}*>(red_))"
-
-    def write_partial(self, r: gir.Node, slot: int, value: str) -> None:
-        self.w(f"const auto p{self.acc_name(r)}_ = {value};")
-        self.w(f"if (threadIdx.x == 0) part_[{self.partial_index(slot, 'c_')}] = "
-               f"static_cast<double>(p{self.acc_name(r)}_);")
 
 
 class SplitColumns(_Split, ColumnReduction):
-    """Rows of a column block cut into chunks; a block's partials are its 32 columns'."""
+    """Rows of a column block cut into chunks; a block's partials are its 32 columns', and
+    each thread gathers its own column's."""
 
     width = 32
+    writer, lane = "threadIdx.x < 32", " + threadIdx.x % 32"
+    gather_from = "0; cc < kChunks; ++cc"
 
     def __init__(self, kernel: gir.Kernel):
         ColumnReduction.__init__(self, kernel)
         self.setup_split()
 
-    def gather(self, r: gir.Node, slot: int) -> str:
-        t, ident = _gather_type(r)
-        op = f"pfjax::rt::{_REDUCE_OP[r.arg.op]}()"
-        g = f"g{self.acc_name(r)}_"
-        self.w(f"{t} {g} = {ident};")
-        self.w(f"for (int64_t cc = 0; cc < kChunks; ++cc) {g} = {op}({g}, static_cast<{t}>("
-               f"part_[{self.partial_index(slot, 'cc')} + threadIdx.x % 32]));")
+    def gathered(self, g: str, op: str, ident: str, t: str) -> str:
         return g
-
-    def write_partial(self, r: gir.Node, slot: int, value: str) -> None:
-        self.w(f"const auto p{self.acc_name(r)}_ = {value};")
-        self.w(f"if (threadIdx.x < 32) part_[{self.partial_index(slot, 'c_')} + threadIdx.x] = "
-               f"static_cast<double>(p{self.acc_name(r)}_);")
 
 
 def split_emitter(kernel: gir.Kernel):

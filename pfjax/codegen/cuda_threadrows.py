@@ -10,7 +10,7 @@ first, so the finish kernel reads one partial per block instead of one per row.
 from __future__ import annotations
 
 from pfjax import gir
-from pfjax.codegen.ctypes_table import STORAGE, register_type, store_expr
+from pfjax.codegen.ctypes_table import register_type, store_expr
 from pfjax.codegen.cuda import PACK_BYTES, THREADS, _launch_and_footer, _pointer_args
 from pfjax.codegen.cuda_reduce import _REDUCE_OP, RowReduction, _identity
 from pfjax.gir import DType, Op
@@ -76,7 +76,7 @@ class ThreadRows(RowReduction):
         units = self.units()
         w(f"constexpr int64_t kUnits = {units}, kRow = {self.row};")
         w(f"constexpr int kThreads = {THREADS};")
-        w(f"constexpr int64_t kParts = (kUnits + kThreads - 1) / kThreads;  // blocks")
+        w("constexpr int64_t kParts = (kUnits + kThreads - 1) / kThreads;  // blocks")
         w(f"__global__ void __launch_bounds__({THREADS}) {name}_kernel({', '.join(params)}) {{")
         w.indent()
         w("__shared__ double red_[256];")
@@ -86,12 +86,8 @@ class ThreadRows(RowReduction):
         for loop in range(self.nest.num_loops):
             in_loop = [r for r in roots if self.nest.loop_of(r) == loop]
             reductions = self.open_accumulators(in_loop)
-            w("#pragma unroll")
-            w(f"for (int64_t j = 0; j < kRow; j += {self.vec}) {{")
-            w.indent()
-            self.loop_body(in_loop)
-            w.indent(-1)
-            w("}")
+            self.emit_loop(["#pragma unroll", f"for (int64_t j = 0; j < kRow; j += {self.vec}) {{"],
+                           [], in_loop)
             for r in reductions:
                 self.define(r, f"static_cast<{register_type(r.dtype)}>(acc_{self.acc_name(r)})")
             self.per_unit(loop + 1)
