@@ -53,9 +53,9 @@ class _Split:
     def partial_index(self, slot: int, chunk: str) -> str:
         return f"(({slot} * kUnits + u) * kChunks + {chunk}) * {self.width}"
 
-    # A block's partials: written by `writer` threads at `lane` past the slot's index;
+    # A block's partials: written by `writer` threads at `partial_lane` past the slot's index;
     # combined by each thread over the chunks `gather_from` walks.
-    writer, lane = "threadIdx.x == 0", ""
+    writer, partial_lane = "threadIdx.x == 0", ""
 
     def gather(self, r: gir.Node, slot: int) -> str:
         """The combined result of reduction r from the chunks' partials (every thread)."""
@@ -64,13 +64,13 @@ class _Split:
         g = f"g{self.acc_name(r)}_"
         self.w(f"{t} {g} = {ident};")
         self.w(f"for (int64_t cc = {self.gather_from}) {g} = {op}({g}, static_cast<{t}>("
-               f"part_[{self.partial_index(slot, 'cc')}{self.lane}]));")
+               f"part_[{self.partial_index(slot, 'cc')}{self.partial_lane}]));")
         return self.gathered(g, op, ident, t)
 
     def write_partial(self, r: gir.Node, slot: int, value: str) -> None:
         p = f"p{self.acc_name(r)}_"
         self.w(f"const auto {p} = {value};")
-        self.w(f"if ({self.writer}) part_[{self.partial_index(slot, 'c_')}{self.lane}] = "
+        self.w(f"if ({self.writer}) part_[{self.partial_index(slot, 'c_')}{self.partial_lane}] = "
                f"static_cast<double>({p});")
 
     def source(self) -> str:
@@ -171,7 +171,7 @@ class SplitColumns(_Split, ColumnReduction):
     each thread gathers its own column's."""
 
     width = 32
-    writer, lane = "threadIdx.x < 32", " + threadIdx.x % 32"
+    writer, partial_lane = "threadIdx.x < 32", " + threadIdx.x % 32"
     gather_from = "0; cc < kChunks; ++cc"
 
     def __init__(self, kernel: gir.Kernel):
