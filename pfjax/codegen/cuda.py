@@ -1,10 +1,11 @@
 """CUDA codegen: a GIR kernel (after the passes, for the CUDA target) -> a CUDA source
 using pfjax/cuda_kernel.cuh. This file: what every kernel shares, elementwise kernels and
-transposes; reductions are in cuda_reduce.py.
+transposes; reductions are in cuda_reduce.py, cuda_split.py and cuda_threadrows.py.
 
-Elementwise kernels: a grid-stride loop in which each thread handles `kVec` consecutive
-elements of the innermost dimension; accesses that are contiguous and aligned move as one
-16-byte pack, the others element by element (strided, broadcast, guarded or dynamic). A
+Elementwise kernels: a block per 256 x kUnroll steps, each thread's step `kVec`
+consecutive elements of the innermost dimension; accesses that are contiguous and aligned
+move as one 16-byte pack (a thread loads all its packs before it computes any), the others
+element by element (strided, broadcast, guarded or dynamic). A
 load that walks across rows (a transpose) goes through 32x33 shared-memory tiles. bf16/f16
 are loaded and stored as such and computed in float32.
 """
@@ -72,9 +73,9 @@ def _footer(w: _Writer, kernel: gir.Kernel) -> None:
 
 def _launch_and_footer(w: _Writer, kernel: gir.Kernel, want: str, body: list[str],
                        early_exit: bool = True) -> None:
-    """The launch function and the kernel's exports. The grid is every block wanted (no
-    persistent blocks: a grid of more blocks than are resident at once ran its last
-    wave part-empty, and the scheduler balances small blocks better)."""
+    """The launch function and the kernel's exports. The grid is every block wanted: the
+    persistent grid this replaced assumed 8 resident blocks per multiprocessor, and a
+    kernel with more registers than that allows ran a second, part-empty wave."""
     w(f"cudaError_t {kernel.name}_launch(void** in, void** out, cudaStream_t stream) {{")
     w.indent()
     w(f"const int64_t want = {want};")

@@ -1,9 +1,11 @@
 """CUDA reductions: the loop nest of a reduction kernel on blocks of threads.
 
-Row reductions: one block per parallel unit (a row), grid-stride over the units; each loop
-of the kernel's loop nest strides the threads over the row (16-byte packs where aligned),
-reductions combine with warp shuffles then through shared memory (pfjax::rt::block_reduce),
-and values the reuse pass keeps at the local level live in shared memory. Column
+Row reductions: one block per parallel unit (a row); each loop of the kernel's loop nest
+strides the threads over the row (16-byte packs where aligned), reductions combine with
+warp shuffles then through shared memory (pfjax::rt::block_reduce). Where a thread's
+share of the row is a few packs the loops are unrolled, and the packs a later loop reads
+again, like the values the reuse pass keeps at the local level, stay in registers;
+otherwise those values live in shared memory. Column
 reductions: a block per 32 columns, 8 row slices combined in order. Reductions over all
 units: per-unit partials in a scratch buffer, combined by a one-block finish kernel.
 """
