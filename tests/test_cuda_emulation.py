@@ -22,10 +22,12 @@ from tests.test_e2e import randn
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++")
 
 
-def run_emulated(f, args, tmp_path):
-    """Outputs of f's single fusion group, computed by its CUDA kernel on emulated threads."""
+def run_emulated(f, args, tmp_path, program=None):
+    """Outputs of f's single fusion group (of `program`, f traced, where given), computed
+    by its CUDA kernel on emulated threads."""
     avals = [jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype) for a in args]
-    program, _ = trace(f, avals)
+    if program is None:
+        program, _ = trace(f, avals)
     (group, src, why), = cuda_sources(f, avals, program)
     assert src is not None, why
     name = src.split("GIR kernel ")[1].split(" ")[0]
