@@ -48,7 +48,7 @@ class _Split:
         return None  # chunks are long: strided loops
 
     def threads(self) -> int:
-        return THREADS if not self.par.column_style else super().threads()
+        return THREADS  # a full block per chunk (never the wide rows of RowReduction)
 
     def partial_index(self, slot: int, chunk: str) -> str:
         return f"(({slot} * kUnits + u) * kChunks + {chunk}) * {self.width}"
