@@ -4,6 +4,9 @@ counts, per-row and per-position operands, grads; and the staged plan where the 
 plan does not hold."""
 from __future__ import annotations
 
+import ctypes
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,6 +14,7 @@ import pytest
 from jax.test_util import check_grads
 
 import pfjax
+from tests.kernel_abi import aligned, build_without_avx512, needs_x86_gxx
 from tests.test_e2e import randn
 from tests.test_reductions import one_kernel
 
@@ -230,3 +234,55 @@ def test_rows_sliced_from_wider_rows(cols, lo, hi, rng):
     f = lambda x: (jax.nn.softmax(x[:, lo:hi], -1), jnp.argmin(x[:, lo:hi], -1))
     one_kernel(f, x, tol=TOL)
     assert "pfjax::seg::load_strided" in _source(f, x)
+
+
+def _run_body(info, inputs, outputs, ranges):
+    """Call the kernel body over `ranges` of units with 64-byte-aligned copies."""
+    ins = [aligned(a.nbytes // 4 + 1) for a in inputs]
+    for buf, a in zip(ins, inputs):
+        buf.view(np.uint8)[:a.nbytes] = np.ascontiguousarray(a).view(np.uint8).reshape(-1)
+    outs = [aligned(o.nbytes // 4 + 1) for o in outputs]
+    in_ptrs = (ctypes.c_void_p * len(ins))(*(b.ctypes.data for b in ins))
+    out_ptrs = (ctypes.c_void_p * len(outs))(*(b.ctypes.data for b in outs))
+    for lo, hi in ranges:
+        info.body(in_ptrs, out_ptrs, lo, hi, 0)
+    return [b.view(np.uint8)[:o.nbytes].view(o.dtype).reshape(o.shape)
+            for b, o in zip(outs, outputs)]
+
+
+@needs_x86_gxx
+@pytest.mark.parametrize("L", [2, 3, 4, 7, 8, 12, 15])  # (rows of 16 run a row a unit)
+def test_segments_built_for_avx2(L, tmp_path, rng):
+    """The segment plan's kernel source built for AVX2 (segments_avx2.h: vf16 as two
+    halves, lane masks through vmaskmovps), whatever the machine: the same answers as XLA
+    for softmax, argmax / argmin with NaN and ties, sums, max / min, per-position weights
+    and per-row scales, over odd row counts and units handed out unevenly."""
+    x = _with_specials(randn(rng, 3, 347, L))
+    w, s = randn(rng, L), randn(rng, 3, 347, 1)
+
+    def f(x, w, s):
+        y = x * s
+        return (jax.nn.softmax(y, -1) * w, jnp.argmax(x, -1), jnp.argmin(x, -1),
+                jnp.sum(y, -1), jnp.max(x, -1), jnp.min(x, -1))
+    (group,) = pfjax.explain(f, x, w, s).groups
+    source = Path(group.source_path)
+    assert "pfjax::seg::" in source.read_text()
+    info = build_without_avx512(source, tmp_path / "avx2.so")
+    inputs = [np.asarray(a) for a in (x, w, s)]
+    inputs = [inputs[i] for i in _operand_order(info, inputs)]
+    want = [np.asarray(v) for v in jax.jit(f)(x, w, s)]
+    cuts = sorted({0, 1, info.total // 3, info.total})
+    got = _run_body(info, inputs, want, list(zip(cuts, cuts[1:])))
+    for g, v in zip(got, want):
+        np.testing.assert_allclose(g, v, rtol=1e-5, atol=1e-6)
+
+
+def _operand_order(info, inputs):
+    """The kernel's operand order (pfjax orders inputs by size): indices into inputs."""
+    sizes = [info.in_sizes[i] for i in range(info.num_in)]
+    order, left = [], list(range(len(inputs)))
+    for n in sizes:
+        i = next(i for i in left if inputs[i].size == n)
+        order.append(i)
+        left.remove(i)
+    return order

@@ -1,4 +1,4 @@
-"""Short packed rows reduced inside the vector registers (CPU, AVX-512).
+"""Short packed rows reduced inside the vector registers (CPU: AVX-512, or AVX2 + FMA).
 
 A reduction over rows of W = 2 .. 16 float32 elements stored back to back (row stride W)
 holds 16 / L whole rows in each 16-lane vector, L being W rounded up to a power of 2 (rows
@@ -17,8 +17,10 @@ max), loads that are packed rows, rows a stride apart, per-row or per-position o
 uniform, and stores of packed or strided rows or of one value per row. Per-row values the
 pass does not need (a label, its gather, a per-row log) may run after it as a "tail",
 16 rows a vector, on the staged plan's per-unit loops. Elsewhere the staged plan runs; it
-is also what the kernel runs where the compiler lacks AVX-512 F, BW, VL or DQ (the
-`#else` of PFJAX_SEGMENTS).
+is also what the kernel runs where the compiler has neither AVX-512 F, BW, VL and DQ nor
+AVX2 with FMA (the `#else` of PFJAX_SEGMENTS). On a 2-core Zen 3 with AVX2 only
+(segments_avx2.h: vf16 as two halves), through JAX: argmax over 8 1.12x -> 2.44x jax.jit,
+softmax over 8 1.95x -> 3.06x.
 """
 from __future__ import annotations
 
@@ -352,7 +354,7 @@ class SegmentPlan:
             return f"const pfjax::vi16 {name} = pfjax::seg::position<{L}>();"
         if id(n) in self.first:  # its lane mask; the rows' positions come at the store
             pred = self._operand(self.first[id(n)][0], local, BOOL)
-            return f"const __mmask16 {name} = ({pred}).m;"
+            return f"const __mmask16 {name} = pfjax::seg::bits({pred});"
         if n.op is Op.REDUCE:
             t = "vi16" if kind == INT else "vf16"
             return (f"const pfjax::{t} {name} = pfjax::seg::{n.arg.op}<{L}, {W}>("

@@ -16,7 +16,8 @@
 #include <limits>
 #include <type_traits>
 
-// AVX-512 F with BW and VL (16-bit masked loads and stores) and DQ (mask <-> vector).
+// AVX-512 F with BW and VL (16-bit masked loads and stores) and DQ (mask <-> vector);
+// on AVX2 machines, segments_avx2.h at the end.
 #if PFJAX_VF16 && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512DQ__)
 #define PFJAX_SEGMENTS 1
 namespace pfjax {
@@ -31,6 +32,9 @@ struct vi16 {
 PFJAX_VF16_INLINE vi16 select_i32(vb16 c, vi16 a, vi16 b) { return _mm512_mask_blend_epi32(c.m, b.v, a.v); }
 
 namespace seg {
+
+// A predicate's lanes as a 16-bit mask (segments_avx2.h builds it from two halves).
+PFJAX_VF16_INLINE __mmask16 bits(vb16 p) { return p.m; }
 
 // Lanes `d` apart swapped (d = 1, 2, 4, 8): inside 128-bit lanes, then whole ones.
 template <int D>
@@ -285,4 +289,7 @@ PFJAX_VF16_INLINE void store_rows(int32_t* p, vi16 v, int64_t rows) {
 
 }  // namespace seg
 }  // namespace pfjax
+// AVX2 + FMA (vf16 as two 8-lane halves): the same API, in segments_avx2.h.
+#elif PFJAX_VF16 && defined(__AVX2__) && defined(__FMA__) && !defined(__AVX512F__)
+#include "pfjax/segments_avx2.h"
 #endif

@@ -4,7 +4,7 @@
 // 16 lanes are two __m256 registers, and every operation is done on both halves; the
 // generated text is the same. (Without it, such loops were `omp simd` loops calling the
 // scalar exp_f32 inline: the tanh-GELU kernel ran at 0.81x of XLA on a Zen 3 machine.)
-// Included by vec.h only; segments.h's butterflies stay AVX-512 only.
+// Included by vec.h only; segments.h's short-row API on these halves is segments_avx2.h.
 #pragma once
 
 #include <immintrin.h>
