@@ -93,6 +93,7 @@ def emit_kernel(kernel: gir.Kernel) -> str:
         w("const int64_t row_end = end / kInner;  // tasks hold whole blocks of rows")
         for k, n in enumerate(staged.values()):
             w(f"alignas(64) {STORAGE[n.dtype]} stage{k}[kBlockRows * kStrip];")
+            w(f"pfjax::rt::StripPrefetch next{k};")
         w("for (int64_t row0 = begin / kInner, rows = 0; row0 < row_end; row0 += rows) {")
         w.indent()
         # A block stays within one run of the second-innermost dimension.
@@ -104,6 +105,8 @@ def emit_kernel(kernel: gir.Kernel) -> str:
             _emit_staging(w, staged, outer)
         w("for (int64_t row = row0; row < row0 + rows; ++row) {")
         w.indent()
+        for k in range(len(staged)):
+            w(f"next{k}.step();")
     else:
         hoisted = _hoisted(variants, len(space) - 1, par)
         if hoisted:
@@ -464,6 +467,8 @@ def _emit_staging(w: _Writer, staged: dict, outer) -> None:
         terms = [str(view.offset)] + [f"i{d} * {s}" for d, s in enumerate(view.strides[:-1]) if s]
         w(f"const {STORAGE[n.dtype]}* __restrict src{k} = in{buf.arg.index} + {' + '.join(terms)} + col * {view.strides[-1]};")
         w(f"pfjax::rt::stage_transpose(stage{k}, kStrip, src{k}, {view.strides[-1]}, n, rows);")
+        w(f"next{k}.start(src{k} + kStrip * {view.strides[-1]}, {view.strides[-1]}, rows, "
+          "std::min<int64_t>(kStrip, kInner - col - kStrip));")
     w.indent(-1)
     w("}")
 

@@ -233,6 +233,33 @@ static inline void stage_transpose(T* __restrict dst, int64_t dst_stride,
     for (int64_t tt = t0; tt < rows; ++tt) dst[tt * dst_stride + jj] = src[jj * src_stride + tt];
 }
 
+// The next strip's source lines (`cols` source rows of `rows` elements, `stride` apart)
+// prefetched into L2 a few at a time, one step per row of the current strip's row loop:
+// the strip's reads then find them there instead of waiting on 16 short streams (each
+// source row is read 2 KiB at a time, too short for the hardware prefetchers to ramp up).
+struct StripPrefetch {
+  const char* next = nullptr;
+  int64_t stride_bytes = 0, lines = 0, line = 0, left = 0, per_step = 1;
+  template <typename T>
+  void start(const T* src, int64_t stride, int64_t rows, int64_t cols) {
+    next = cols > 0 && rows > 0 ? reinterpret_cast<const char*>(src) : nullptr;
+    stride_bytes = stride * static_cast<int64_t>(sizeof(T));
+    lines = (rows * static_cast<int64_t>(sizeof(T)) + 63) / 64;
+    line = 0;
+    left = cols;
+    per_step = rows > 0 ? (lines * cols + rows - 1) / rows : 1;
+  }
+  void step() {
+    for (int64_t k = 0; k < per_step && next; ++k) {
+      __builtin_prefetch(next + line * 64, 0, 2);
+      if (++line == lines) {
+        line = 0;
+        next = --left > 0 ? next + stride_bytes : nullptr;
+      }
+    }
+  }
+};
+
 // Prefetch [p, p + bytes) into the caches (past a buffer's end it does nothing).
 static inline void prefetch_range(const void* p, int64_t bytes) {
   for (int64_t q = 0; q < bytes; q += 64) __builtin_prefetch(static_cast<const char*>(p) + q, 0, 3);
