@@ -250,31 +250,53 @@ def _run_body(info, inputs, outputs, ranges):
             for b, o in zip(outs, outputs)]
 
 
+def _avx2_program(kind, L, rng):
+    """(f, args, tolerance) of the segment-plan programs built for AVX2 below."""
+    if kind == "float32":
+        x = _with_specials(randn(rng, 3, 347, L))
+        w, s = randn(rng, L), randn(rng, 3, 347, 1)
+
+        def f(x, w, s):
+            y = x * s
+            return (jax.nn.softmax(y, -1) * w, jnp.argmax(x, -1), jnp.argmin(x, -1),
+                    jnp.sum(y, -1), jnp.max(x, -1), jnp.min(x, -1))
+        return f, (x, w, s), dict(rtol=1e-5, atol=1e-6)
+    if kind == "bf16":
+        x = jnp.asarray(_with_specials(randn(rng, 777, L)), jnp.bfloat16)
+
+        def f(x):
+            return (jax.nn.softmax(x.astype(jnp.float32), -1).astype(jnp.bfloat16),
+                    jnp.argmax(x, -1), jnp.max(x, -1))
+        return f, (x,), dict(rtol=1e-2, atol=1e-3)
+    x = _with_specials(randn(rng, 700, L + 3))  # rows of L sliced from rows of L + 3
+    return (lambda x: (jax.nn.softmax(x[:, 1:L + 1], -1), jnp.argmin(x[:, 1:L + 1], -1)),
+            (x,), dict(rtol=1e-5, atol=1e-6))
+
+
 @needs_x86_gxx
-@pytest.mark.parametrize("L", [2, 3, 4, 7, 8, 12, 15])  # (rows of 16 run a row a unit)
-def test_segments_built_for_avx2(L, tmp_path, rng):
+@pytest.mark.parametrize("kind,L", [(k, L) for k in ("float32", "bf16", "strided")
+                                    for L in ([2, 3, 4, 7, 8, 12, 15] if k == "float32"
+                                              else [2, 5, 8, 13])])
+def test_segments_built_for_avx2(kind, L, tmp_path, rng):
     """The segment plan's kernel source built for AVX2 (segments_avx2.h: vf16 as two
     halves, lane masks through vmaskmovps), whatever the machine: the same answers as XLA
     for softmax, argmax / argmin with NaN and ties, sums, max / min, per-position weights
-    and per-row scales, over odd row counts and units handed out unevenly."""
-    x = _with_specials(randn(rng, 3, 347, L))
-    w, s = randn(rng, L), randn(rng, 3, 347, 1)
-
-    def f(x, w, s):
-        y = x * s
-        return (jax.nn.softmax(y, -1) * w, jnp.argmax(x, -1), jnp.argmin(x, -1),
-                jnp.sum(y, -1), jnp.max(x, -1), jnp.min(x, -1))
-    (group,) = pfjax.explain(f, x, w, s).groups
+    and per-row scales, bf16 rows, rows sliced from wider ones, over odd row counts and
+    units handed out unevenly. (Rows of 16 run a row a unit, not the segment plan.)"""
+    f, args, tol = _avx2_program(kind, L, rng)
+    (group,) = pfjax.explain(f, *args).groups
     source = Path(group.source_path)
-    assert "pfjax::seg::" in source.read_text()
+    want_call = {"float32": "pfjax::seg::load<", "bf16": "pfjax::seg::load_bf16<",
+                 "strided": "pfjax::seg::load_strided<"}[kind]
+    assert want_call in source.read_text()
     info = build_without_avx512(source, tmp_path / "avx2.so")
-    inputs = [np.asarray(a) for a in (x, w, s)]
+    inputs = [np.asarray(a) for a in args]
     inputs = [inputs[i] for i in _operand_order(info, inputs)]
-    want = [np.asarray(v) for v in jax.jit(f)(x, w, s)]
+    want = [np.asarray(v) for v in jax.jit(f)(*args)]
     cuts = sorted({0, 1, info.total // 3, info.total})
     got = _run_body(info, inputs, want, list(zip(cuts, cuts[1:])))
     for g, v in zip(got, want):
-        np.testing.assert_allclose(g, v, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(g.astype(np.float32), v.astype(np.float32), **tol)
 
 
 def _operand_order(info, inputs):
