@@ -63,17 +63,23 @@ def aligned(n: int) -> np.ndarray:
     return buf[off:off + n]
 
 
-def build_without_avx512(source: Path, lib: Path) -> KernelInfo:
-    """The kernel source built for AVX2 (vf16 as two AVX2 registers) with pfjax's own
-    compiler command; its descriptor (the library stays loaded)."""
+def build_for(source: Path, lib: Path, march: str) -> None:
+    """The kernel source built with pfjax's own compiler command for `march` instead of
+    the native machine (x86-64-v3: AVX2; x86-64-v4: AVX-512 F, BW, VL, DQ)."""
     import jax
     from pfjax.build import ToolchainMissing, find_toolchain
     try:
         toolchain = find_toolchain(jax.ffi.include_dir())
     except ToolchainMissing as err:
         pytest.skip(str(err))
-    cmd = [c if c != "-march=native" else "-march=x86-64-v3"
+    cmd = [c if c != "-march=native" else f"-march={march}"
            for c in toolchain.command(str(source), str(lib))]
     subprocess.run(cmd, check=True, capture_output=True)
+
+
+def build_without_avx512(source: Path, lib: Path) -> KernelInfo:
+    """The kernel source built for AVX2 (vf16 as two AVX2 registers); its descriptor (the
+    library stays loaded)."""
+    build_for(source, lib, "x86-64-v3")
     name = re.search(r"PFJAX_EXPORT_(?:PHASED_)?KERNEL\((\w+),", source.read_text()).group(1)
     return kernel_info(ctypes.CDLL(str(lib)), name)

@@ -14,7 +14,7 @@ import pytest
 from jax.test_util import check_grads
 
 import pfjax
-from tests.kernel_abi import aligned, build_without_avx512, needs_x86_gxx
+from tests.kernel_abi import aligned, build_for, build_without_avx512, needs_x86_gxx
 from tests.test_e2e import randn
 from tests.test_reductions import one_kernel
 
@@ -297,6 +297,17 @@ def test_segments_built_for_avx2(kind, L, tmp_path, rng):
     got = _run_body(info, inputs, want, list(zip(cuts, cuts[1:])))
     for g, v in zip(got, want):
         np.testing.assert_allclose(g.astype(np.float32), v.astype(np.float32), **tol)
+
+
+@needs_x86_gxx
+@pytest.mark.parametrize("kind", ["float32", "bf16", "strided"])
+def test_segments_compile_for_avx512(kind, tmp_path, rng):
+    """The same sources compile for AVX-512 (segments.h's own forms) on any x86 machine,
+    so a change to the shared generated text cannot break the other ISA unseen; they
+    run wherever the machine has AVX-512 (the tests above)."""
+    f, args, _ = _avx2_program(kind, 7, rng)
+    (group,) = pfjax.explain(f, *args).groups
+    build_for(Path(group.source_path), tmp_path / "avx512.so", "x86-64-v4")
 
 
 def _operand_order(info, inputs):
