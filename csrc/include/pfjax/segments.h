@@ -16,6 +16,43 @@
 #include <limits>
 #include <type_traits>
 
+#if PFJAX_VF16
+// What both ISAs' forms below share: lane masks as 16-bit integers, in scalar code.
+namespace pfjax {
+namespace seg {
+
+// The lanes of a vector that hold row elements: the first W of each segment.
+template <int L, int W>
+constexpr __mmask16 row_lanes() {
+  unsigned m = 0;
+  for (int lane = 0; lane < 16; ++lane) m |= unsigned(lane % L < W) << lane;
+  return static_cast<__mmask16>(m);
+}
+// The row lanes of the first `rows` rows of a vector (rows >= 16 / L: all of them).
+template <int L, int W>
+PFJAX_VF16_INLINE __mmask16 live(int64_t rows) {
+  const int64_t lanes = rows * L < 16 ? rows * L : 16;
+  return static_cast<__mmask16>((0xFFFFu >> (16 - lanes)) & row_lanes<L, W>());
+}
+// The first n of 16 lanes
+PFJAX_VF16_INLINE __mmask16 first(int64_t n) { return static_cast<__mmask16>(0xFFFFu >> (16 - n)); }
+// Per row, the position of the first lane of `m` in the row's segment (or `none`): an
+// argmax stored straight from the compare's lane mask.
+template <int L, int W>
+PFJAX_VF16_INLINE void store_first(int32_t* p, __mmask16 m, int32_t none, int64_t rows) {
+  constexpr unsigned kRow = (1u << W) - 1;
+  const int64_t n = rows < 16 / L ? rows : 16 / L;
+  for (int64_t q = 0; q < 16 / L; ++q) {
+    if (q >= n) break;
+    const unsigned row = (static_cast<unsigned>(m) >> (q * L)) & kRow;
+    p[q] = row ? static_cast<int32_t>(__builtin_ctz(row)) : none;
+  }
+}
+
+}  // namespace seg
+}  // namespace pfjax
+#endif
+
 // AVX-512 F with BW and VL (16-bit masked loads and stores) and DQ (mask <-> vector);
 // on AVX2 machines, segments_avx2.h at the end.
 #if PFJAX_VF16 && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512DQ__)
@@ -58,13 +95,6 @@ PFJAX_VF16_INLINE T butterfly(T v, F combine) {
   if constexpr (L >= 4) v = combine(v, T(swap<2>(v.v)));
   if constexpr (L >= 2) v = combine(v, T(swap<1>(v.v)));
   return v;
-}
-// The lanes of a vector that hold row elements: the first W of each segment.
-template <int L, int W>
-constexpr __mmask16 row_lanes() {
-  unsigned m = 0;
-  for (int lane = 0; lane < 16; ++lane) m |= unsigned(lane % L < W) << lane;
-  return static_cast<__mmask16>(m);
 }
 // v with the lanes past W set to `identity` (the reduction's own).
 template <int L, int W, typename T>
@@ -114,14 +144,6 @@ PFJAX_VF16_INLINE vi16 min(vi16 v) {
       __attribute__((always_inline)) { return vi16(_mm512_min_epi32(a.v, b.v)); });
 }
 
-// The row lanes of the first `rows` rows of a vector (rows >= 16 / L: all of them).
-template <int L, int W>
-PFJAX_VF16_INLINE __mmask16 live(int64_t rows) {
-  const int64_t lanes = rows * L < 16 ? rows * L : 16;
-  return static_cast<__mmask16>((0xFFFFu >> (16 - lanes)) & row_lanes<L, W>());
-}
-// The first n of 16 lanes
-PFJAX_VF16_INLINE __mmask16 first(int64_t n) { return static_cast<__mmask16>(0xFFFFu >> (16 - n)); }
 // Each lane's position in its row (0 .. L-1), and its row in the vector (0 .. 16/L-1).
 template <int L>
 PFJAX_VF16_INLINE vi16 position() {
@@ -257,18 +279,6 @@ PFJAX_VF16_INLINE void store_rows(float* p, vf16 v, int64_t rows) {
   const int64_t n = rows < 16 / L ? rows : 16 / L;
   _mm512_mask_storeu_ps(p, static_cast<__mmask16>((1u << n) - 1),
                         _mm512_maskz_compress_ps(kFirstLanes<L>, v.v));
-}
-// Per row, the position of the first lane of `m` in the row's segment (or `none`): an
-// argmax stored straight from the compare's lane mask.
-template <int L, int W>
-PFJAX_VF16_INLINE void store_first(int32_t* p, __mmask16 m, int32_t none, int64_t rows) {
-  constexpr unsigned kRow = (1u << W) - 1;
-  const int64_t n = rows < 16 / L ? rows : 16 / L;
-  for (int64_t q = 0; q < 16 / L; ++q) {
-    if (q >= n) break;
-    const unsigned row = (static_cast<unsigned>(m) >> (q * L)) & kRow;
-    p[q] = row ? static_cast<int32_t>(__builtin_ctz(row)) : none;
-  }
 }
 template <int L>
 PFJAX_VF16_INLINE void store_rows_f16(uint16_t* p, vf16 v, int64_t rows) {

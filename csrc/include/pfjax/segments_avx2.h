@@ -9,8 +9,6 @@
 // they are rare, and the staged plan they replace also went element by element.
 #pragma once
 
-#include <cstring>
-
 #define PFJAX_SEGMENTS 1
 namespace pfjax {
 
@@ -78,13 +76,6 @@ PFJAX_VF16_INLINE T butterfly(T v, F combine) {
   if constexpr (L >= 2) v = combine(v, swap<1>(v));
   return v;
 }
-// The lanes of a vector that hold row elements: the first W of each segment.
-template <int L, int W>
-constexpr __mmask16 row_lanes() {
-  unsigned m = 0;
-  for (int lane = 0; lane < 16; ++lane) m |= unsigned(lane % L < W) << lane;
-  return static_cast<__mmask16>(m);
-}
 // v with the lanes past W set to `identity` (the reduction's own).
 template <int L, int W>
 PFJAX_VF16_INLINE vf16 pad(vf16 v, vf16 identity) {
@@ -139,13 +130,6 @@ PFJAX_VF16_INLINE vi16 min(vi16 v) {
 }
 
 // ---------------------------------------------------------------- rows and positions
-// The row lanes of the first `rows` rows of a vector (rows >= 16 / L: all of them).
-template <int L, int W>
-PFJAX_VF16_INLINE __mmask16 live(int64_t rows) {
-  const int64_t lanes = rows * L < 16 ? rows * L : 16;
-  return static_cast<__mmask16>((0xFFFFu >> (16 - lanes)) & row_lanes<L, W>());
-}
-PFJAX_VF16_INLINE __mmask16 first(int64_t n) { return static_cast<__mmask16>(0xFFFFu >> (16 - n)); }
 // Each lane's position in its row (0 .. L-1)
 template <int L>
 PFJAX_VF16_INLINE vi16 position() {
@@ -311,18 +295,6 @@ PFJAX_VF16_INLINE void store_rows_f16(uint16_t* p, vf16 v, int64_t rows) {
 template <int L>
 PFJAX_VF16_INLINE void store_rows_bf16(uint16_t* p, vf16 v, int64_t rows) {
   store_rows_halves<L>(p, bf16_bits(v), rows);
-}
-// Per row, the position of the first lane of `m` in the row's segment (or `none`): an
-// argmax stored straight from the compare's lane mask.
-template <int L, int W>
-PFJAX_VF16_INLINE void store_first(int32_t* p, __mmask16 m, int32_t none, int64_t rows) {
-  constexpr unsigned kRow = (1u << W) - 1;
-  const int64_t n = rows < 16 / L ? rows : 16 / L;
-  for (int64_t q = 0; q < 16 / L; ++q) {
-    if (q >= n) break;
-    const unsigned row = (static_cast<unsigned>(m) >> (q * L)) & kRow;
-    p[q] = row ? static_cast<int32_t>(__builtin_ctz(row)) : none;
-  }
 }
 
 }  // namespace seg
