@@ -256,6 +256,26 @@ def test_concat_pieces_with_streamed_stores(monkeypatch, rng, mode):
     assert "?" not in open(group.source_path).read().split("_body")[1].split("PFJAX_EXPORT")[0]
 
 
+@pytest.mark.parametrize("mode", ["1", "0"])
+@pytest.mark.parametrize("widths", [(1000, 24, 333), (64, 128, 16)])
+def test_concat_pieces_run_whole_vectors(monkeypatch, rng, mode, widths):
+    """Pieces with an exp or logistic in them run explicit-vector loops each, from their own
+    start in the row (unaligned where a piece's width is not a multiple of 16): streamed
+    straight out where aligned, through the tile where not; specials included."""
+    monkeypatch.setenv("PFJAX_NONTEMPORAL", mode)
+    wa, wb, wc = widths
+    a, b, c = randn(rng, 67, wa), randn(rng, 67, wb), randn(rng, 67, wc)
+    a[0, :4] = [np.nan, np.inf, -np.inf, 90.0]
+    c[1, :3] = [np.nan, -np.inf, 1e30]
+
+    def f(a, b, c):
+        return jnp.concatenate([jax.nn.gelu(a), jnp.exp(b) * 2.0, jax.nn.sigmoid(c - 1.0)], 1)
+    one_kernel(f, a, b, c)
+    (group,) = pfjax.explain(f, a, b, c).groups
+    body = open(group.source_path).read().split("_body")[1]
+    assert body.count("const int64_t js") >= 3 and body.count("for (int64_t j = js; j < jv; j += 16)") >= 3
+
+
 @pytest.mark.parametrize("shape,dtype", [((70, 45), np.float32), ((3, 50, 37), np.float32),
                                          ((2, 300, 33), jnp.bfloat16), ((600, 520), np.float32)])
 def test_transpose_goes_through_a_stage_tile(shape, dtype, rng):

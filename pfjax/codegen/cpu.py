@@ -212,15 +212,17 @@ def _emit_row(w: _Writer, variants, ptr_names: dict[int, str], vector: int,
         loop_len, offset = "m", "t0 + "
     else:
         loop_len, offset = "n", ""
-    tile_order: list[list[int]] = []
     for lo, hi, nodes in variants:
-        if len(variants) == 1:
-            start, stop = "0", loop_len
-        else:  # this interval's part of the row (its inner index runs from col + offset)
+        if len(variants) > 1:  # this interval's part of the row (its index runs from col + offset)
             base = f"col + {offset}0"
-            start = f"std::min<int64_t>(std::max<int64_t>({lo} - ({base}), 0), {loop_len})"
-            stop = f"std::min<int64_t>(std::max<int64_t>({hi} - ({base}), 0), {loop_len})"
-        vectorized = len(variants) == 1 and vector == 16 and vector_mode.VECTOR_LOOPS and \
+            w("{")
+            w.indent()
+            w(f"const int64_t js = std::min<int64_t>(std::max<int64_t>({lo} - ({base}), 0), {loop_len});")
+            w(f"const int64_t je = std::min<int64_t>(std::max<int64_t>({hi} - ({base}), 0), {loop_len});")
+            start, stop = "js", "je"
+        else:
+            start, stop = "0", loop_len
+        vectorized = vector == 16 and vector_mode.VECTOR_LOOPS and \
             vector_body_ok(nodes, _lane_stride(unit, streamed), streams=bool(streamed))
         # streamed vectors go straight out where aligned (vector.direct_flag)
         direct = [n for n in nodes if id(n) in streamed] if vectorized else []
@@ -228,8 +230,9 @@ def _emit_row(w: _Writer, variants, ptr_names: dict[int, str], vector: int,
             w("{")
             w.indent()
             w(f"int64_t jv = {start};")
+            first = "" if start == "0" else f" + {start}"
             for k, st in enumerate(direct):
-                w(direct_flag(k, f"{ptr_names[id(st)]} + t0"))
+                w(direct_flag(k, f"{ptr_names[id(st)]} + t0{first}"))
             _emit_vector_row(w, nodes, ptr_names, offset, streamed, unit, hoisted, start, stop,
                              inner_dim)
             start = "jv"
@@ -260,23 +263,27 @@ def _emit_row(w: _Writer, variants, ptr_names: dict[int, str], vector: int,
         w("}")
         if vectorized:
             scalar_tail(w.lines, tail)
-        for k, st in enumerate(direct):
-            ptr, tile = ptr_names[id(st)], _tile_ptr(k, st)
-            w(f"if (direct{k}) pfjax::rt::stream_copy({ptr} + t0 + jv, {tile} + jv, m - jv);")
-            w(f"else pfjax::rt::stream_copy({ptr} + t0, {tile}, m);")
+        # Each interval's streamed part of the tile leaves by itself: the direct vectors
+        # are already out, so a copy of the whole tile would overwrite them.
+        interval = "0" if len(variants) == 1 else "js"
+        for k, key in enumerate(tiles):
+            store = next(n for n in nodes if id(n) == key)
+            ptr, tile = ptr_names[key], _tile_ptr(k, store)
+            whole = f"pfjax::rt::stream_copy({ptr} + t0 + {interval}, {tile} + {interval}, {stop} - {interval});"
+            if direct:
+                w(f"if (direct{k}) pfjax::rt::stream_copy({ptr} + t0 + jv, {tile} + jv, {stop} - jv);")
+                w(f"else {whole}")
+            else:
+                w(whole)
         if vectorized:
             w.indent(-1)
             w("}")
-        tile_order.append([] if direct else tiles)
+        if len(variants) > 1:
+            w.indent(-1)
+            w("}")
     if streamed:
-        # Every interval writes the same outputs in the same order: copy each tile once.
-        _, _, nodes = variants[0]
-        for k, key in enumerate(tile_order[0]):
-            store = next(n for n in nodes if id(n) == key)
-            w(f"pfjax::rt::stream_copy({ptr_names[key]} + t0, {_tile_ptr(k, store)}, m);")
         w.indent(-1)
         w("}")
-
 
 # Values that depend on the column only (batchnorm's rsqrt(var + eps) * gamma) and cost
 # more than a few instructions are computed once per task for the whole row, into a tile
