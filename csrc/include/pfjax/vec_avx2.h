@@ -28,17 +28,21 @@ struct vf16 {
 
 // ---------------------------------------------------------------- half precision
 #define PFJAX_HALF_INLINE static inline __attribute__((always_inline))
-PFJAX_HALF_INLINE __m256 bf16_to_ps(__m128i h) {
-  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+// Half loads read each 8-element half with its own 128-bit load: one 256-bit load split by
+// vextracti128 ran 3.2x slower (bf16) and 2.5x (f16) in a loop of three loads and an FMA.
+// bf16: the load broadcasts to both 128-bit lanes (a load-port operation), one vpshufb
+// puts elements 0-3 and 4-7 into the high halves of the 32-bit lanes.
+PFJAX_HALF_INLINE __m256 bf16x8_to_ps(const uint16_t* p) {
+  const __m256i h = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  const __m256i spread = _mm256_setr_epi8(-1, -1, 0, 1, -1, -1, 2, 3, -1, -1, 4, 5, -1, -1, 6, 7,
+                                          -1, -1, 8, 9, -1, -1, 10, 11, -1, -1, 12, 13, -1, -1, 14, 15);
+  return _mm256_castsi256_ps(_mm256_shuffle_epi8(h, spread));
 }
 PFJAX_HALF_INLINE vf16 load_f16(const uint16_t* p) {
-  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-  return {_mm256_cvtph_ps(_mm256_castsi256_si128(h)), _mm256_cvtph_ps(_mm256_extracti128_si256(h, 1))};
+  return {_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))),
+          _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 8)))};
 }
-PFJAX_HALF_INLINE vf16 load_bf16(const uint16_t* p) {
-  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-  return {bf16_to_ps(_mm256_castsi256_si128(h)), bf16_to_ps(_mm256_extracti128_si256(h, 1))};
-}
+PFJAX_HALF_INLINE vf16 load_bf16(const uint16_t* p) { return {bf16x8_to_ps(p), bf16x8_to_ps(p + 8)}; }
 PFJAX_HALF_INLINE __m256i f16_bits(vf16 x) {
   constexpr int kNearest = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
   return _mm256_set_m128i(_mm256_cvtps_ph(x.b, kNearest), _mm256_cvtps_ph(x.a, kNearest));
