@@ -52,6 +52,28 @@ def test_softmax_last_loop_a_unit_late(monkeypatch, rng, stream, rows, cols):
     assert DEFERRED in src
 
 
+@pytest.mark.parametrize("stream", ["0", "1"])
+@pytest.mark.parametrize("dtype", [np.float16, jnp.bfloat16], ids=["float16", "bfloat16"])
+def test_half_softmax_late_loop_over_vectors(monkeypatch, rng, stream, dtype):
+    """Half softmax: the exponentials wait in a float32 tile and meet the half sum in the
+    late loop's division; that loop runs over pfjax::vf16 (float lanes, one rounding at the
+    store) and matches XLA (which rounds the exponentials to the half type first)."""
+    monkeypatch.setenv("PFJAX_NONTEMPORAL", stream)
+    x = _special_rows(rng.standard_normal((37, 1000)).astype(np.float32) * 3).astype(dtype)
+
+    def f(x):
+        return jax.nn.softmax(x, axis=-1)
+
+    got = np.asarray(jax.jit(pfjax.fuse(f))(x), np.float32)
+    want = np.asarray(jax.jit(f)(x), np.float32)
+    tol = 1e-2 if dtype is jnp.bfloat16 else 2e-3
+    np.testing.assert_allclose(got, want, rtol=tol, atol=tol * 1e-2)
+    (src,) = _sources(f, x)
+    name = "bf16" if dtype is jnp.bfloat16 else "f16"
+    late = src.split(DEFERRED)[1]
+    assert "pfjax::vf16::load(&tile0_p[" in late and f"pfjax::store_{name}(" in late
+
+
 def test_two_late_stores_read_the_input_and_the_tile(rng):
     """Softmax and log-softmax of one row from one kernel: the late loop reads the tile of
     the previous row (swapped per row), the previous row of the input (its carried index)

@@ -55,7 +55,9 @@ def vector_node_ok(n: gir.Node) -> bool:
         return False
     operands = {s.dtype for s in n.src}
     if n.dtype in floats:
-        return n.arg in VECTOR_ALU and operands == {n.dtype}
+        # all float lanes: a half value kept in a float32 tile (softmax's exponentials)
+        # meets half operands here, as in the scalar loop's float arithmetic
+        return n.arg in VECTOR_ALU and operands <= set(floats)
     if n.dtype is boolean:
         return (n.arg in VECTOR_COMPARE and len(operands) == 1 and operands <= set(floats)) or \
             (n.arg in VECTOR_LOGIC and operands == {boolean})
