@@ -7,6 +7,7 @@ segment short), under grad and vmap, and built without AVX-512."""
 from __future__ import annotations
 
 import ctypes
+import re
 from pathlib import Path
 
 import jax
@@ -44,6 +45,35 @@ PROGRAMS = {
     "centred and scaled": lambda x: (x - x.mean(0)) / (x.std(0) + 1.0),
     "max then masked sum": lambda x: jnp.sum(jnp.where(x > x.max(0) - 1.0, x, 0.0), 0),
 }
+
+
+@pytest.mark.parametrize("rows, cols", [(5000, 48), (4133, 32)])
+def test_softmax_exponentials_wait_in_the_output(rng, rows, cols):
+    """Each exponential of a phased softmax over axis 0 is computed once: the sum's phase
+    stores it in the output (a unit's tile would not fit the local level), the last phase
+    reads it back and scales it in place; explain says where it waits. The GIR after the
+    passes, run by the interpreter, gives XLA's answer too."""
+    from pfjax import gir
+    from pfjax.compile import plan
+    from pfjax.frontend import lower_group
+    from pfjax.passes.pipeline import run_passes
+
+    f = PROGRAMS["softmax"]
+    x = _columns(rng, rows, cols)
+    want = np.asarray(jax.jit(f)(x))
+    np.testing.assert_allclose(np.asarray(jax.jit(pfjax.fuse(f))(x)), want, rtol=2e-5, atol=2e-6)
+    report = str(pfjax.explain(f, x))
+    assert "out0 (exp): written in loop 1 and kept there, at the global level" in report
+    (src,) = _sources(f, x)
+    sum_phase, last_phase = src.split("_body1(")[1].split("_body2(")
+    assert "exp_v" in sum_phase and re.search(r"\bout0\[[^]]*\] = ", sum_phase)
+    last_phase = last_phase.split("PFJAX_EXPORT")[0]
+    assert "exp_v" not in last_phase and re.search(r"= out0\[", last_phase)
+    p = plan(f, [jax.core.ShapedArray(x.shape, jnp.float32)])
+    kernel = run_passes(lower_group(p.groups[0].group))
+    assert any(gir.reads_back(n) and n.src[0].arg.role == "out" for n in gir.toposort(kernel.root))
+    (got,) = gir.interp.run(kernel, [x])
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6)
 
 
 @pytest.mark.parametrize("rows, cols", [(5000, 48), (4133, 32)])

@@ -3,7 +3,7 @@ from pfjax.gir.dtypes import DType, dtype_from_name
 from pfjax.gir.graph import (REDUCE_OPS, Buffer, Kernel, Move, Node, Op, Parallel, Reduction,
                              View, alu, buffer, cast, const, contiguous_strides, index,
                              is_tile_load, load, load_guard, load_offset, load_tile, parallel,
-                             reduce, rewrite, select, store, tile, toposort)
+                             reads_back, reduce, rewrite, select, store, tile, toposort)
 from pfjax.gir.ops import ALU_OPS, alu_op
 from pfjax.gir.printer import format_kernel
 from pfjax.gir.target import GLOBAL, LOCAL, REG, MemoryLevel, Target, cpu_target, cuda_target

@@ -204,6 +204,12 @@ def is_tile_load(node: Node) -> bool:
     return node.op is Op.LOAD and node.src[0].arg.role == "tile"
 
 
+def reads_back(node: Node) -> bool:
+    """A load of what a store of the same kernel wrote (a tile, or a value waiting in an
+    output buffer): it runs in a loop after the store's."""
+    return node.op is Op.LOAD and len(node.src) == 2 and node.src[1].op is Op.STORE
+
+
 def tile(index: int, dtype: DType, shape: tuple[int, ...]) -> Node:
     """A scratch buffer at the local level, private to one parallel unit (a row)."""
     return Node(Op.BUFFER, dtype, (), Buffer(index, "tile", tuple(shape)), LOCAL)

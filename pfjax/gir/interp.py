@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from pfjax.gir.dtypes import DType
-from pfjax.gir.graph import Kernel, Op, is_tile_load, load_guard, load_offset, toposort
+from pfjax.gir.graph import Kernel, Op, load_guard, load_offset, reads_back, toposort
 from pfjax.gir.ops import alu_op
 
 _NP = {DType.F64: np.float64, DType.F32: np.float32, DType.F16: np.float16,
@@ -81,8 +81,8 @@ def run(kernel: Kernel, inputs: list[np.ndarray]) -> list[np.ndarray]:
         for node in toposort(kernel.root):
             if node.op in (Op.BUFFER, Op.PARALLEL):
                 continue
-            src = [values[id(s)] for s in node.src if s.op is not Op.BUFFER]
-            if is_tile_load(node):  # what its store wrote
+            src = [values[id(s)] for s in node.src if s.op not in (Op.BUFFER, Op.STORE)]
+            if reads_back(node):  # what its store wrote
                 values[id(node)] = values[id(node.src[1].src[1])]
             elif node.op is Op.LOAD:
                 flat = flat_in[id(node.src[0])]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from pfjax.gir.graph import Kernel, Node, Op, is_tile_load, toposort
+from pfjax.gir.graph import Kernel, Node, Op, is_tile_load, reads_back, toposort
 
 
 @dataclass
@@ -64,7 +64,7 @@ def loop_nest(kernel: Kernel) -> LoopNest:
             phase[id(n)], full[id(n)] = max((phase[id(s)] for s in src), default=0), False
             continue
         if n.op is Op.LOAD:
-            if is_tile_load(n):
+            if reads_back(n):
                 phase[id(n)], full[id(n)] = phase[id(n.src[1])] + 1, True
             else:  # a dynamic or guarded load also waits for its offset and guard
                 phase[id(n)] = max((phase[id(s)] for s in src), default=0)

@@ -4,9 +4,13 @@ A reduction kernel runs several loops over the same row (gir.loops). A computed 
 that a later loop needs again is either recomputed there from its inputs (registers:
 free when it is a few cheap ops) or written to a tile at the local level in the loop
 that first computes it and read back later (when recomputing would cost more than a store
-and a load, e.g. the exp of a softmax). Inputs are re-read: when the row fits the local
-level the re-read hits the cache, else it comes from global memory again. `describe`
-reports these decisions for `pfjax.explain`.
+and a load, e.g. the exp of a softmax). When the unit's tile would not fit the local
+level (softmax over axis 0, over very long rows) such a value can still wait in the
+output the last loop writes element by element: stored there where it is first computed,
+read back and overwritten by the last loop (a global store and load per element against
+a transcendental). Inputs are re-read: when the row fits the local level the re-read hits
+the cache, else it comes from global memory again. `describe` reports these decisions
+for `pfjax.explain`.
 """
 from __future__ import annotations
 
@@ -17,6 +21,9 @@ from pfjax.gir.loops import LoopNest, is_tile_load, loop_nest
 # Recomputing a value costs its ALU ops (a transcendental ~16); a tile costs a store and
 # a load at the local level, about as much as this many simple ops.
 TILE_COST = 4
+# Waiting in an output at the global level: a store and a load there per element.
+SPILL_COST = 8
+SPILL = True
 
 
 def _weight(n: gir.Node) -> int:
@@ -79,44 +86,74 @@ def keep_reused(kernel: gir.Kernel, target: gir.Target) -> gir.Kernel:
     rows = _row_elems(kernel, target)
     budget = target.level(gir.LOCAL).capacity_bytes - _input_row_bytes(kernel, nest, rows)
     chosen: list[gir.Node] = []
+    spilled: dict[int, tuple[gir.Node, gir.Node]] = {}  # output buffer -> (value, its store)
     for loop, cone in enumerate(_loop_cones(kernel, nest)):
         in_cone = {id(n) for n in cone}
         for n in cone:
             if nest.phase[id(n)] != loop:
                 continue
             for s in n.src:  # s is computed in an earlier loop and needed in this one
-                if id(s) in in_cone and nest.phase[id(s)] < loop and s.op is not Op.LOAD \
-                        and s not in chosen and _recompute_cost(s, nest) > TILE_COST \
-                        and rows * 4 <= budget:
+                if id(s) not in in_cone or nest.phase[id(s)] >= loop or s.op is Op.LOAD \
+                        or s in chosen or _recompute_cost(s, nest) <= TILE_COST:
+                    continue
+                if rows * 4 <= budget:
                     chosen.append(s)
                     budget -= rows * 4
-    if not chosen:
+                elif SPILL and _recompute_cost(s, nest) > SPILL_COST:
+                    out = _spill_output(kernel, nest, s)
+                    if out is not None and id(out.src[0]) not in spilled:
+                        spilled[id(out.src[0])] = (s, out)
+    if not chosen and not spilled:
         return kernel
-    return _tile(kernel, nest, chosen)
+    return _tile(kernel, nest, chosen, [s for s, _ in spilled.values()],
+                 {id(s): out for s, out in spilled.values()})
 
 
-def _tile(kernel: gir.Kernel, nest: LoopNest, chosen: list[gir.Node]) -> gir.Kernel:
+def _spill_output(kernel: gir.Kernel, nest: LoopNest, value: gir.Node) -> gir.Node | None:
+    """The store of an output in the last loop that `value` can wait in: element by
+    element over the parallel space (a contiguous view), of value's type, written by the
+    last loop only."""
+    space = kernel.parallel.space
+    view = gir.View(space, gir.contiguous_strides(space))
+    last = nest.num_loops - 1
+    stores = [n for n in kernel.root.src if n.op is Op.STORE]
+    for st in stores:
+        buf = st.src[0]
+        if buf.arg.role == "out" and st.arg.view == view and buf.dtype == value.dtype \
+                and nest.phase[id(st)] == last and nest.full[id(st)] \
+                and st.src[1] is not value and sum(o.src[0] is buf for o in stores) == 1:
+            return st
+    return None
+
+
+def _tile(kernel: gir.Kernel, nest: LoopNest, chosen: list[gir.Node],
+          spilled: list[gir.Node] = (), outputs: dict[int, gir.Node] | None = None
+          ) -> gir.Kernel:
+    """Each chosen value stored to a tile of its own where it is computed, each spilled
+    one to its output (outputs: id -> the output's store); later loops load it back."""
     space = kernel.parallel.space
     view = gir.View(space, gir.contiguous_strides(space))
     new: dict[int, gir.Node] = {}
-    tile_store: dict[int, gir.Node] = {}
+    kept: dict[int, gir.Node] = {}  # value -> the store it waits behind
     for n in gir.toposort(kernel.root):
         if n.op is Op.PARALLEL:
             continue
         src = []
         for s in n.src:
             runs_in = nest.phase[id(n.src[0])] if n.op is Op.REDUCE else nest.phase.get(id(n), 0)
-            if id(s) in tile_store and runs_in > nest.phase[id(s)]:
-                src.append(gir.load_tile(tile_store[id(s)], view))
+            if id(s) in kept and runs_in > nest.phase[id(s)]:
+                src.append(gir.load_tile(kept[id(s)], view))
             else:
                 src.append(new[id(s)])
         new[id(n)] = n.replace(src=tuple(src))
         if any(n is c for c in chosen):
-            k = len(tile_store)
-            buf = gir.tile(k, n.dtype.compute, space)
-            tile_store[id(n)] = gir.store(buf, new[id(n)], view)
+            buf = gir.tile(sum(k.src[0].arg.role == "tile" for k in kept.values()),
+                           n.dtype.compute, space)
+            kept[id(n)] = gir.store(buf, new[id(n)], view)
+        elif any(n is c for c in spilled):
+            kept[id(n)] = gir.store(outputs[id(n)].src[0], new[id(n)], view)
     root = kernel.root
-    stores = [*tile_store.values(), *(new[id(s)] for s in root.src)]
+    stores = [*kept.values(), *(new[id(s)] for s in root.src)]
     return kernel.with_root(gir.parallel(root.arg, stores))
 
 
@@ -141,7 +178,14 @@ def describe(kernel: gir.Kernel, target: gir.Target) -> list[str]:
     buffers: dict[str, list[int]] = {}
     for key, loops in loops_of.items():
         n = by_id[key]
-        if n.op is Op.LOAD and not is_tile_load(n):
+        if gir.reads_back(n) and not is_tile_load(n):
+            name = f"{n.src[0].arg.role}{n.src[0].arg.index}"
+            value = n.src[1].src[1]
+            lines.append(f"{name} ({value.arg if value.op is Op.ALU else value.op.value}): "
+                         f"written in loop {nest.phase[id(n.src[1])]} and kept there, at the "
+                         f"global level (a unit's tile of {rows * n.dtype.itemsize} B would "
+                         f"not fit the local level), read back in loop(s) {loops}")
+        elif n.op is Op.LOAD and not is_tile_load(n):
             name = f"{n.src[0].arg.role}{n.src[0].arg.index}"
             buffers[name] = sorted(set(buffers.get(name, []) + loops))
         elif is_tile_load(n):
