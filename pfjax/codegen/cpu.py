@@ -217,8 +217,9 @@ def _emit_row(w: _Writer, variants, ptr_names: dict[int, str], vector: int,
             base = f"col + {offset}0"
             w("{")
             w.indent()
-            w(f"const int64_t js = std::min<int64_t>(std::max<int64_t>({lo} - ({base}), 0), {loop_len});")
-            w(f"const int64_t je = std::min<int64_t>(std::max<int64_t>({hi} - ({base}), 0), {loop_len});")
+            for name, edge in (("js", lo), ("je", hi)):
+                w(f"const int64_t {name} = "
+                  f"std::min<int64_t>(std::max<int64_t>({edge} - ({base}), 0), {loop_len});")
             start, stop = "js", "je"
         else:
             start, stop = "0", loop_len
@@ -269,12 +270,11 @@ def _emit_row(w: _Writer, variants, ptr_names: dict[int, str], vector: int,
         for k, key in enumerate(tiles):
             store = next(n for n in nodes if id(n) == key)
             ptr, tile = ptr_names[key], _tile_ptr(k, store)
-            whole = f"pfjax::rt::stream_copy({ptr} + t0 + {interval}, {tile} + {interval}, {stop} - {interval});"
             if direct:
-                w(f"if (direct{k}) pfjax::rt::stream_copy({ptr} + t0 + jv, {tile} + jv, {stop} - jv);")
-                w(f"else {whole}")
+                w(f"if (direct{k}) {_stream_copy(ptr, tile, 'jv', stop)}")
+                w(f"else {_stream_copy(ptr, tile, interval, stop)}")
             else:
-                w(whole)
+                w(_stream_copy(ptr, tile, interval, stop))
         if vectorized:
             w.indent(-1)
             w("}")
@@ -284,6 +284,11 @@ def _emit_row(w: _Writer, variants, ptr_names: dict[int, str], vector: int,
     if streamed:
         w.indent(-1)
         w("}")
+
+def _stream_copy(ptr: str, tile: str, first: str, stop: str) -> str:
+    """The tile's elements [first, stop) of this block out to ptr with streaming stores."""
+    return f"pfjax::rt::stream_copy({ptr} + t0 + {first}, {tile} + {first}, {stop} - {first});"
+
 
 # Values that depend on the column only (batchnorm's rsqrt(var + eps) * gamma) and cost
 # more than a few instructions are computed once per task for the whole row, into a tile

@@ -21,7 +21,8 @@ from pfjax.gir.loops import LoopNest, is_tile_load, loop_nest
 # Recomputing a value costs its ALU ops (a transcendental ~16); a tile costs a store and
 # a load at the local level, about as much as this many simple ops.
 TILE_COST = 4
-# Waiting in an output at the global level: a store and a load there per element.
+# Waiting in an output at the global level: a store and a load there per element. CPU
+# only: the CUDA emitters have not been checked on a device with such a load.
 SPILL_COST = 8
 SPILL = True
 
@@ -99,7 +100,7 @@ def keep_reused(kernel: gir.Kernel, target: gir.Target) -> gir.Kernel:
                 if rows * 4 <= budget:
                     chosen.append(s)
                     budget -= rows * 4
-                elif SPILL and _recompute_cost(s, nest) > SPILL_COST:
+                elif SPILL and target.backend == "cpu" and _recompute_cost(s, nest) > SPILL_COST:
                     out = _spill_output(kernel, nest, s)
                     if out is not None and id(out.src[0]) not in spilled:
                         spilled[id(out.src[0])] = (s, out)
