@@ -62,10 +62,6 @@ PFJAX_AVX2_INLINE __m256 pfjax_exp8(__m256 x) {
   const __m256 in = _mm256_and_ps(_mm256_cmp_ps(x, _mm256_set1_ps(-87.3365402f), _CMP_GE_OQ),
                                   _mm256_cmp_ps(x, _mm256_set1_ps(88.3762589f), _CMP_LE_OQ));
   if (__builtin_expect(_mm256_movemask_ps(in) == 0xFF, 1)) return pfjax_exp_core8(x);
-  // A whole vector whose results round to 0 (the masked part of an attention row, one
-  // contiguous run per row): no clamps, no polynomial.
-  if (_mm256_movemask_ps(_mm256_cmp_ps(x, _mm256_set1_ps(-104.0f), _CMP_LT_OQ)) == 0xFF)
-    return _mm256_setzero_ps();
   return pfjax_exp8_edges(x);
 }
 // 1 / (1 + exp(-x)); -x clamped to +-87 keeps exp normal; 0 below x = -87 (as XLA:
