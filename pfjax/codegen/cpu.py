@@ -285,6 +285,7 @@ def _emit_row(w: _Writer, variants, ptr_names: dict[int, str], vector: int,
         w.indent(-1)
         w("}")
 
+
 def _stream_copy(ptr: str, tile: str, first: str, stop: str) -> str:
     """The tile's elements [first, stop) of this block out to ptr with streaming stores."""
     return f"pfjax::rt::stream_copy({ptr} + t0 + {first}, {tile} + {first}, {stop} - {first});"

@@ -87,7 +87,7 @@ def keep_reused(kernel: gir.Kernel, target: gir.Target) -> gir.Kernel:
     rows = _row_elems(kernel, target)
     budget = target.level(gir.LOCAL).capacity_bytes - _input_row_bytes(kernel, nest, rows)
     chosen: list[gir.Node] = []
-    spilled: dict[int, tuple[gir.Node, gir.Node]] = {}  # output buffer -> (value, its store)
+    spill_to: dict[int, gir.Node] = {}  # value -> the output buffer it waits in
     for loop, cone in enumerate(_loop_cones(kernel, nest)):
         in_cone = {id(n) for n in cone}
         for n in cone:
@@ -95,47 +95,47 @@ def keep_reused(kernel: gir.Kernel, target: gir.Target) -> gir.Kernel:
                 continue
             for s in n.src:  # s is computed in an earlier loop and needed in this one
                 if id(s) not in in_cone or nest.phase[id(s)] >= loop or s.op is Op.LOAD \
-                        or s in chosen or _recompute_cost(s, nest) <= TILE_COST:
+                        or s in chosen or id(s) in spill_to:
+                    continue
+                cost = _recompute_cost(s, nest)
+                if cost <= TILE_COST:
                     continue
                 if rows * 4 <= budget:
                     chosen.append(s)
                     budget -= rows * 4
-                elif SPILL and target.backend == "cpu" and _recompute_cost(s, nest) > SPILL_COST:
+                elif SPILL and target.backend == "cpu" and cost > SPILL_COST:
                     out = _spill_output(kernel, nest, s)
-                    if out is not None and id(out.src[0]) not in spilled:
-                        spilled[id(out.src[0])] = (s, out)
-    if not chosen and not spilled:
+                    if out is not None and all(b is not out for b in spill_to.values()):
+                        spill_to[id(s)] = out
+    if not chosen and not spill_to:
         return kernel
-    return _tile(kernel, nest, chosen, [s for s, _ in spilled.values()],
-                 {id(s): out for s, out in spilled.values()})
+    return _tile(kernel, nest, chosen, spill_to)
 
 
 def _spill_output(kernel: gir.Kernel, nest: LoopNest, value: gir.Node) -> gir.Node | None:
-    """The store of an output in the last loop that `value` can wait in: element by
-    element over the parallel space (a contiguous view), of value's type, written by the
-    last loop only."""
+    """The output buffer `value` can wait in: one the last loop alone writes, element by
+    element over the parallel space (a contiguous view), of value's type."""
     space = kernel.parallel.space
     view = gir.View(space, gir.contiguous_strides(space))
-    last = nest.num_loops - 1
     stores = [n for n in kernel.root.src if n.op is Op.STORE]
     for st in stores:
         buf = st.src[0]
         if buf.arg.role == "out" and st.arg.view == view and buf.dtype == value.dtype \
-                and nest.phase[id(st)] == last and nest.full[id(st)] \
+                and nest.phase[id(st)] == nest.num_loops - 1 and nest.full[id(st)] \
                 and st.src[1] is not value and sum(o.src[0] is buf for o in stores) == 1:
-            return st
+            return buf
     return None
 
 
 def _tile(kernel: gir.Kernel, nest: LoopNest, chosen: list[gir.Node],
-          spilled: list[gir.Node] = (), outputs: dict[int, gir.Node] | None = None
-          ) -> gir.Kernel:
-    """Each chosen value stored to a tile of its own where it is computed, each spilled
-    one to its output (outputs: id -> the output's store); later loops load it back."""
+          spill_to: dict[int, gir.Node]) -> gir.Kernel:
+    """Each chosen value stored to a tile of its own where it is computed, each value of
+    spill_to to its output buffer; later loops load it back."""
     space = kernel.parallel.space
     view = gir.View(space, gir.contiguous_strides(space))
     new: dict[int, gir.Node] = {}
     kept: dict[int, gir.Node] = {}  # value -> the store it waits behind
+    tiles = 0
     for n in gir.toposort(kernel.root):
         if n.op is Op.PARALLEL:
             continue
@@ -148,11 +148,10 @@ def _tile(kernel: gir.Kernel, nest: LoopNest, chosen: list[gir.Node],
                 src.append(new[id(s)])
         new[id(n)] = n.replace(src=tuple(src))
         if any(n is c for c in chosen):
-            buf = gir.tile(sum(k.src[0].arg.role == "tile" for k in kept.values()),
-                           n.dtype.compute, space)
-            kept[id(n)] = gir.store(buf, new[id(n)], view)
-        elif any(n is c for c in spilled):
-            kept[id(n)] = gir.store(outputs[id(n)].src[0], new[id(n)], view)
+            kept[id(n)] = gir.store(gir.tile(tiles, n.dtype.compute, space), new[id(n)], view)
+            tiles += 1
+        elif id(n) in spill_to:
+            kept[id(n)] = gir.store(spill_to[id(n)], new[id(n)], view)
     root = kernel.root
     stores = [*kept.values(), *(new[id(s)] for s in root.src)]
     return kernel.with_root(gir.parallel(root.arg, stores))
