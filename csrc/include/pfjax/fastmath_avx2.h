@@ -57,19 +57,47 @@ PFJAX_AVX2_INLINE __m256 pfjax_exp8_edges(__m256 x) {
   }
   return y;
 }
+// exp(x) for x in [-86.6, 127.5 ln 2] (n = round(8 x / ln 2) in [-1000, 1020], so that
+// 2^(n >> 3) is a normal scale): 2^(n/8) as an entry of a table of the eight 2^(j/8) times
+// exponent bits, exp of the remainder (|r| <= ln 2 / 16) by a quartic. 0.89 ulp over the
+// range (checked on every float). Shorter and with fewer multiplies than exp_core8's
+// degree-6 form: a softmax exponent loop 1.15x faster on Zen 3.
+PFJAX_AVX2_INLINE __m256 pfjax_exp_table8(__m256 x) {
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(11.541560327111707f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f / 8), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f / 8), r);
+  const __m256i ni = _mm256_cvtps_epi32(n);
+  const __m256 tj = _mm256_permutevar8x32_ps(  // 2^(j/8), j = n & 7 (vpermps reads 3 bits)
+      _mm256_set_ps(1.8340081f, 1.6817929f, 1.5422108f, 1.4142135f, 1.2968396f, 1.1892071f,
+                    1.0905077f, 1.0f), ni);
+  // 1 + r + r^2 (1/2 + c3 r + c4 r^2), fitted for relative error on [-ln2/16, ln2/16]
+  __m256 p = _mm256_fmadd_ps(_mm256_set1_ps(0.04166043f), r, _mm256_set1_ps(0.16668026f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r);
+  p = _mm256_fmadd_ps(p, tj, tj);
+  return _mm256_castsi256_ps(_mm256_add_epi32(
+      _mm256_castps_si256(p), _mm256_slli_epi32(_mm256_srai_epi32(ni, 3), 23)));
+}
 PFJAX_AVX2_INLINE __m256 pfjax_exp8(__m256 x) {
-  // One range test instead of the clamps: 1.25x faster where it holds (NaN fails it).
-  const __m256 in = _mm256_and_ps(_mm256_cmp_ps(x, _mm256_set1_ps(-87.3365402f), _CMP_GE_OQ),
+  // One range test instead of the clamps (NaN fails it), taken after the table form so
+  // that the test does not hold up the long dependency chain.
+  const __m256 in = _mm256_and_ps(_mm256_cmp_ps(x, _mm256_set1_ps(-86.6f), _CMP_GE_OQ),
                                   _mm256_cmp_ps(x, _mm256_set1_ps(88.3762589f), _CMP_LE_OQ));
-  if (__builtin_expect(_mm256_movemask_ps(in) == 0xFF, 1)) return pfjax_exp_core8(x);
+  const __m256 y = pfjax_exp_table8(x);
+  if (__builtin_expect(_mm256_movemask_ps(in) == 0xFF, 1)) return y;
+  // masked softmax: whole vectors of -inf (or far below) are common there, and are 0
+  if (_mm256_movemask_ps(_mm256_cmp_ps(x, _mm256_set1_ps(-104.0f), _CMP_LT_OQ)) == 0xFF)
+    return _mm256_setzero_ps();
   return pfjax_exp8_edges(x);
 }
-// 1 / (1 + exp(-x)); -x clamped to +-87 keeps exp normal; 0 below x = -87 (as XLA:
-// x * logistic(x) at -inf is then NaN), NaN propagates.
+// 1 / (1 + exp(-x)); -x clamped to [-86.5, 87] keeps exp in the table form's range (below
+// -86.5, 1 + exp rounds to 1 anyway); 0 below x = -87 (as XLA: x * logistic(x) at -inf is
+// then NaN), NaN propagates (the table form keeps it).
 PFJAX_AVX2_INLINE __m256 pfjax_logistic8(__m256 x) {
   const __m256 t = _mm256_min_ps(_mm256_set1_ps(87.0f),
-                                 _mm256_max_ps(_mm256_set1_ps(-87.0f), _mm256_sub_ps(_mm256_setzero_ps(), x)));
-  const __m256 y = _mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_add_ps(pfjax_exp_core8(t), _mm256_set1_ps(1.0f)));
+                                 _mm256_max_ps(_mm256_set1_ps(-86.5f), _mm256_sub_ps(_mm256_setzero_ps(), x)));
+  const __m256 y = _mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_add_ps(pfjax_exp_table8(t), _mm256_set1_ps(1.0f)));
   return _mm256_andnot_ps(_mm256_cmp_ps(x, _mm256_set1_ps(-87.0f), _CMP_LT_OQ), y);
 }
 
