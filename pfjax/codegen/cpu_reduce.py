@@ -276,17 +276,22 @@ class _Emitter:
             return
         w = self.w
         if self.column:
-            for n in nodes:
-                self.names[id(n)] = f"h{len(self.names)}"
-                # (g++ vectorises selects on uint8_t arrays, not on bool ones)
-                t = "uint8_t" if n.dtype is gir.DType.BOOL else register_type(n.dtype)
-                w(f"{t} {self.names[id(n)]}[{self.par.block}];")
             # Within the loop the values are read from registers, not back from their
             # arrays: g++ turns a select between two array elements into a masked load,
             # which it does not vectorise beside bool arrays, and then leaves the whole
             # loop scalar (a per-row log with it). A dynamic load (a gather at a per-row
             # label) gets a loop of its own for the same reason.
-            for part in _split_at(nodes, lambda n: gir.load_offset(n) is not None):
+            parts = _split_at(nodes, lambda n: gir.load_offset(n) is not None)
+            # Only values read outside their own loop get an array: the rest were dead
+            # stores g++ kept (a label's bounds checks in int64: 36 KiB per block of 512).
+            kept = self._read_outside(parts, roots)
+            for n in nodes:
+                self.names[id(n)] = f"h{len(self.names)}"
+                # (g++ vectorises selects on uint8_t arrays, not on bool ones)
+                t = "uint8_t" if n.dtype is gir.DType.BOOL else register_type(n.dtype)
+                if id(n) in kept:
+                    w(f"{t} {self.names[id(n)]}[{self.par.block}];")
+            for part in parts:
                 w(f"#pragma omp simd simdlen({self.par.vector})")
                 w("for (int64_t j = 0; j < cn; ++j) {")
                 w.indent()
@@ -294,7 +299,8 @@ class _Emitter:
                 for n in part:
                     name = self.names[id(n)]
                     w(f"const {register_type(n.dtype)} {name}_ = {self.expr(n, local)};")
-                    w(f"{name}[j] = {name}_;")
+                    if id(n) in kept:
+                        w(f"{name}[j] = {name}_;")
                     local[id(n)] = f"{name}_"
                 w.indent(-1)
                 w("}")
@@ -302,6 +308,17 @@ class _Emitter:
             for n in nodes:
                 self.names[id(n)] = f"h{len(self.names)}"
                 w(f"const {register_type(n.dtype)} {self.names[id(n)]} = {self.expr(n, {})};")
+
+    def _read_outside(self, parts: list[list[gir.Node]], roots: list[gir.Node]) -> set[int]:
+        """ids of the per-unit values that code outside their own loop in `parts` reads:
+        the roots asked for, and those with a consumer elsewhere in the kernel."""
+        part_of = {id(n): i for i, part in enumerate(parts) for n in part}
+        kept = {id(n) for n in roots if id(n) in part_of}
+        for user in self.nodes:
+            for s in user.src:
+                if id(s) in part_of and part_of.get(id(user)) != part_of[id(s)]:
+                    kept.add(id(s))
+        return kept
 
     # -- loops ------------------------------------------------------------------------
 
