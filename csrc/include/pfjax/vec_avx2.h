@@ -244,21 +244,15 @@ PFJAX_VF16_INLINE void erfc_halves(__m256 (&x)[2]) {
   PFJAX_BOTH hi[k] = _mm256_mul_ps(z[k], z[k]);
   PFJAX_BOTH lo[k] = _mm256_fmsub_ps(z[k], z[k], hi[k]);
   PFJAX_BOTH b[k] = _mm256_sub_ps(p[k], lo[k]);
-  PFJAX_BOTH n[k] = _mm256_round_ps(_mm256_mul_ps(_mm256_sub_ps(b[k], hi[k]), _mm256_set1_ps(11.541560327111707f)),
+  PFJAX_BOTH n[k] = _mm256_round_ps(_mm256_mul_ps(_mm256_sub_ps(b[k], hi[k]), _mm256_set1_ps(kPfjaxExpTableN)),
                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  PFJAX_BOTH r[k] = _mm256_fnmadd_ps(n[k], _mm256_set1_ps(0.693359375f / 8), _mm256_sub_ps(_mm256_setzero_ps(), hi[k]));
-  PFJAX_BOTH r[k] = _mm256_add_ps(_mm256_fmadd_ps(n[k], _mm256_set1_ps(2.12194440e-4f / 8), r[k]), b[k]);
+  PFJAX_BOTH r[k] = _mm256_fnmadd_ps(n[k], _mm256_set1_ps(kPfjaxLn2HiOver8), _mm256_sub_ps(_mm256_setzero_ps(), hi[k]));
+  PFJAX_BOTH r[k] = _mm256_add_ps(_mm256_fnmadd_ps(n[k], _mm256_set1_ps(kPfjaxLn2LoOver8), r[k]), b[k]);
   PFJAX_BOTH ni[k] = _mm256_cvtps_epi32(n[k]);
-  PFJAX_BOTH s[k] = _mm256_mul_ps(t[k], _mm256_permutevar8x32_ps(
-      _mm256_set_ps(1.8340081f, 1.6817929f, 1.5422108f, 1.4142135f, 1.2968396f, 1.1892071f,
-                    1.0905077f, 1.0f), ni[k]));  // t 2^(j/8)
-  PFJAX_BOTH q[k] = _mm256_fmadd_ps(_mm256_set1_ps(0.04166043f), r[k], _mm256_set1_ps(0.16668026f));
-  PFJAX_BOTH q[k] = _mm256_fmadd_ps(q[k], r[k], _mm256_set1_ps(0.5f));
-  PFJAX_BOTH q[k] = _mm256_fmadd_ps(q[k], _mm256_mul_ps(r[k], r[k]), r[k]);
+  PFJAX_BOTH s[k] = _mm256_mul_ps(t[k], pfjax_exp_table_entry8(ni[k]));  // t 2^(j/8)
+  PFJAX_BOTH q[k] = pfjax_exp_table_poly8(r[k]);
   PFJAX_BOTH {
-    __m256 e = _mm256_fmadd_ps(q[k], s[k], s[k]);
-    e = _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(e),
-                                             _mm256_slli_epi32(_mm256_srai_epi32(ni[k], 3), 23)));
+    __m256 e = pfjax_exp_table_scale8(q[k], s[k], ni[k]);
     e = _mm256_andnot_ps(_mm256_cmp_ps(ax[k], _mm256_set1_ps(9.2f), _CMP_GT_OQ), e);
     x[k] = _mm256_blendv_ps(e, _mm256_sub_ps(_mm256_set1_ps(2.0f), e),
                             _mm256_cmp_ps(x[k], _mm256_setzero_ps(), _CMP_LT_OQ));
