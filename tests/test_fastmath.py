@@ -108,6 +108,11 @@ extern "C" __attribute__((visibility("default"))) void apply_vf16(int which, con
                 : pfjax::math::log1p_f32(v)).store(y + i);
   }
 }
+// exp(x - m) over vf16 with one m per 16 lanes, as softmax loops call it
+extern "C" __attribute__((visibility("default"))) void apply_exp_minus_max(const float* x, const float* m, float* y, int64_t n) {
+  for (int64_t i = 0; i + 16 <= n; i += 16)
+    pfjax::math::exp_minus_max(pfjax::vf16::load(x + i), m[i / 16]).store(y + i);
+}
 extern "C" __attribute__((visibility("default"))) void apply_exp(const float* x, float* y, int64_t n) {
   #pragma omp simd simdlen(16)
   for (int64_t i = 0; i < n; ++i) y[i] = pfjax::math::exp_v(x[i]);
@@ -253,3 +258,42 @@ def test_vf16_erfc_where_its_error_peaks(vector_lib):
                           y.ctypes.data_as(ctypes.c_void_p), ctypes.c_int64(x.size))
     ref = np.vectorize(math.erfc)(x.astype(np.float64))
     assert np.max(np.abs(y - ref) / ref) <= ERFC_REL
+
+
+def test_vf16_exp_minus_max(vector_lib, rng):
+    """exp(x - m) for m at least every x of its 16 lanes (softmax's shift), as vf16 loops
+    call it: within exp's error plus that of rounding x - m (|x - m| 2^-24, and 8/ln2's
+    1.3e-8 |x - m| on the AVX2 form); 0 where x - m < -104 (masked scores); vectors with
+    a lane in [-104, -86.6) (denormal results) or an infinite or huge m go through
+    exp_v(x - m) and match it bit for bit; NaN where x - m is NaN."""
+    groups = 40_000
+    x = (rng.standard_normal((groups, 16)) * rng.choice([0.3, 3, 30], (groups, 1))
+         + rng.uniform(-1e3, 1e3, (groups, 1))).astype(np.float32)
+    m = x.max(1)
+    m[: groups // 2] += rng.exponential(2.0, groups // 2).astype(np.float32)  # above the max
+    masked = rng.random((groups, 16)) < 0.1
+    masked[: groups // 2] = False
+    x[masked] = -1e9
+    x[-9:, 3] = [-np.inf, np.nan, np.inf, -1e9, -200.0, m[-4] - 87.0, -np.inf, 5.0, 3e5]
+    m[-9:] = [m[-9], m[-8], np.inf, m[-6], m[-5], m[-4], np.nan, np.inf, 0]
+    m[-2] = x[-2].max()  # no infinity in x[-2]
+    m[-1] = x[-1].max()  # 3e5: the huge-m path
+    y = np.empty_like(x)
+    vector_lib.apply_exp_minus_max(x.ctypes.data_as(ctypes.c_void_p), m.ctypes.data_as(ctypes.c_void_p),
+                                   y.ctypes.data_as(ctypes.c_void_p), ctypes.c_int64(x.size))
+    with np.errstate(invalid="ignore"):
+        d = x.astype(np.float64) - m[:, None].astype(np.float64)
+        ref = np.exp(d)
+        want = _apply_vector(vector_lib.apply_exp, (x - m[:, None]).astype(np.float32).ravel())
+        d32 = x - m[:, None]
+        near = (d32 < -86.6) & (d32 >= -104)
+    want = want.reshape(x.shape)
+    slow = near.any(1) | ~np.isfinite(m) | (np.abs(m) > 1e5)
+    np.testing.assert_array_equal(y[slow].view(np.uint32), want[slow].view(np.uint32))
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(d))
+    far = ~slow[:, None] & (d32 < -104)
+    assert (y[far] == 0).all() and far.sum() > 1000
+    fast = ~slow[:, None] & ~far & ~np.isnan(d)
+    rel = np.abs(y[fast] - ref[fast]) / ref[fast]
+    assert (rel <= 1.2e-7 + 7.4e-8 * np.abs(d[fast])).all(), rel.max()
+    assert slow.sum() >= 6 and fast.sum() > 0.5 * x.size

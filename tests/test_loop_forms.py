@@ -236,3 +236,46 @@ def test_column_softmax_built_without_avx512(tmp_path, rng):
     info = build_without_avx512(source, tmp_path / "avx2.so")
     out = _run_units(info, x, x.size, [(0, 1), (1, info.total)], 0)
     np.testing.assert_allclose(out.reshape(x.shape), np.asarray(jax.jit(f)(x)), rtol=2e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("stream", ["0", "1"])
+def test_softmax_stores_inside_the_exponential_steps(monkeypatch, rng, stream):
+    """Rows of whole vectors: the previous row's stores run inside the vf16 steps of the
+    exponentials (the block form stays for builds without vf16), exp(x - max) folds the
+    subtraction (exp_minus_max), and rows with masked (-1e9), -inf, +inf and NaN entries,
+    a row of one huge value and rows 3e5 apart match XLA, chunks' first rows included."""
+    monkeypatch.setenv("PFJAX_NONTEMPORAL", stream)
+    x = _special_rows(rng.standard_normal((67, 512)).astype(np.float32) * 4)
+    x[5, rng.random(512) < 0.3] = -1e9
+    x[6, :] = -1e9
+    x[7, :] += 3e5
+    x[8, 100] = 2e5
+    x[9, ::3] = x[9].max() - 90.0  # denormal exponentials
+
+    def f(x):
+        return jax.nn.softmax(x, axis=-1)
+
+    got = jax.jit(pfjax.fuse(f))(x)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(jax.jit(f)(x)), rtol=2e-6, atol=1e-7)
+    (src,) = _sources(f, x)
+    assert "if (late) {" in src and "exp_minus_max(" in src
+    block_form = src.index("the previous unit's last loop, over this block")
+    assert src[:block_form].rstrip().splitlines()[-2].strip() == "#if !PFJAX_VF16"
+
+
+@pytest.mark.parametrize("shift", ["min", "mean", "other max"])
+def test_exp_of_other_shifts_keeps_the_plain_exp(rng, shift):
+    """exp(x - m) folds only where m is at least the row max of the same x: x - min(x)
+    (up to 88 here) and x - mean(x) are positive, the max of another array bounds nothing."""
+    x = rng.standard_normal((16, 256)).astype(np.float32) * 12
+    y = rng.standard_normal((16, 256)).astype(np.float32)
+
+    def f(x, y):
+        m = {"min": x.min(-1, keepdims=True), "mean": x.mean(-1, keepdims=True),
+             "other max": y.max(-1, keepdims=True)}[shift]
+        e = jnp.exp(x - m)
+        return e / e.sum(-1, keepdims=True)
+
+    got = jax.jit(pfjax.fuse(f))(x, y)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(jax.jit(f)(x, y)), rtol=4e-6, atol=1e-7)
+    assert not any("exp_minus_max(" in s for s in _sources(f, x, y))

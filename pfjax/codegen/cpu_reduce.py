@@ -23,6 +23,7 @@ from pfjax.codegen.cpu_columns import (column_vectors_ok, emit_column_finals,
                                        emit_column_vectors, emit_split_finish,
                                        emit_split_scratch, split_bytes)
 from pfjax.codegen.cpu_deferred import (deferred_plan, emit_carried, emit_flush, emit_late_block,
+                                       emit_late_flags, emit_late_step, late_in_step_ok,
                                         emit_unit_end)
 from pfjax.codegen.cpu_online import emit_online, online_plan
 from pfjax.codegen.cpu_phased import emit_phased
@@ -35,6 +36,7 @@ from pfjax.codegen.vector import (VECTOR_CALLS, VECTOR_WAYS, direct_flag, scalar
                                    vector_streamed_store, vector_uniform)
 from pfjax.gir import Op
 from pfjax.gir.loops import LoopNest, is_tile_load, loop_nest
+from pfjax.passes.reciprocal import shifted_by_row_max
 
 ROW_BLOCK = 2048  # elements per partial accumulation in row style
 # Row units with several loops: the first loop streams the row in from memory, the later
@@ -78,6 +80,7 @@ class _Emitter:
         self.online = None if self.row_split else online_plan(self)
         self.whole_vectors = False  # every block of the row loop is whole vf16 vectors
         self.previous = False  # emitting the previous unit's deferred loop (cpu_deferred)
+        self.late_step = False  # ... inside the host loop's vf16 step
         self.deferred = deferred_plan(self)
         # Loops that prefetch the next unit's rows: the later ones, unless fused online or
         # deferred.
@@ -226,6 +229,11 @@ class _Emitter:
             return guarded_load(n, load_expr(address, n.dtype), names)
         if n.op is Op.INDEX:
             return f"static_cast<int64_t>({self.idx(n.arg)})"
+        shifted = None if self.column else shifted_by_row_max(n)
+        if shifted is not None and id(shifted[1]) not in local and id(shifted[1]) in self.names:
+            # softmax's exp(x - max): the subtraction folds into exp's range reduction
+            x, m = shifted
+            return f"pfjax::math::exp_minus_max({self.ref(x, local)}, {self.ref(m, local)})"
         expr = compute_expr(n.op, n, src)
         if expr is not None:
             return expr
@@ -430,11 +438,24 @@ class _Emitter:
                 w(f"for (int64_t t0 = 0; t0 < {n_lane}; t0 += {block}) {{")
                 w.indent()
                 w(f"const int64_t t1 = std::min<int64_t>(t0 + {block}, {n_lane});")
+            late = self.deferred if self.deferred and self.loop_index == self.deferred.host else None
+            in_step = late is not None and late_in_step_ok(self, late, body)
+            # the next unit's lines one per vf16 step, where that is a line per input
+            step_prefetch = prefetch and in_step and len(self.prefetch_loops) == 1 \
+                and all(n.dtype.itemsize * 16 == 64 for _, n in self.prefetched)
             if prefetch:
+                if step_prefetch:
+                    w("#if !PFJAX_VF16")
                 self.emit_prefetches()
-            self.emit_row_block(roots, body, reduces)
-            if self.deferred and self.loop_index == self.deferred.host:
-                emit_late_block(self, self.deferred)
+                if step_prefetch:
+                    w("#endif")
+            self.emit_row_block(roots, body, reduces, late if in_step else None, step_prefetch)
+            if late is not None:
+                if in_step:  # builds without vf16 run it after the block
+                    w("#if !PFJAX_VF16")
+                emit_late_block(self, late)
+                if in_step:
+                    w("#endif")
             w.indent(-1)
             w("}")
         for _ in outer:
@@ -461,9 +482,11 @@ class _Emitter:
                     w(f"if ({a}_nan) {a} = std::numeric_limits<{register_type(r.dtype)}>::quiet_NaN();")
 
     def emit_row_block(self, roots: list[gir.Node], body: list[gir.Node],
-                       reduces: list[gir.Node]) -> None:
+                       reduces: list[gir.Node], late=None, step_prefetch: bool = False) -> None:
         """One block [t0, t1) of a row-style loop: the vector part, the scalar remainder,
-        the streamed stores' copies out and the block's partial results."""
+        the streamed stores' copies out and the block's partial results. `late`: the
+        deferred plan whose previous unit runs inside the vector steps; `step_prefetch`:
+        they prefetch the next unit's rows (else the caller did, per block)."""
         w = self.w
         for k, st in enumerate(r for r in roots if id(r) in self.streamed):
             w(f"alignas(64) {STORAGE[st.dtype]} stile{k}[{ROW_BLOCK}];")
@@ -475,7 +498,7 @@ class _Emitter:
             if r.arg.op in ("max", "min") and r.dtype.is_float:
                 w(f"int {p}_nan = 0;")
                 clauses.append(f"reduction(|:{p}_nan)")
-        start = self.emit_vector_part(body, reduces)
+        start = self.emit_vector_part(body, reduces, late=late, step_prefetch=step_prefetch)
         with self.remainder(start, self.whole_vectors):
             self.emit_scalar_loop(body, reduces, start, clauses)
         self.lane_var = "t0"
@@ -575,21 +598,31 @@ class _Emitter:
             return 1
         return n.arg.view.strides[self.lane]
 
+    def vector_form_ok(self, body: list[gir.Node], streams: bool | None = None) -> bool:
+        """The loop body gets a vf16 form (`streams`: its stores stream; by default those
+        in self.streamed)."""
+        if streams is None:
+            streams = any(id(n) in self.streamed for n in body)
+        return vector_mode.VECTOR_LOOPS and self.space[self.lane] >= 16 \
+            and self.par.vector == 16 and vector_body_ok(body, self.lane_stride, streams=streams)
+
     def emit_vector_part(self, body: list[gir.Node], reduces: list[gir.Node],
-                         prefetch: dict[int, int] | None = None) -> str:
+                         prefetch: dict[int, int] | None = None, late=None,
+                         step_prefetch: bool = False) -> str:
         """The vf16 loop over the block [t0, t1) where the body has that form; returns
-        where the scalar loop starts. `prefetch`: as emit_vector_step's."""
+        where the scalar loop starts. `prefetch`: as emit_vector_step's; `late` and
+        `step_prefetch`: as emit_row_block's."""
         streamed = [n for n in body if id(n) in self.streamed]
-        if not (vector_mode.VECTOR_LOOPS and self.space[self.lane] >= 16
-                and self.par.vector == 16
-                and vector_body_ok(body, self.lane_stride, streams=bool(streamed))):
+        if not self.vector_form_ok(body):
             return "t0"
         self.w("int64_t tv = t0;")
         self.lane_var = "t0"
         for k, st in enumerate(streamed):
             self.w(direct_flag(k, f"&{self.address(st)}"))
         self.lane_var = "j"
-        self.emit_vector_loop(body, reduces, prefetch)
+        if late is not None:
+            emit_late_flags(self, late)
+        self.emit_vector_loop(body, reduces, prefetch, late, step_prefetch)
         return "tv"
 
     def emit_vector_step(self, body: list[gir.Node], local: dict[int, str], uniform: set[int],
@@ -609,7 +642,11 @@ class _Emitter:
                 stored = stored_value(n)
                 value = self.ref(stored, local)
                 is_uniform = id(stored) in uniform or id(stored) not in local
-                if id(n) in self.streamed:
+                if id(n) in self.streamed and self.late_step:  # no staging tile here
+                    k = streamed.index(n)
+                    w(f"if (direct{k}) {vector_store(value, is_uniform, self.address(n), True, n.dtype)}")
+                    w(f"else {vector_store(value, is_uniform, self.address(n), False, n.dtype)}")
+                elif id(n) in self.streamed:
                     k = streamed.index(n)
                     for line in vector_streamed_store(k, value, is_uniform, self.address(n),
                                                       f"stile{k}[j - t0]", n.dtype):
@@ -626,7 +663,8 @@ class _Emitter:
                           lambda: self.address(n), lambda s: self.ref(s, local)))
 
     def emit_vector_loop(self, body: list[gir.Node], reduces: list[gir.Node],
-                         prefetch: dict[int, int] | None = None) -> None:
+                         prefetch: dict[int, int] | None = None, late=None,
+                         step_prefetch: bool = False) -> None:
         """The block's whole vectors over pfjax::vf16, up to `tv`; the scalar loop that
         follows takes the remainder, its accumulators starting from these. The body is a
         lambda applied to `ways` vectors per step, each into its own accumulators: one
@@ -656,6 +694,11 @@ class _Emitter:
             w(f"{acc} = {acc} + {v};" if r.arg.op == "sum" else
               f"{acc} = pfjax::acc_{r.arg.op}({acc}, {v}); "
               f"{self.names[id(r)]}_p_vnan |= pfjax::any_nan({v});")
+        if late is not None:
+            emit_late_step(self, late)
+        if step_prefetch:  # spread evenly: 16 prefetches at a block's start did less
+            for name, _ in self.prefetched:
+                w(f"__builtin_prefetch(reinterpret_cast<const void*>({name} + j * 4), 0, 3);")
         w.indent(-1)
         w("};")
         w("int64_t j = t0;")

@@ -19,7 +19,8 @@ from pfjax.gir import Op
 VECTOR_CALLS = {"exp", "logistic", "erfc", "log", "log1p"}
 # Calls through the vector ABI (declare simd) and their inline scalar twins (fastmath.h)
 _TAIL_CALLS = {"pfjax::math::exp_v(": "pfjax::math::exp_tail(",
-               "pfjax::math::logistic_v(": "pfjax::math::logistic_tail("}
+               "pfjax::math::logistic_v(": "pfjax::math::logistic_tail(",
+               "pfjax::math::exp_minus_max(": "pfjax::math::exp_minus_max_tail("}
 VECTOR_LOOPS = True
 # Independent accumulators of a vf16 reduction loop without calls (with calls: 2; the
 # calls' own latency already overlaps vectors).

@@ -22,7 +22,11 @@ def _at_least_row_max(n: gir.Node) -> bool:
 
 def _feeds_max(d: gir.Node) -> bool:
     """The row max in exp(x - m) reduces the same x the sum's exp reads."""
-    sub = d.src[0].src[0]
+    return _max_of_minuend(d.src[0].src[0])
+
+
+def _max_of_minuend(sub: gir.Node) -> bool:
+    """The max reduction inside m of x - m reduces this same x."""
     stack = [sub.src[1]]
     while stack:
         n = stack.pop()
@@ -30,6 +34,18 @@ def _feeds_max(d: gir.Node) -> bool:
             return n.src[0] is sub.src[0]
         stack.extend(s for s in n.src if s.op is Op.ALU or s.op is Op.REDUCE)
     return False
+
+
+def shifted_by_row_max(n: gir.Node) -> tuple[gir.Node, gir.Node] | None:
+    """(x, m) when n is float32 exp(x - m) with m at least the max over the row of this
+    same x (softmax's shift): x - m is then <= 0, or NaN, in every lane."""
+    if n.op is not Op.ALU or n.arg != "exp" or n.dtype is not gir.DType.F32:
+        return None
+    sub = n.src[0]
+    if sub.op is not Op.ALU or sub.arg != "sub" or sub.dtype is not gir.DType.F32 \
+            or not _at_least_row_max(sub.src[1]) or not _max_of_minuend(sub):
+        return None
+    return sub.src[0], sub.src[1]
 
 
 def _reciprocal_is_finite(d: gir.Node) -> bool:

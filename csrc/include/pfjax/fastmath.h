@@ -218,6 +218,10 @@ PFJAX_MATH_INLINE float logistic_v(float x) { return logistic_fast(x); }
 // tanh-GELU kernel 1.06-1.09x faster without one.
 PFJAX_MATH_INLINE float exp_tail(float x) { return exp_f32(x); }
 PFJAX_MATH_INLINE float logistic_tail(float x) { return logistic_fast(x); }
+// exp(x - m) where m is at least every x of the row (codegen: softmax's shift by the max);
+// explicit-vector loops have a shorter form on AVX2 (vec_avx2.h)
+PFJAX_MATH_INLINE float exp_minus_max(float x, float m) { return exp_v(x - m); }
+PFJAX_MATH_INLINE float exp_minus_max_tail(float x, float m) { return exp_tail(x - m); }
 
 }  // namespace math
 }  // namespace pfjax

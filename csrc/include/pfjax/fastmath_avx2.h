@@ -91,6 +91,33 @@ PFJAX_AVX2_INLINE __m256 pfjax_exp_table8(__m256 x) {
   const __m256i ni = _mm256_cvtps_epi32(n);
   return pfjax_exp_table_scale8(pfjax_exp_table_poly8(r), pfjax_exp_table_entry8(ni), ni);
 }
+// exp(x - m) for x <= m (softmax's x - max(x)), m given as m 8/ln2 = mhi + mlo: the
+// subtraction and exp's range reduction in one fused multiply-subtract,
+// t = x 8/ln2 - mhi, n = round(t), then exp(x - m) = 2^(n/8) (1 + q(t - n - mlo)).
+// Three operations fewer than exp8(x - m) (no Cody-Waite steps, no upper range test, as
+// t <= 0): with the fine-grained range test below, a softmax kernel 1.15x faster on Zen 3.
+// The price is t's rounding, |x - m| 2^-24 relative (the bound of rounding x - m
+// itself, which XLA's form has where that is inexact), plus 8/ln2's own 1.3e-8 |x - m|:
+// at most 0.6 ulp more than exp8(x - m) for x - m >= -1, 5 ulp at x - m = -8 (results
+// 3e-4 of the row's largest). |mlo| <= 2^-7 for |m| <= 1e5, so |t - n - mlo| stays
+// within the quartic's fit. t is returned for the range test; NaN lanes give NaN.
+PFJAX_AVX2_INLINE __m256 pfjax_exp_shifted_core8(__m256 x, __m256 mhi, __m256 mlo, __m256* t_out) {
+  const __m256 t = _mm256_fmsub_ps(x, _mm256_set1_ps(kPfjaxExpTableN), mhi);
+  const __m256 n = _mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m256 f = _mm256_sub_ps(_mm256_sub_ps(t, n), mlo);  // t - n exact
+  const __m256i ni = _mm256_cvtps_epi32(n);
+  // exp(f ln2/8) - 1: the table form's quartic with its coefficients scaled by ln2/8
+  constexpr float c = 0.0866433975699931636f;  // ln2 / 8
+  __m256 p = _mm256_fmadd_ps(_mm256_set1_ps(0.04166043f * c * c * c * c), f,
+                             _mm256_set1_ps(0.16668026f * c * c * c));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(0.5f * c * c));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(c));
+  *t_out = t;
+  return pfjax_exp_table_scale8(_mm256_mul_ps(p, f), pfjax_exp_table_entry8(ni), ni);
+}
+// The shifted core's fast path: t >= this keeps results normal (x - m >= -86.6), and
+// |m| <= kPfjaxShiftedLargest keeps mlo small.
+constexpr float kPfjaxShiftedLowest = -86.6f * kPfjaxExpTableN, kPfjaxShiftedLargest = 1e5f;
 PFJAX_AVX2_INLINE __m256 pfjax_exp8(__m256 x) {
   // One range test instead of the clamps (NaN fails it), taken after the table form so
   // that the test does not hold up the long dependency chain.

@@ -140,6 +140,8 @@ PFJAX_VF16_INLINE int any_nan(vf16 v) { return _mm512_cmp_ps_mask(v.v, v.v, _CMP
 
 namespace math {
 PFJAX_VF16_INLINE vf16 exp_v(vf16 x) { return pfjax_exp16(x.v); }
+// exp(x - m), m at least every x of the row: the AVX2 form's shortcut does not apply
+PFJAX_VF16_INLINE vf16 exp_minus_max(vf16 x, float m) { return exp_v(x - m); }
 PFJAX_VF16_INLINE vf16 logistic_v(vf16 x) { return pfjax_logistic16(x.v); }
 PFJAX_VF16_INLINE vf16 max_f32(vf16 a, vf16 b) { return nan_or(a, b, _mm512_max_ps(a.v, b.v)); }
 PFJAX_VF16_INLINE vf16 min_f32(vf16 a, vf16 b) { return nan_or(a, b, _mm512_min_ps(a.v, b.v)); }
