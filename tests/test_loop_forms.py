@@ -54,12 +54,14 @@ def test_softmax_last_loop_a_unit_late(monkeypatch, rng, stream, rows, cols):
 
 @pytest.mark.parametrize("stream", ["0", "1"])
 @pytest.mark.parametrize("dtype", [np.float16, jnp.bfloat16], ids=["float16", "bfloat16"])
-def test_half_softmax_late_loop_over_vectors(monkeypatch, rng, stream, dtype):
+@pytest.mark.parametrize("cols", [1000, 512])
+def test_half_softmax_late_loop_over_vectors(monkeypatch, rng, stream, dtype, cols):
     """Half softmax: the exponentials wait in a float32 tile and meet the half sum in the
     late loop's division; that loop runs over pfjax::vf16 (float lanes, one rounding at the
-    store) and matches XLA (which rounds the exponentials to the half type first)."""
+    store; inside the exponentials' steps where the rows are whole vectors, 512) and
+    matches XLA (which rounds the exponentials to the half type first)."""
     monkeypatch.setenv("PFJAX_NONTEMPORAL", stream)
-    x = _special_rows(rng.standard_normal((37, 1000)).astype(np.float32) * 3).astype(dtype)
+    x = _special_rows(rng.standard_normal((37, cols)).astype(np.float32) * 3).astype(dtype)
 
     def f(x):
         return jax.nn.softmax(x, axis=-1)
@@ -72,6 +74,7 @@ def test_half_softmax_late_loop_over_vectors(monkeypatch, rng, stream, dtype):
     name = "bf16" if dtype is jnp.bfloat16 else "f16"
     late = src.split(DEFERRED)[1]
     assert "pfjax::vf16::load(&tile0_p[" in late and f"pfjax::store_{name}(" in late
+    assert ("if (late) {" in src) == (cols % 16 == 0)
 
 
 def test_two_late_stores_read_the_input_and_the_tile(rng):
