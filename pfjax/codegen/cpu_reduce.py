@@ -642,14 +642,11 @@ class _Emitter:
                 stored = stored_value(n)
                 value = self.ref(stored, local)
                 is_uniform = id(stored) in uniform or id(stored) not in local
-                if id(n) in self.streamed and self.late_step:  # no staging tile here
+                if id(n) in self.streamed:
                     k = streamed.index(n)
-                    w(f"if (direct{k}) {vector_store(value, is_uniform, self.address(n), True, n.dtype)}")
-                    w(f"else {vector_store(value, is_uniform, self.address(n), False, n.dtype)}")
-                elif id(n) in self.streamed:
-                    k = streamed.index(n)
+                    staged = None if self.late_step else f"stile{k}[j - t0]"  # no tile in a step
                     for line in vector_streamed_store(k, value, is_uniform, self.address(n),
-                                                      f"stile{k}[j - t0]", n.dtype):
+                                                      staged, n.dtype):
                         w(line)
                 else:
                     w(vector_store(value, is_uniform, self.address(n), dtype=n.dtype))

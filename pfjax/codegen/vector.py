@@ -172,12 +172,12 @@ def direct_flag(k: int, block_start: str) -> str:
     return f"const bool direct{k} = reinterpret_cast<uintptr_t>({block_start}) % 64 == 0;"
 
 
-def vector_streamed_store(k: int, value: str, uniform: bool, target: str, staged: str,
+def vector_streamed_store(k: int, value: str, uniform: bool, target: str, staged: str | None,
                           dtype: gir.DType = gir.DType.F32) -> list[str]:
     """Store k of a streamed output: straight out at `target` where direct{k}, else into
-    the staging tile's element `staged`."""
+    the staging tile's element `staged` (None: a plain store at `target`)."""
     return [f"if (direct{k}) {vector_store(value, uniform, target, True, dtype)}",
-            f"else {vector_store(value, uniform, staged, False, dtype)}"]
+            f"else {vector_store(value, uniform, staged or target, False, dtype)}"]
 
 
 def scalar_tail(lines: list[str], start: int) -> None:

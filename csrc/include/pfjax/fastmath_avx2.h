@@ -70,8 +70,9 @@ PFJAX_AVX2_INLINE __m256 pfjax_exp_table_entry8(__m256i ni) {
                     1.0905077f, 1.0f), ni);
 }
 // exp(r) - 1 = r + r^2 (1/2 + c3 r + c4 r^2), fitted for relative error on [-ln2/16, ln2/16]
+constexpr float kPfjaxExpTableC3 = 0.16668026f, kPfjaxExpTableC4 = 0.04166043f;
 PFJAX_AVX2_INLINE __m256 pfjax_exp_table_poly8(__m256 r) {
-  __m256 p = _mm256_fmadd_ps(_mm256_set1_ps(0.04166043f), r, _mm256_set1_ps(0.16668026f));
+  __m256 p = _mm256_fmadd_ps(_mm256_set1_ps(kPfjaxExpTableC4), r, _mm256_set1_ps(kPfjaxExpTableC3));
   p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
   return _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r);
 }
@@ -109,8 +110,8 @@ PFJAX_AVX2_INLINE __m256 pfjax_exp_shifted_core8(__m256 x, __m256 mhi, __m256 ml
   const __m256i ni = _mm256_cvtps_epi32(n);
   // exp(f ln2/8) - 1: the table form's quartic with its coefficients scaled by ln2/8
   constexpr float c = 0.0866433975699931636f;  // ln2 / 8
-  __m256 p = _mm256_fmadd_ps(_mm256_set1_ps(0.04166043f * c * c * c * c), f,
-                             _mm256_set1_ps(0.16668026f * c * c * c));
+  __m256 p = _mm256_fmadd_ps(_mm256_set1_ps(kPfjaxExpTableC4 * c * c * c * c), f,
+                             _mm256_set1_ps(kPfjaxExpTableC3 * c * c * c));
   p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(0.5f * c * c));
   p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(c));
   *t_out = t;
