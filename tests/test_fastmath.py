@@ -262,8 +262,8 @@ def test_vf16_erfc_where_its_error_peaks(vector_lib):
 
 def test_vf16_exp_minus_max(vector_lib, rng):
     """exp(x - m) for m at least every x of its 16 lanes (softmax's shift), as vf16 loops
-    call it: within exp's error plus that of rounding x - m (|x - m| 2^-24, and 8/ln2's
-    1.3e-8 |x - m| on the AVX2 form); 0 where x - m < -104 (masked scores); vectors with
+    call it: within exp's error plus that of rounding x - m (|x - m| 2^-24, and the float
+    constant's 1.3e-8 |x - m|: 8/ln2 on AVX2, log2(e) on AVX-512); 0 where x - m < -104 (masked scores); vectors with
     a lane in [-104, -86.6) (denormal results) or an infinite or huge m go through
     exp_v(x - m) and match it bit for bit; NaN where x - m is NaN."""
     groups = 40_000

@@ -14,7 +14,7 @@ import pytest
 
 import pfjax
 
-from kernel_abi import aligned, build_without_avx512, needs_x86_gxx
+from kernel_abi import aligned, build_for, build_without_avx512, needs_x86_gxx
 
 DEFERRED = "runs with the next unit's loop"
 
@@ -264,6 +264,16 @@ def test_softmax_stores_inside_the_exponential_steps(monkeypatch, rng, stream):
     assert "if (late) {" in src and "exp_minus_max(" in src
     block_form = src.index("the previous unit's last loop, over this block")
     assert src[:block_form].rstrip().splitlines()[-2].strip() == "#if !PFJAX_VF16"
+
+
+@needs_x86_gxx
+def test_softmax_compiles_for_avx512(tmp_path, rng):
+    """exp_minus_max's AVX-512 form (vec.h) compiles on any x86 machine, so an AVX2-only
+    host cannot break it unseen; it runs wherever the machine has AVX-512 (above)."""
+    x = rng.standard_normal((8, 512)).astype(np.float32)
+    (group,) = pfjax.explain(lambda x: jax.nn.softmax(x, axis=-1), x).groups
+    assert "exp_minus_max(" in Path(group.source_path).read_text()
+    build_for(Path(group.source_path), tmp_path / "avx512.so", "x86-64-v4")
 
 
 @pytest.mark.parametrize("shift", ["min", "mean", "other max"])

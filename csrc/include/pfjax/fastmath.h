@@ -94,6 +94,47 @@ static inline __attribute__((always_inline)) __m512 pfjax_exp16(__m512 x) {
   return y;
 }
 extern "C" PFJAX_VECTOR_ABI __m512 pfjax_exp_v16(__m512 x) { return pfjax_exp16(x); }
+// exp(x - m) for x <= m (softmax's x - max(x)), the subtraction and the range reduction
+// in one fused multiply-subtract: t = x log2(e) - mhi with m log2(e) = mhi + mlo, s = t
+// rounded to a sixteenth by the shifter (whose low 4 mantissa bits then index 2^(j/16)),
+// f = t - s exact, and exp(x - m) = 2^floor(s) 2^(j/16) (1 + q), 1 + q = 2^f 2^-mlo: the
+// row's constant 2^-mlo is folded into the cubic's coefficients (kc), so the vector work
+// is 10 operations against 16 for exp16(x - m). The price is t's rounding, |x - m| 2^-24
+// relative, and float log2(e)'s 1.3e-8 |x - m|, as the AVX2 form. Lanes with t below the
+// range are 0 (vscalefps with a zeroing mask: no underflow assists for -1e9 scores); `*in`
+// says which lanes were in range (none where mhi is NaN).
+constexpr float kPfjaxShiftedLowest16 = -86.6f * 1.44269504f;  // results stay normal
+static inline __attribute__((always_inline)) __m512 pfjax_exp_shifted16(
+    __m512 x, __m512 mhi, const __m512 kc[4], __mmask16* in) {
+  const __m512 shifter = _mm512_set1_ps(0x1.8p19f);  // ulp 1/16
+  const __m512 t = _mm512_fmsub_ps(x, _mm512_set1_ps(1.44269502f), mhi);
+  const __m512 s = _mm512_add_ps(t, shifter);
+  const __m512 f = _mm512_sub_ps(t, _mm512_sub_ps(s, shifter));  // |f| <= 1/32
+  __m512 q = _mm512_fmadd_ps(kc[3], f, kc[2]);
+  q = _mm512_fmadd_ps(q, f, kc[1]);
+  q = _mm512_fmadd_ps(q, f, kc[0]);
+  const __m512 table = _mm512_setr_ps(
+      1.000000000e+00f, 1.044273734e+00f, 1.090507746e+00f, 1.138788581e+00f, 1.189207077e+00f,
+      1.241857767e+00f, 1.296839595e+00f, 1.354255557e+00f, 1.414213538e+00f, 1.476826191e+00f,
+      1.542210817e+00f, 1.610490322e+00f, 1.681792855e+00f, 1.756252170e+00f, 1.834008098e+00f,
+      1.915206552e+00f);
+  const __m512 entry = _mm512_permutexvar_ps(_mm512_castps_si512(s), table);
+  *in = _mm512_cmp_ps_mask(t, _mm512_set1_ps(kPfjaxShiftedLowest16), _CMP_GE_OQ);
+  return _mm512_maskz_scalef_ps(*in, _mm512_fmadd_ps(q, entry, entry), _mm512_sub_ps(s, shifter));
+}
+// The per-row constants of pfjax_exp_shifted16: mhi, and q = 2^-mlo (1 + f ln2 + ...) - 1
+// as kc[0] + f (kc[1] + f (kc[2] + f kc[3])) (2^f's Taylor cubic, error (f ln2)^4 / 24
+// <= 1e-8 at |f| = 1/32; q is small, so its roundings barely reach the result).
+static inline __attribute__((always_inline)) __m512 pfjax_exp_shift_constants16(float m, __m512 kc[4]) {
+  const float hi = m * 1.44269502f;
+  const float a = __builtin_fmaf(m, 1.44269502f, -hi) * 0.693147181f;  // mlo ln2, <= 2^-11
+  const float k = 1.0f + __builtin_fmaf(a, 0.5f, -1.0f) * a;            // e^-a
+  kc[0] = _mm512_set1_ps(__builtin_fmaf(a, 0.5f, -1.0f) * a);           // e^-a - 1
+  kc[1] = _mm512_set1_ps(k * 0.693147181f);
+  kc[2] = _mm512_set1_ps(k * 0.240226507f);
+  kc[3] = _mm512_set1_ps(k * 0.0555041087f);
+  return _mm512_set1_ps(hi);
+}
 // logistic through the same ABI: 1 / (1 + exp(-x)) with the reciprocal from vrcp14ps and
 // one Newton step (three pipelined instructions instead of a division). -x is clamped to
 // +-87 so that 1 + exp(-x) and its reciprocal stay normal; below x = -87 the result is 0

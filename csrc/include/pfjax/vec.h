@@ -140,8 +140,23 @@ PFJAX_VF16_INLINE int any_nan(vf16 v) { return _mm512_cmp_ps_mask(v.v, v.v, _CMP
 
 namespace math {
 PFJAX_VF16_INLINE vf16 exp_v(vf16 x) { return pfjax_exp16(x.v); }
-// exp(x - m), m at least every x of the row: the AVX2 form's shortcut does not apply
-PFJAX_VF16_INLINE vf16 exp_minus_max(vf16 x, float m) { return exp_v(x - m); }
+// exp(x - m), m at least every x of the row (softmax's shift by the max): the shifted
+// form where every lane's result is normal or x - m < -104 (a masked score, 0); vectors
+// with a lane in [-104, -86.6) (denormal results), NaN, or an infinite or huge m
+// (|m| > 1e4, where mlo leaves the cubic's reach) take exp_v(x - m).
+PFJAX_VF16_INLINE vf16 exp_minus_max(vf16 x, float m) {
+  __m512 kc[4];
+  __m512 mhi = pfjax_exp_shift_constants16(m, kc);
+  // a NaN mhi fails every lane's range test: one test per vector instead of two
+  if (!(__builtin_fabsf(m) <= 1e4f)) mhi = _mm512_set1_ps(__builtin_nanf(""));
+  __mmask16 in;
+  const __m512 y = pfjax_exp_shifted16(x.v, mhi, kc, &in);
+  if (__builtin_expect(in == 0xFFFF, 1)) return y;
+  const __mmask16 far = _mm512_cmp_ps_mask(_mm512_fmsub_ps(x.v, _mm512_set1_ps(1.44269502f), mhi),
+                                           _mm512_set1_ps(-104.0f * 1.44269504f), _CMP_LT_OQ);
+  if (static_cast<__mmask16>(in | far) == 0xFFFF) return y;
+  return exp_v(x - m);
+}
 PFJAX_VF16_INLINE vf16 logistic_v(vf16 x) { return pfjax_logistic16(x.v); }
 PFJAX_VF16_INLINE vf16 max_f32(vf16 a, vf16 b) { return nan_or(a, b, _mm512_max_ps(a.v, b.v)); }
 PFJAX_VF16_INLINE vf16 min_f32(vf16 a, vf16 b) { return nan_or(a, b, _mm512_min_ps(a.v, b.v)); }
