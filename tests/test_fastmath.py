@@ -105,13 +105,16 @@ extern "C" __attribute__((visibility("default"))) void apply_vf16(int which, con
     const pfjax::vf16 v = pfjax::vf16::load(x + i);
     (which == 0 ? pfjax::math::exp_v(v) : which == 1 ? pfjax::math::logistic_v(v)
                 : which == 2 ? pfjax::math::erfc_fast(v) : which == 3 ? pfjax::math::log_f32(v)
-                : pfjax::math::log1p_f32(v)).store(y + i);
+                : which == 4 ? pfjax::math::log1p_f32(v) : pfjax::math::one_plus_exp2(v)).store(y + i);
   }
 }
 // exp(x - m) over vf16 with one m per 16 lanes, as softmax loops call it
 extern "C" __attribute__((visibility("default"))) void apply_exp_minus_max(const float* x, const float* m, float* y, int64_t n) {
   for (int64_t i = 0; i + 16 <= n; i += 16)
     pfjax::math::exp_minus_max(pfjax::vf16::load(x + i), m[i / 16]).store(y + i);
+}
+extern "C" __attribute__((visibility("default"))) void apply_one_plus_exp2(const float* x, float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] = pfjax::math::one_plus_exp2(x[i]);
 }
 extern "C" __attribute__((visibility("default"))) void apply_exp(const float* x, float* y, int64_t n) {
   #pragma omp simd simdlen(16)
@@ -218,6 +221,32 @@ def test_vf16_log_matches_the_scalar_form_bit_for_bit(vector_lib, rng, which):
         assert np.isneginf(y[3]) and np.isneginf(y[4]) and np.isnan(y[5])
     else:
         assert y[3] == 0 and np.signbit(y[4]) and np.isneginf(y[5])
+
+
+def test_one_plus_exp2(vector_lib):
+    """1 + 2^x (GELU's denominator once its constant takes log2(e)), over pfjax::vf16 and
+    the scalar form: within 1.5 ulp of the float64 value from -140 to 130, 1 where 2^x
+    vanishes beside 1, inf from 128 on, NaN for NaN."""
+    x = np.concatenate([np.linspace(-140, 130, 1_000_000, dtype=np.float32),
+                        np.array([np.nan, np.inf, -np.inf, 128.0, 127.99, -126.5, 0.0, -0.0,
+                                  1e-30, 3e38, -3e38, -149.5, 0.5, -0.5, 24.0, -24.0],
+                                 np.float32)])
+    x = x[: x.size // 16 * 16]
+    with np.errstate(over="ignore"):
+        ref = 1 + np.exp2(x.astype(np.float64))
+    vec, scalar = np.empty_like(x), np.empty_like(x)
+    vector_lib.apply_vf16(ctypes.c_int(5), x.ctypes.data_as(ctypes.c_void_p),
+                          vec.ctypes.data_as(ctypes.c_void_p), ctypes.c_int64(x.size))
+    vector_lib.apply_one_plus_exp2(x.ctypes.data_as(ctypes.c_void_p),
+                                   scalar.ctypes.data_as(ctypes.c_void_p), ctypes.c_int64(x.size))
+    finite = np.isfinite(ref) & (ref < 3.4e38)
+    with np.errstate(over="ignore"):
+        ulp = np.spacing(ref[finite].astype(np.float32)).astype(np.float64)
+    for y in (vec, scalar):
+        assert (np.abs(y[finite] - ref[finite]) <= 1.5 * ulp).all()
+        np.testing.assert_array_equal(np.isnan(y), np.isnan(x))
+        assert np.isposinf(y[(x >= 128) & ~np.isnan(x)]).all()
+        assert (y[x < -25] == 1).all()
 
 
 @pytest.mark.parametrize("which", [0, 1, 2])

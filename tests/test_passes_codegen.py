@@ -385,8 +385,8 @@ def test_tanh_gelu_runs_as_a_division_and_matches_float64(rng):
     f = lambda x: jax.nn.gelu(x, approximate=True)
     (group,) = pfjax.explain(f, x).groups
     ops = {n.arg for n in gir.toposort(group.kernel.root) if n.op is gir.Op.ALU}
-    # x * logistic(2z) -> x / (1 + exp(-2z))
-    assert {"exp", "div"} <= ops and not ops & {"logistic", "tanh"}
+    # x * logistic(2z) -> x / (1 + exp(-2z)) = x / (1 + 2^(-2 log2(e) z))
+    assert {"one_plus_exp2", "div"} <= ops and not ops & {"logistic", "tanh", "exp"}
     got = np.asarray(pfjax.fuse(f)(x))
     x64 = x.astype(np.float64)
     with np.errstate(over="ignore", invalid="ignore"):  # 0.5 (1 + tanh z) = 1 / (1 + e^-2z)
@@ -477,22 +477,24 @@ def _specials(rng):
 
 @pytest.mark.parametrize("const_first", [True, False])
 def test_logistic_product_becomes_a_division(rng, const_first):
-    """x * logistic(c * x) -> x / (1 + exp((-c) * x)): the negation folds into the constant,
-    and the ends agree with the product (x / inf = 0 where logistic = 0; NaN at -inf * 0)."""
+    """x * logistic(c * x) -> x / (1 + 2^((-c log2(e)) * x)): the negation and log2(e) fold
+    into the constant, and the ends agree with the product (x / inf = 0 where logistic = 0;
+    NaN at -inf * 0)."""
     from pfjax.passes.logistic import logistic_products_to_divisions
     c = gir.const(np.float32(1.702), DType.F32)
     kernel = _gated_kernel(lambda x: gir.alu("mul", DType.F32, *((c, x) if const_first else (x, c))))
     rewritten = logistic_products_to_divisions(kernel)
     nodes = [n for n in gir.toposort(rewritten.root) if n.op is Op.ALU]
     ops = [n.arg for n in nodes]
-    assert "logistic" not in ops and "neg" not in ops and {"exp", "div"} <= set(ops)
-    (scaled,) = [n.src[0] for n in nodes if n.arg == "exp"]
-    assert [float(s.arg) for s in scaled.src if s.op is Op.CONST] == [-float(np.float32(1.702))]
+    assert "logistic" not in ops and "neg" not in ops and {"one_plus_exp2", "div"} <= set(ops)
+    (scaled,) = [n.src[0] for n in nodes if n.arg == "one_plus_exp2"]
+    c2 = np.float32(-float(np.float32(1.702)) * np.log2(np.e))
+    assert [np.float32(s.arg) for s in scaled.src if s.op is Op.CONST] == [c2]
     x = _specials(rng)
     got = gir.interp.run(rewritten, [x])[0]
     with np.errstate(over="ignore", invalid="ignore"):
-        minus_y = (np.float32(-1.702) * x).astype(np.float64)  # the argument as rounded
-        want = x.astype(np.float64) / (1 + np.exp(minus_y))
+        minus_y = (c2 * x).astype(np.float64)  # the argument as rounded
+        want = x.astype(np.float64) / (1 + np.exp2(minus_y))
     want[np.isneginf(x)] = np.nan  # -inf * logistic(-inf) = -inf * 0
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-36)
     np.testing.assert_array_equal(np.signbit(got[~np.isnan(got)]), np.signbit(want[~np.isnan(got)]))

@@ -105,6 +105,7 @@ ALU = {
     "log1p": (_M + "log1p_f32({0})", "std::log1p({0})", None, None),
     "tanh": (_M + "tanh_fast({0})", "std::tanh({0})", None, None),
     "logistic": (_M + "logistic_v({0})", "(1.0 / (1.0 + std::exp(-{0})))", None, None),
+    "one_plus_exp2": (_M + "one_plus_exp2({0})", "(1.0 + std::exp2({0}))", None, None),
     "erf": (_M + "erf_fast({0})", "std::erf({0})", None, None),
     "erfc": (_M + "erfc_fast({0})", "std::erfc({0})", None, None),
     "sin": (_M + "sin_f32({0})", "std::sin({0})", None, None),

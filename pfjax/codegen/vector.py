@@ -16,7 +16,7 @@ from __future__ import annotations
 from pfjax import gir
 from pfjax.gir import Op
 
-VECTOR_CALLS = {"exp", "logistic", "erfc", "log", "log1p"}
+VECTOR_CALLS = {"exp", "logistic", "erfc", "log", "log1p", "one_plus_exp2"}
 # Calls through the vector ABI (declare simd) and their inline scalar twins (fastmath.h)
 _TAIL_CALLS = {"pfjax::math::exp_v(": "pfjax::math::exp_tail(",
                "pfjax::math::logistic_v(": "pfjax::math::logistic_tail(",

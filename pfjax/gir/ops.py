@@ -67,6 +67,7 @@ _TABLE = [
     ("log1p", 1, "f", True, np.log1p),
     ("tanh", 1, "f", True, np.tanh),
     ("logistic", 1, "f", True, lambda x: 1 / (1 + np.exp(-x))),
+    ("one_plus_exp2", 1, "f", True, lambda x: 1 + np.exp2(x)),  # passes/logistic.py
     ("erf", 1, "f", True, _erf),
     ("erfc", 1, "f", True, _erfc),
     ("sin", 1, "f", True, np.sin),

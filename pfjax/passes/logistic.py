@@ -15,6 +15,14 @@ way), and one multiplication fewer per element.
 replaced by one division, which gives the same answers at the ends (exp(-y) = inf makes
 x / inf = 0, or NaN for an infinite x, as x * 0 does) and rounds once instead of twice.
 Measured on Zen 4: the GELU's arithmetic 7.8 -> 6.3 ns per 16 elements.
+
+Where y = c * e for a constant c (GELU again), exp(-y) is 2^(e * (-c log2(e))): the
+constant takes log2(e), and `one_plus_exp2` needs no range reduction by ln2 (9 vector
+operations for 1 + 2^z against 16 for 1 + exp(z), its clamp replacing exp's test for
+denormal results, which vanish in the sum). The argument rounds once, as c * e did; the
+constant's own rounding adds 2^-24 |y| relative, the same order. Measured on Zen 4: a
+tanh-GELU kernel 1.62 -> 1.25 ms on one core (C driver, 4M elements). SiLU's y = x stays
+with exp(-x): its exact negation would become a rounded product.
 """
 from __future__ import annotations
 
@@ -25,6 +33,8 @@ import numpy as np
 
 from pfjax import gir
 from pfjax.gir import Op
+
+LOG2E = 1.4426950408889634
 
 
 def _const(node: gir.Node, value: float) -> bool:
@@ -37,13 +47,21 @@ def _other(node: gir.Node, value: float) -> gir.Node | None:
     return b if _const(a, value) else a if _const(b, value) else None
 
 
-def _scaled(z: gir.Node, factor: float, users: Counter, done: dict[int, gir.Node]) -> gir.Node:
-    """factor * z (factor 2 or -1: exact), folded into z's constant factor where z = c * e
-    is used only here; done maps the original nodes to their rewritten forms."""
+def _folded(z: gir.Node, factor: float, users: Counter, done: dict[int, gir.Node]) -> gir.Node | None:
+    """factor * z with factor folded into z's constant factor, where z = c * e is used only
+    here (done maps the original nodes to their rewritten forms); else None."""
     if z.op is Op.ALU and z.arg == "mul" and users[id(z)] == 1:
         for c, e in (z.src, z.src[::-1]):
             if c.op is Op.CONST and math.isfinite(float(np.float32(factor * float(c.arg)))):
                 return gir.alu("mul", z.dtype, done[id(e)], gir.const(factor * float(c.arg), z.dtype))
+    return None
+
+
+def _scaled(z: gir.Node, factor: float, users: Counter, done: dict[int, gir.Node]) -> gir.Node:
+    """factor * z (factor 2 or -1: exact), folded into z's constant factor where it can be."""
+    folded = _folded(z, factor, users, done)
+    if folded is not None:
+        return folded
     if factor == -1.0:
         return gir.alu("neg", z.dtype, done[id(z)])
     return gir.alu("mul", z.dtype, done[id(z)], gir.const(factor, z.dtype))
@@ -99,8 +117,12 @@ def logistic_products_to_divisions(kernel: gir.Kernel) -> gir.Kernel:
         if match is not None:
             x, y = match
             t = n.dtype
-            denominator = gir.alu("add", t, gir.const(1.0, t),
-                                  gir.alu("exp", t, _scaled(y, -1.0, users, done)))
+            base2 = _folded(y, -LOG2E, users, done)
+            if base2 is not None:
+                denominator = gir.alu("one_plus_exp2", t, base2)
+            else:
+                denominator = gir.alu("add", t, gir.const(1.0, t),
+                                      gir.alu("exp", t, _scaled(y, -1.0, users, done)))
             done[id(n)] = gir.alu("div", t, done[id(x)], denominator)
             continue
         src = tuple(done[id(s)] for s in n.src)

@@ -135,6 +135,16 @@ static inline __attribute__((always_inline)) __m512 pfjax_exp_shift_constants16(
   kc[3] = _mm512_set1_ps(k * 0.0555041087f);
   return _mm512_set1_ps(hi);
 }
+// 2^f for |f| <= 1/2: pfjax_exp_poly16's coefficients times ln2^k (exp(f ln2) without
+// the multiplication).
+static inline __attribute__((always_inline)) __m512 pfjax_exp2_poly16(__m512 f) {
+  __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(1.532115421e-04f), f, _mm512_set1_ps(1.339016133e-03f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.618526325e-03f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.550362542e-02f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.402264774e-01f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931471825e-01f));
+  return _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+}
 // logistic through the same ABI: 1 / (1 + exp(-x)) with the reciprocal from vrcp14ps and
 // one Newton step (three pipelined instructions instead of a division). -x is clamped to
 // +-87 so that 1 + exp(-x) and its reciprocal stay normal; below x = -87 the result is 0
@@ -263,6 +273,14 @@ PFJAX_MATH_INLINE float logistic_tail(float x) { return logistic_fast(x); }
 // explicit-vector loops have a shorter form on AVX2 (vec_avx2.h)
 PFJAX_MATH_INLINE float exp_minus_max(float x, float m) { return exp_v(x - m); }
 PFJAX_MATH_INLINE float exp_minus_max_tail(float x, float m) { return exp_tail(x - m); }
+// 1 + 2^x: the denominator of x / (1 + exp(-y)) where y's constant factor has taken
+// log2(e) (passes/logistic.py). Results of 2^x below FLT_MIN vanish when added to 1, so
+// the vector forms clamp x to [-126, 128] or so (2^128 is inf) instead of computing them.
+#if defined(__CUDACC__)
+PFJAX_MATH_INLINE float one_plus_exp2(float x) { return 1.0f + exp2f(x); }
+#else
+PFJAX_MATH_INLINE float one_plus_exp2(float x) { return 1.0f + exp2_f32(x); }
+#endif
 
 }  // namespace math
 }  // namespace pfjax

@@ -158,6 +158,14 @@ PFJAX_VF16_INLINE vf16 exp_minus_max(vf16 x, float m) {
   return exp_v(x - m);
 }
 PFJAX_VF16_INLINE vf16 logistic_v(vf16 x) { return pfjax_logistic16(x.v); }
+// fastmath.h's one_plus_exp2: 9 operations where 1 + exp_v(c x) takes 16, the clamp
+// replacing exp_v's test for denormal results (NaN passes min/max as their second operand)
+PFJAX_VF16_INLINE vf16 one_plus_exp2(vf16 x) {
+  const __m512 z = _mm512_max_ps(_mm512_set1_ps(-126.0f), _mm512_min_ps(_mm512_set1_ps(128.0f), x.v));
+  const __m512 n = _mm512_roundscale_ps(z, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 y = _mm512_scalef_ps(pfjax_exp2_poly16(_mm512_sub_ps(z, n)), n);
+  return _mm512_add_ps(_mm512_set1_ps(1.0f), y);
+}
 PFJAX_VF16_INLINE vf16 max_f32(vf16 a, vf16 b) { return nan_or(a, b, _mm512_max_ps(a.v, b.v)); }
 PFJAX_VF16_INLINE vf16 min_f32(vf16 a, vf16 b) { return nan_or(a, b, _mm512_min_ps(a.v, b.v)); }
 PFJAX_VF16_INLINE vf16 max_f32(vf16 a, float b) { return max_f32(a, vf16(b)); }
