@@ -267,12 +267,16 @@ def test_softmax_stores_inside_the_exponential_steps(monkeypatch, rng, stream):
 
 
 @needs_x86_gxx
-def test_softmax_compiles_for_avx512(tmp_path, rng):
-    """exp_minus_max's AVX-512 form (vec.h) compiles on any x86 machine, so an AVX2-only
-    host cannot break it unseen; it runs wherever the machine has AVX-512 (above)."""
+@pytest.mark.parametrize("which", ["exp_minus_max", "one_plus_exp2"])
+def test_vf16_calls_compile_for_avx512(tmp_path, rng, which):
+    """vec.h's AVX-512 forms of softmax's exp_minus_max and GELU's one_plus_exp2 compile
+    on any x86 machine, so an AVX2-only host cannot break them unseen; they run wherever
+    the machine has AVX-512 (the tests above, test_fastmath)."""
     x = rng.standard_normal((8, 512)).astype(np.float32)
-    (group,) = pfjax.explain(lambda x: jax.nn.softmax(x, axis=-1), x).groups
-    assert "exp_minus_max(" in Path(group.source_path).read_text()
+    f = {"exp_minus_max": lambda x: jax.nn.softmax(x, axis=-1),
+         "one_plus_exp2": lambda x: jax.nn.gelu(x, approximate=True)}[which]
+    (group,) = pfjax.explain(f, x).groups
+    assert f"pfjax::math::{which}(" in Path(group.source_path).read_text()
     build_for(Path(group.source_path), tmp_path / "avx512.so", "x86-64-v4")
 
 
