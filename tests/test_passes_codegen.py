@@ -385,8 +385,13 @@ def test_tanh_gelu_runs_as_a_division_and_matches_float64(rng):
     f = lambda x: jax.nn.gelu(x, approximate=True)
     (group,) = pfjax.explain(f, x).groups
     ops = {n.arg for n in gir.toposort(group.kernel.root) if n.op is gir.Op.ALU}
-    # x * logistic(2z) -> x / (1 + exp(-2z)) = x / (1 + 2^(-2 log2(e) z))
+    # x * logistic(2z) -> x / (1 + exp(-2z)) = x / (1 + 2^(-2 log2(e) z)), and z's cubic
+    # c (x + k x^3) as x (c + c k x^2)
     assert {"one_plus_exp2", "div"} <= ops and not ops & {"logistic", "tanh", "exp"}
+    (arg,) = [n.src[0] for n in gir.toposort(group.kernel.root) if n.arg == "one_plus_exp2"]
+    x_node, inner = arg.src
+    assert arg.arg == "mul" and inner.arg == "add"
+    assert sum(n.op is gir.Op.ALU and n.arg == "mul" for n in gir.toposort(arg)) == 3
     got = np.asarray(pfjax.fuse(f)(x))
     x64 = x.astype(np.float64)
     with np.errstate(over="ignore", invalid="ignore"):  # 0.5 (1 + tanh z) = 1 / (1 + e^-2z)
@@ -396,6 +401,23 @@ def test_tanh_gelu_runs_as_a_division_and_matches_float64(rng):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-35)
     assert np.signbit(got[-3]) and np.signbit(got[-1])  # -0 and -1e-30 keep their sign
     np.testing.assert_allclose(got, np.asarray(jax.jit(f)(x)), rtol=1e-5, atol=1e-6)
+
+
+def test_gelu_cubic_kept_where_it_is_also_stored(rng):
+    """x + k x^3 is factored only where nothing else reads it: stored too, the plain
+    product by the folded constant stays."""
+    x = (rng.standard_normal(512) * 3).astype(np.float32)
+
+    def f(x):
+        inner = x + 0.044715 * x ** 3
+        return x * jax.nn.sigmoid(1.5957691 * inner), inner
+
+    (group,) = pfjax.explain(f, x).groups
+    (arg,) = [n.src[0] for n in gir.toposort(group.kernel.root) if n.arg == "one_plus_exp2"]
+    assert any(s.op is gir.Op.CONST for s in arg.src)  # e * c', e the stored cubic
+    got = pfjax.fuse(f)(x)
+    for g, w in zip(got, jax.jit(f)(x)):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=2e-6, atol=1e-6)
 
 
 def _tanh_gate_kernel(z_of_x, extra_use=False):

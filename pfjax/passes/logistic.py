@@ -47,14 +47,59 @@ def _other(node: gir.Node, value: float) -> gir.Node | None:
     return b if _const(a, value) else a if _const(b, value) else None
 
 
+def _const_factor(z: gir.Node, users: Counter) -> tuple[float, gir.Node] | None:
+    """(c, e) where z = c * e for a constant c and z is used only once."""
+    if z.op is Op.ALU and z.arg == "mul" and users[id(z)] == 1:
+        for c, e in (z.src, z.src[::-1]):
+            if c.op is Op.CONST:
+                return float(c.arg), e
+    return None
+
+
 def _folded(z: gir.Node, factor: float, users: Counter, done: dict[int, gir.Node]) -> gir.Node | None:
     """factor * z with factor folded into z's constant factor, where z = c * e is used only
     here (done maps the original nodes to their rewritten forms); else None."""
-    if z.op is Op.ALU and z.arg == "mul" and users[id(z)] == 1:
-        for c, e in (z.src, z.src[::-1]):
-            if c.op is Op.CONST and math.isfinite(float(np.float32(factor * float(c.arg)))):
-                return gir.alu("mul", z.dtype, done[id(e)], gir.const(factor * float(c.arg), z.dtype))
+    split = _const_factor(z, users)
+    if split is None or not math.isfinite(float(np.float32(factor * split[0]))):
+        return None
+    c, e = split
+    return gir.alu("mul", z.dtype, done[id(e)], gir.const(factor * c, z.dtype))
+
+
+def _cubic(e: gir.Node, users: Counter) -> tuple[gir.Node, float] | None:
+    """(x, k) where e = x + k * x^3 (tanh-GELU's polynomial, x^3 as integer_pow writes
+    it: x * (x * x)) and its inner nodes are used only here."""
+    if e.op is not Op.ALU or e.arg != "add" or users[id(e)] != 1:
+        return None
+    for x, term in (e.src, e.src[::-1]):
+        split = _const_factor(term, users)
+        if split is None:
+            continue
+        k, cube = split
+        if cube.op is Op.ALU and cube.arg == "mul" and users[id(cube)] == 1:
+            for a, square in (cube.src, cube.src[::-1]):
+                if a is x and square.op is Op.ALU and square.arg == "mul" and \
+                        square.src[0] is x and square.src[1] is x and users[id(square)] == 1:
+                    return x, k
     return None
+
+
+def _base2_argument(y: gir.Node, users: Counter, done: dict[int, gir.Node]) -> gir.Node | None:
+    """-y log2(e) where y = c * e, the factor folded into c; with e = x + k x^3 (GELU) as
+    x * (c' + c' k x^2): a multiplication, a fused multiply-add and a multiplication where
+    the cubic and the scaling took four operations (the argument rounds about as often)."""
+    split = _const_factor(y, users)
+    if split is None:
+        return None
+    c = -LOG2E * split[0]
+    cubic = _cubic(split[1], users)
+    if cubic is None or not math.isfinite(float(np.float32(c * cubic[1]))):
+        return _folded(y, -LOG2E, users, done)
+    x, k = done[id(cubic[0])], cubic[1]
+    t = y.dtype
+    inner = gir.alu("add", t, gir.const(c, t),
+                    gir.alu("mul", t, gir.const(c * k, t), gir.alu("mul", t, x, x)))
+    return gir.alu("mul", t, x, inner)
 
 
 def _scaled(z: gir.Node, factor: float, users: Counter, done: dict[int, gir.Node]) -> gir.Node:
@@ -117,7 +162,7 @@ def logistic_products_to_divisions(kernel: gir.Kernel) -> gir.Kernel:
         if match is not None:
             x, y = match
             t = n.dtype
-            base2 = _folded(y, -LOG2E, users, done)
+            base2 = _base2_argument(y, users, done)
             if base2 is not None:
                 denominator = gir.alu("one_plus_exp2", t, base2)
             else:
