@@ -22,7 +22,9 @@ operations for 1 + 2^z against 16 for 1 + exp(z), its clamp replacing exp's test
 denormal results, which vanish in the sum). The argument rounds once, as c * e did; the
 constant's own rounding adds 2^-24 |y| relative, the same order. Measured on Zen 4: a
 tanh-GELU kernel 1.62 -> 1.25 ms on one core (C driver, 4M elements). SiLU's y = x stays
-with exp(-x): its exact negation would become a rounded product.
+with exp(-x): its exact negation would become a rounded product. GELU's argument
+c (x + k x^3) is then x (c + c k x^2), three operations instead of four (the same kernel
+1.25 -> 1.16 ms).
 """
 from __future__ import annotations
 
