@@ -294,7 +294,7 @@ def test_transpose_goes_through_a_stage_tile(shape, dtype, rng):
 
 @pytest.mark.parametrize("mode", ["1", "auto"])
 def test_large_transpose_streams_full_row_blocks(monkeypatch, rng, mode):
-    """A large transpose takes full-size row blocks (512 rows: not a divisor of its
+    """A large transpose takes full-size row blocks (512 or 256 rows: not divisors of its
     1100-row runs) and streams its stores: always with PFJAX_NONTEMPORAL=1, else where the
     output is resident."""
     monkeypatch.setenv("PFJAX_NONTEMPORAL", mode)
@@ -307,7 +307,9 @@ def test_large_transpose_streams_full_row_blocks(monkeypatch, rng, mode):
     for _ in range(3):
         assert_tree_close(fused(x, b), want, **TOL)
     (group,) = pfjax.explain(f, x, b).groups
-    assert group.schedule.block == decisions.TRANSPOSE_BLOCK_ROWS == 512
+    full = decisions.transpose_shape(pfjax.compile.target())  # (512, 16) with AVX-512
+    assert (group.schedule.block, group.schedule.strip) == full
+    assert f"kBlockRows = {full[0]}, kStrip = {full[1]};" in open(group.source_path).read()
     assert group.schedule.nontemporal
     assert "stream_copy" in open(group.source_path).read()
 
@@ -315,11 +317,14 @@ def test_large_transpose_streams_full_row_blocks(monkeypatch, rng, mode):
 @pytest.mark.parametrize("rows, cores, n_inputs, dtype, want", [
     (4096, 2, 1, "f32", 512), (3300, 2, 1, "f32", 512), (2047, 2, 1, "f32", 256),
     (1024, 2, 1, "f32", 256), (4096, 16, 1, "f32", 128), (300, 2, 1, "f32", 64),
-    (40, 2, 1, "f32", 64), (4096, 2, 2, "f64", 512), (4096, 2, 3, "f64", 256)])
+    (40, 2, 1, "f32", 64), (4096, 2, 2, "f64", 512), (4096, 2, 3, "f64", 256),
+    (4096, 2, 1, "avx2", 256), (300, 2, 1, "avx2", 64), (40, 2, 1, "avx2", 32)])
 def test_transpose_block_leaves_each_thread_two_blocks(rows, cores, n_inputs, dtype, want):
-    """512-row blocks, halved until every thread gets two of them and the stage tiles
-    (rows x 16 columns per transposed input) fit MAX_STAGE_BYTES; 64 at the least."""
-    dt = {"f32": gir.DType.F32, "f64": gir.DType.F64}[dtype]
+    """512-row blocks (AVX-512; 256 with AVX2, whose strips are 32 columns wide), halved
+    until every thread gets two of them and the stage tiles (rows x strip per transposed
+    input) fit MAX_STAGE_BYTES; an eighth of the full block at the least."""
+    simd_bytes = 32 if dtype == "avx2" else 64
+    dt = {"f32": gir.DType.F32, "avx2": gir.DType.F32, "f64": gir.DType.F64}[dtype]
     space = (rows, 64)
     inputs = [gir.buffer(k, "in", dt, space[::-1]) for k in range(n_inputs)]
     value = gir.load(inputs[0], gir.View(space, (1, rows)))  # x.T
@@ -328,7 +333,7 @@ def test_transpose_block_leaves_each_thread_two_blocks(rows, cores, n_inputs, dt
     out = gir.buffer(0, "out", dt, space)
     kernel = gir.Kernel(gir.parallel(gir.Parallel(space), [
         gir.store(out, value, gir.View(space, (64, 1)))]), tuple(inputs), (out,))
-    target = gir.cpu_target({"num_cores": cores, "simd_bytes": 64})
+    target = gir.cpu_target({"num_cores": cores, "simd_bytes": simd_bytes})
     assert decisions.transpose_block(kernel, target) == want
 
 

@@ -15,7 +15,6 @@ from pfjax.codegen.vector import (VECTOR_CALLS, direct_flag, scalar_tail, stored
                                    vector_body_ok, vector_decl, vector_store,
                                    vector_streamed_store, vector_uniform)
 from pfjax.gir import Op
-from pfjax.schedule.decisions import TRANSPOSE_STRIP
 
 
 class _Writer:
@@ -89,7 +88,7 @@ def emit_kernel(kernel: gir.Kernel) -> str:
         # A transposed access (strided along the row, contiguous across rows) walks blocks
         # of `block` rows a column strip at a time: the cache lines one row's strided reads
         # touch are reused by the next rows while they are still in L1.
-        w(f"constexpr int64_t kBlockRows = {par.block}, kStrip = {TRANSPOSE_STRIP};")
+        w(f"constexpr int64_t kBlockRows = {par.block}, kStrip = {par.strip};")
         w("const int64_t row_end = end / kInner;  // tasks hold whole blocks of rows")
         for k, n in enumerate(staged.values()):
             w(f"alignas(64) {STORAGE[n.dtype]} stage{k}[kBlockRows * kStrip];")

@@ -111,6 +111,7 @@ class Parallel:
     rdims: tuple[int, ...] = ()
     block: int = 1
     split: int = 1   # segments of the reduced rows (column or row style), reduced apart, then combined
+    strip: int = 1   # columns per step of a blocked (transposed) traversal, staged at the local level
 
     @property
     def column_style(self) -> bool:

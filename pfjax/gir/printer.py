@@ -11,6 +11,7 @@ def format_kernel(kernel: Kernel) -> str:
              f"vector={par.vector}" + (" nontemporal" if par.nontemporal else "")
              + (f" reduce_dims={par.rdims}" if par.rdims else "")
              + (f" block={par.block}" if par.block > 1 else "")
+             + (f" strip={par.strip}" if par.block > 1 and not par.rdims else "")
              + (f" split={par.split}" if par.split > 1 else "")]
     names: dict[int, str] = {}
     for node in toposort(kernel.root):

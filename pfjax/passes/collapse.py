@@ -60,7 +60,7 @@ def collapse_dims(kernel: gir.Kernel) -> gir.Kernel:
             return node.replace(arg=gir.Reduction(node.arg.op, kept))
         if node.op is Op.PARALLEL:
             return node.replace(arg=gir.Parallel(new_space, par.chunk, par.vector, par.nontemporal,
-                                                 new_rdims, par.block, par.split))
+                                                 new_rdims, par.block, par.split, par.strip))
         return None
 
     return kernel.with_root(gir.rewrite(kernel.root, fix))

@@ -23,6 +23,7 @@ class Schedule:
     nontemporal: bool  # stream stores past the cache
     block: int = 1     # columns per unit in a column reduction
     split: int = 1     # row segments of a column reduction, combined after the units
+    strip: int = 1     # columns per step of a blocked traversal (with block > 1)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -168,6 +169,7 @@ def choose(kernel: gir.Kernel, target: gir.Target) -> Schedule:
     # Several chunks per thread so a slow thread does not hold everyone up.
     chunk = max(min_chunk, -(-size // (target.groups * 4)))
     block = transpose_block(kernel, target)
+    strip = transpose_shape(target)[1] if block > 1 else 1
     # A blocked traversal hands out whole blocks of rows.
     align = block * par.space[-1] if block > 1 else 64
     chunk = -(-chunk // align) * align
@@ -177,22 +179,33 @@ def choose(kernel: gir.Kernel, target: gir.Target) -> Schedule:
     # which through the cache would cost a read for ownership each (and, at power-of-two
     # row strides, conflict in the same cache sets).
     stream = mode == "always" or (mode == "auto" and out_bytes >= NONTEMPORAL_MIN_BYTES)
-    return Schedule(vector=target.lanes, chunk=min(chunk, size), nontemporal=stream, block=block)
+    return Schedule(vector=target.lanes, chunk=min(chunk, size), nontemporal=stream, block=block,
+                    strip=strip)
 
 
 # A blocked (transposed) traversal (codegen.cpu) stages a block of rows x a strip of
-# TRANSPOSE_STRIP columns at the local level: each source row is read in runs of a block's
-# length (512 floats: 2 KiB), one 16 x 16 register transpose per 16 rows fills the stage
-# (32 KiB at 512 x 16 floats), each output row gets one line per strip and its loop is one
-# 16-lane vector. Measured on a 2-core Zen 4 from memory, x.T * 2 + 1 at 1024 x 4096:
-# 1.12-1.18x over 256 x 64 and over 32- and 64-wide strips; transpose + bias + tanh-GELU
-# through JAX 4.0x -> 5.7x jax.jit. Smaller blocks where 512 would leave a thread fewer
-# than two (1024 rows were 5-10% faster still in isolation, but 4 blocks for 2 threads
-# balanced badly in XLA's pool: 4.4x).
-TRANSPOSE_STRIP = 16
+# columns at the local level (32 KiB of floats either way). With AVX-512, 512 rows x 16:
+# each source row is read in runs of 2 KiB, one 16 x 16 register transpose per 16 rows
+# fills the stage, each output row gets one line per strip and its loop is one 16-lane
+# vector. Measured on a 2-core Zen 4 from memory, x.T * 2 + 1 at 1024 x 4096: 1.12-1.18x
+# over 256 x 64 and over 32- and 64-wide strips; transpose + bias + tanh-GELU through JAX
+# 4.0x -> 5.7x jax.jit. With AVX2 (8 x 8 register transposes), 256 rows x 32: on a 2-core
+# Zen 3 the 512 x 16 traversal spent most of its time in the row loop's one-line stores,
+# 512 of them 4 KiB apart per strip. Through JAX at 1024 x 4096 (ms, x.T * 2 + b /
+# transpose + bias + tanh-GELU): 512 x 16 1.88 / 1.85, 256 x 32 1.30 / 1.63, 128 x 64
+# 1.14 / 1.76, 256 x 64 1.17 / 1.71. Smaller blocks where the full one would leave a
+# thread fewer than two (on Zen 4, 1024 rows were 5-10% faster still in isolation, but 4 blocks for 2
+# threads balanced badly in XLA's pool: 4.4x).
 TRANSPOSE_BLOCK_ROWS = 512
-SMALL_TRANSPOSE_BLOCK_ROWS = 64
 MAX_STAGE_BYTES = 128 * 1024
+
+
+def transpose_shape(target: gir.Target) -> tuple[int, int]:
+    """(rows, strip) of a full-size transpose block on this target; the least block is an
+    eighth of the full one."""
+    if target.backend == "cpu" and target.vector_bytes < 64:
+        return TRANSPOSE_BLOCK_ROWS // 2, 32
+    return TRANSPOSE_BLOCK_ROWS, 16
 
 
 def transpose_block(kernel: gir.Kernel, target: gir.Target) -> int:
@@ -206,9 +219,10 @@ def transpose_block(kernel: gir.Kernel, target: gir.Target) -> int:
     if not transposed:
         return 1
     rows = math.prod(space[:-1])
-    row_bytes = sum(n.dtype.itemsize for n in transposed) * TRANSPOSE_STRIP  # per stage row
-    block = TRANSPOSE_BLOCK_ROWS
-    while block > SMALL_TRANSPOSE_BLOCK_ROWS and (
+    block, strip = transpose_shape(target)
+    row_bytes = sum(n.dtype.itemsize for n in transposed) * strip  # per stage row
+    least = block // 8
+    while block > least and (
             rows < block * 2 * target.groups or block * row_bytes > MAX_STAGE_BYTES):
         block //= 2
     return block
@@ -217,6 +231,6 @@ def transpose_block(kernel: gir.Kernel, target: gir.Target) -> int:
 def apply(kernel: gir.Kernel, schedule: Schedule) -> gir.Kernel:
     par = kernel.parallel
     spec = gir.Parallel(par.space, schedule.chunk, schedule.vector, schedule.nontemporal,
-                        par.rdims, schedule.block, schedule.split)
+                        par.rdims, schedule.block, schedule.split, schedule.strip)
     assert kernel.root.op is Op.PARALLEL
     return kernel.with_root(kernel.root.replace(arg=spec))
