@@ -221,14 +221,13 @@ static inline void stage_transpose(T* __restrict dst, int64_t dst_stride,
   if constexpr (sizeof(T) == 4) {
     // 8 source rows at a time across the block: each source line's two halves are
     // transposed one after the other (the rows' lines share L1 sets at 4 KiB strides)
-    const int64_t rows8 = rows / 8 * 8;
-    int64_t jj = 0;
-    for (; jj + 8 <= cols; jj += 8)
+    const int64_t rows8 = rows / 8 * 8, cols8 = cols / 8 * 8;
+    for (int64_t jj = 0; jj < cols8; jj += 8)
       for (int64_t tt = 0; tt < rows8; tt += 8)
         transpose8x8_b32(dst + tt * dst_stride + jj, dst_stride, src + jj * src_stride + tt,
                          src_stride);
-    for (; jj < cols; ++jj)
-      for (int64_t tt = 0; tt < rows8; ++tt) dst[tt * dst_stride + jj] = src[jj * src_stride + tt];
+    for (int64_t tt = 0; tt < rows8; ++tt)
+      for (int64_t jj = cols8; jj < cols; ++jj) dst[tt * dst_stride + jj] = src[jj * src_stride + tt];
     t0 = rows8;
   }
 #endif
