@@ -189,12 +189,15 @@ def choose(kernel: gir.Kernel, target: gir.Target) -> Schedule:
 # fills the stage, each output row gets one line per strip and its loop is one 16-lane
 # vector. Measured on a 2-core Zen 4 from memory, x.T * 2 + 1 at 1024 x 4096: 1.12-1.18x
 # over 256 x 64 and over 32- and 64-wide strips; transpose + bias + tanh-GELU through JAX
-# 4.0x -> 5.7x jax.jit. With AVX2 (8 x 8 register transposes), 256 rows x 32: on a 2-core
-# Zen 3 the 512 x 16 traversal spent most of its time in the row loop's one-line stores,
-# 512 of them 4 KiB apart per strip. Through JAX at 1024 x 4096 (ms, x.T * 2 + b /
-# transpose + bias + tanh-GELU): 512 x 16 1.88 / 1.85, 256 x 32 1.30 / 1.63, 128 x 64
-# 1.14 / 1.76, 256 x 64 1.17 / 1.71. Smaller blocks where the full one would leave a
-# thread fewer than two (on Zen 4, 1024 rows were 5-10% faster still in isolation, but 4 blocks for 2
+# 4.0x -> 5.7x jax.jit. With AVX2 (8 x 8 register transposes), 512 rows x 32 (a 64 KiB
+# stage): on a 2-core Zen 3 the 16-wide strip spent most of its time in the row loop's
+# one-line stores, 512 of them 4 KiB apart per strip. Through JAX, interleaved in one
+# process (ms, x.T * 2 + b / transpose + bias + tanh-GELU), 1024 x 4096: 512 x 16
+# 2.30 / 2.96, 512 x 32 1.85 / 2.50, 512 x 64 1.62 / 2.44 (256 x 32 1.84 / 2.40 in
+# another run where 512 x 32 took 1.69 / 2.16); 16384 x 4096: 512 x 16 34.3 / 41.6,
+# 512 x 32 34.3 / 34.0, 512 x 64 31.2 / 39.2, 256 x 32 49.9 / 51.3 (shorter source runs
+# cost most from memory). Smaller blocks where the full one would leave a thread fewer
+# than two (on Zen 4, 1024 rows were 5-10% faster still in isolation, but 4 blocks for 2
 # threads balanced badly in XLA's pool: 4.4x).
 TRANSPOSE_BLOCK_ROWS = 512
 MAX_STAGE_BYTES = 128 * 1024
@@ -204,7 +207,7 @@ def transpose_shape(target: gir.Target) -> tuple[int, int]:
     """(rows, strip) of a full-size transpose block on this target; the least block is an
     eighth of the full one."""
     if target.backend == "cpu" and target.vector_bytes < 64:
-        return TRANSPOSE_BLOCK_ROWS // 2, 32
+        return TRANSPOSE_BLOCK_ROWS, 32
     return TRANSPOSE_BLOCK_ROWS, 16
 
 
