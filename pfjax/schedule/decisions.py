@@ -169,7 +169,7 @@ def choose(kernel: gir.Kernel, target: gir.Target) -> Schedule:
     # Several chunks per thread so a slow thread does not hold everyone up.
     chunk = max(min_chunk, -(-size // (target.groups * 4)))
     block = transpose_block(kernel, target)
-    strip = transpose_shape(target)[1] if block > 1 else 1
+    strip = transpose_strip(target) if block > 1 else 1
     # A blocked traversal hands out whole blocks of rows.
     align = block * par.space[-1] if block > 1 else 64
     chunk = -(-chunk // align) * align
@@ -184,7 +184,7 @@ def choose(kernel: gir.Kernel, target: gir.Target) -> Schedule:
 
 
 # A blocked (transposed) traversal (codegen.cpu) stages a block of rows x a strip of
-# columns at the local level (32 KiB of floats either way). With AVX-512, 512 rows x 16:
+# columns at the local level. With AVX-512, 512 rows x 16 (a 32 KiB stage of floats):
 # each source row is read in runs of 2 KiB, one 16 x 16 register transpose per 16 rows
 # fills the stage, each output row gets one line per strip and its loop is one 16-lane
 # vector. Measured on a 2-core Zen 4 from memory, x.T * 2 + 1 at 1024 x 4096: 1.12-1.18x
@@ -200,15 +200,13 @@ def choose(kernel: gir.Kernel, target: gir.Target) -> Schedule:
 # than two (on Zen 4, 1024 rows were 5-10% faster still in isolation, but 4 blocks for 2
 # threads balanced badly in XLA's pool: 4.4x).
 TRANSPOSE_BLOCK_ROWS = 512
+SMALL_TRANSPOSE_BLOCK_ROWS = 64
 MAX_STAGE_BYTES = 128 * 1024
 
 
-def transpose_shape(target: gir.Target) -> tuple[int, int]:
-    """(rows, strip) of a full-size transpose block on this target; the least block is an
-    eighth of the full one."""
-    if target.backend == "cpu" and target.vector_bytes < 64:
-        return TRANSPOSE_BLOCK_ROWS, 32
-    return TRANSPOSE_BLOCK_ROWS, 16
+def transpose_strip(target: gir.Target) -> int:
+    """Columns per step of a blocked traversal on this target."""
+    return 32 if target.backend == "cpu" and target.vector_bytes < 64 else 16
 
 
 def transpose_block(kernel: gir.Kernel, target: gir.Target) -> int:
@@ -222,10 +220,9 @@ def transpose_block(kernel: gir.Kernel, target: gir.Target) -> int:
     if not transposed:
         return 1
     rows = math.prod(space[:-1])
-    block, strip = transpose_shape(target)
-    row_bytes = sum(n.dtype.itemsize for n in transposed) * strip  # per stage row
-    least = block // 8
-    while block > least and (
+    row_bytes = sum(n.dtype.itemsize for n in transposed) * transpose_strip(target)
+    block = TRANSPOSE_BLOCK_ROWS
+    while block > SMALL_TRANSPOSE_BLOCK_ROWS and (
             rows < block * 2 * target.groups or block * row_bytes > MAX_STAGE_BYTES):
         block //= 2
     return block
