@@ -81,16 +81,31 @@ PFJAX_AVX2_INLINE __m256 pfjax_exp_table_scale8(__m256 q, __m256 s, __m256i ni) 
   return _mm256_castsi256_ps(_mm256_add_epi32(
       _mm256_castps_si256(_mm256_fmadd_ps(q, s, s)), _mm256_slli_epi32(_mm256_srai_epi32(ni, 3), 23)));
 }
+// The same scale from a shifter: s = t + 1.5 2^23 rounds t to the nearest integer n (ties
+// to even, as the rounding above) and holds n in its low mantissa bits while |t| < 2^22.
+// Those bits index the table, and shifted left by 20 they add n >> 3 to the exponent once
+// each entry has its own j << 20 taken off: 2^(j/8) 2^(n >> 3) in a permute, a shift and an
+// integer add, with no round, convert or shift right (the same bits as the form above).
+constexpr float kPfjaxShifter = 0x1.8p23f;
+PFJAX_AVX2_INLINE __m256 pfjax_exp_table_shifted_scale8(__m256 s) {
+  const __m256i si = _mm256_castps_si256(s);
+  const __m256i entries = _mm256_set_epi32(
+      __builtin_bit_cast(int, 1.8340081f) - (7 << 20), __builtin_bit_cast(int, 1.6817929f) - (6 << 20),
+      __builtin_bit_cast(int, 1.5422108f) - (5 << 20), __builtin_bit_cast(int, 1.4142135f) - (4 << 20),
+      __builtin_bit_cast(int, 1.2968396f) - (3 << 20), __builtin_bit_cast(int, 1.1892071f) - (2 << 20),
+      __builtin_bit_cast(int, 1.0905077f) - (1 << 20), __builtin_bit_cast(int, 1.0f));
+  return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_permutevar8x32_epi32(entries, si), _mm256_slli_epi32(si, 20)));
+}
 // exp(x) for x in [-86.6, 127.5 ln 2] (n in [-1000, 1020], so that 2^(n >> 3) is a normal
 // scale): 0.89 ulp over the range (checked on every float). Shorter and with fewer
 // multiplies than exp_core8's degree-6 form: a softmax exponent loop 1.15x faster on Zen 3.
 PFJAX_AVX2_INLINE __m256 pfjax_exp_table8(__m256 x) {
-  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(kPfjaxExpTableN)),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m256 s = _mm256_add_ps(_mm256_mul_ps(x, _mm256_set1_ps(kPfjaxExpTableN)), _mm256_set1_ps(kPfjaxShifter));
+  const __m256 n = _mm256_sub_ps(s, _mm256_set1_ps(kPfjaxShifter));
   __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(kPfjaxLn2HiOver8), x);
   r = _mm256_fnmadd_ps(n, _mm256_set1_ps(kPfjaxLn2LoOver8), r);
-  const __m256i ni = _mm256_cvtps_epi32(n);
-  return pfjax_exp_table_scale8(pfjax_exp_table_poly8(r), pfjax_exp_table_entry8(ni), ni);
+  const __m256 scale = pfjax_exp_table_shifted_scale8(s);
+  return _mm256_fmadd_ps(pfjax_exp_table_poly8(r), scale, scale);
 }
 // exp(x - m) for x <= m (softmax's x - max(x)), m given as m 8/ln2 = mhi + mlo: the
 // subtraction and exp's range reduction in one fused multiply-subtract,
@@ -105,9 +120,8 @@ PFJAX_AVX2_INLINE __m256 pfjax_exp_table8(__m256 x) {
 // within the quartic's fit (|f| <= 1/2 + 2^-8). t is returned for the range test; NaN lanes give NaN.
 PFJAX_AVX2_INLINE __m256 pfjax_exp_shifted_core8(__m256 x, __m256 mhi, __m256 mlo, __m256* t_out) {
   const __m256 t = _mm256_fmsub_ps(x, _mm256_set1_ps(kPfjaxExpTableN), mhi);
-  const __m256 n = _mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __m256 f = _mm256_sub_ps(_mm256_sub_ps(t, n), mlo);  // t - n exact
-  const __m256i ni = _mm256_cvtps_epi32(n);
+  const __m256 s = _mm256_add_ps(t, _mm256_set1_ps(kPfjaxShifter));
+  const __m256 f = _mm256_sub_ps(_mm256_sub_ps(t, _mm256_sub_ps(s, _mm256_set1_ps(kPfjaxShifter))), mlo);  // t - n exact
   // exp(f ln2/8) - 1: the table form's quartic with its coefficients scaled by ln2/8
   constexpr float c = 0.0866433975699931636f;  // ln2 / 8
   __m256 p = _mm256_fmadd_ps(_mm256_set1_ps(kPfjaxExpTableC4 * c * c * c * c), f,
@@ -115,7 +129,8 @@ PFJAX_AVX2_INLINE __m256 pfjax_exp_shifted_core8(__m256 x, __m256 mhi, __m256 ml
   p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(0.5f * c * c));
   p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(c));
   *t_out = t;
-  return pfjax_exp_table_scale8(_mm256_mul_ps(p, f), pfjax_exp_table_entry8(ni), ni);
+  const __m256 scale = pfjax_exp_table_shifted_scale8(s);
+  return _mm256_fmadd_ps(_mm256_mul_ps(p, f), scale, scale);
 }
 // The shifted core's fast path: t >= this keeps results normal (x - m >= -86.6), and
 // |m| <= kPfjaxShiftedLargest keeps mlo small.
