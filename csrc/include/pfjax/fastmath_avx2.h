@@ -59,16 +59,10 @@ PFJAX_AVX2_INLINE __m256 pfjax_exp8_edges(__m256 x) {
 }
 // The table form of exp, in pieces that erfc (vec_avx2.h) shares: with n = round(8 x / ln2)
 // and r = x - n ln2 / 8 (|r| <= ln2 / 16), exp(x) = 2^(n >> 3) * 2^(j/8) * (1 + q(r)),
-// j = n & 7; the scale by 2^(n >> 3) is exponent arithmetic, exact while the result is a
-// normal float.
+// j = n & 7; the scale 2^(n >> 3) 2^(j/8) is built from n's bits (below), exact while it is
+// a normal float.
 constexpr float kPfjaxExpTableN = 11.541560327111707f;  // 8 / ln 2
 constexpr float kPfjaxLn2HiOver8 = 0.693359375f / 8, kPfjaxLn2LoOver8 = -2.12194440e-4f / 8;
-// 2^(j/8) for j = n & 7 (vpermps reads the low 3 bits of each index)
-PFJAX_AVX2_INLINE __m256 pfjax_exp_table_entry8(__m256i ni) {
-  return _mm256_permutevar8x32_ps(
-      _mm256_set_ps(1.8340081f, 1.6817929f, 1.5422108f, 1.4142135f, 1.2968396f, 1.1892071f,
-                    1.0905077f, 1.0f), ni);
-}
 // exp(r) - 1 = r + r^2 (1/2 + c3 r + c4 r^2), fitted for relative error on [-ln2/16, ln2/16]
 constexpr float kPfjaxExpTableC3 = 0.16668026f, kPfjaxExpTableC4 = 0.04166043f;
 PFJAX_AVX2_INLINE __m256 pfjax_exp_table_poly8(__m256 r) {
@@ -76,16 +70,12 @@ PFJAX_AVX2_INLINE __m256 pfjax_exp_table_poly8(__m256 r) {
   p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
   return _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r);
 }
-// s (1 + q) 2^(n >> 3)
-PFJAX_AVX2_INLINE __m256 pfjax_exp_table_scale8(__m256 q, __m256 s, __m256i ni) {
-  return _mm256_castsi256_ps(_mm256_add_epi32(
-      _mm256_castps_si256(_mm256_fmadd_ps(q, s, s)), _mm256_slli_epi32(_mm256_srai_epi32(ni, 3), 23)));
-}
-// The same scale from a shifter: s = t + 1.5 2^23 rounds t to the nearest integer n (ties
-// to even, as the rounding above) and holds n in its low mantissa bits while |t| < 2^22.
-// Those bits index the table, and shifted left by 20 they add n >> 3 to the exponent once
-// each entry has its own j << 20 taken off: 2^(j/8) 2^(n >> 3) in a permute, a shift and an
-// integer add, with no round, convert or shift right (the same bits as the form above).
+// 2^(n >> 3) 2^(j/8) from a shifter: s = t + 1.5 2^23 rounds t to the nearest integer n
+// (ties to even) and holds n in its low mantissa bits while |t| < 2^22. vpermps reads the
+// low three as the index j, and shifted left by 20 they add n >> 3 to the exponent once each
+// entry 2^(j/8) has its own j << 20 taken off: a permute, a shift and an integer add, where
+// round, convert, shift right, shift left and add were (the same bits on every float but
+// NaN payloads; softmax 1024 x 4096 on Zen 3, C driver, 1.26 -> 1.19 ms).
 constexpr float kPfjaxShifter = 0x1.8p23f;
 PFJAX_AVX2_INLINE __m256 pfjax_exp_table_shifted_scale8(__m256 s) {
   const __m256i si = _mm256_castps_si256(s);

@@ -222,8 +222,7 @@ PFJAX_VF16_INLINE __m256 log1p8(__m256 x) {
 #define PFJAX_BOTH _Pragma("GCC unroll 2") for (int k = 0; k < 2; ++k)
 PFJAX_VF16_INLINE void erfc_halves(__m256 (&x)[2]) {
   const __m256 one = _mm256_set1_ps(1.0f);
-  __m256 ax[2], z[2], t[2], t2[2], t4[2], p[2], hi[2], lo[2], b[2], n[2], r[2], q[2], s[2];
-  __m256i ni[2];
+  __m256 ax[2], z[2], t[2], t2[2], t4[2], p[2], hi[2], lo[2], b[2], sh[2], n[2], r[2], q[2], s[2];
   PFJAX_BOTH ax[k] = abs8(x[k]);
   PFJAX_BOTH z[k] = _mm256_min_ps(_mm256_set1_ps(9.2f), ax[k]);  // NaN stays
   PFJAX_BOTH t[k] = _mm256_div_ps(one, _mm256_fmadd_ps(_mm256_set1_ps(0.5f), z[k], one));
@@ -244,15 +243,16 @@ PFJAX_VF16_INLINE void erfc_halves(__m256 (&x)[2]) {
   PFJAX_BOTH hi[k] = _mm256_mul_ps(z[k], z[k]);
   PFJAX_BOTH lo[k] = _mm256_fmsub_ps(z[k], z[k], hi[k]);
   PFJAX_BOTH b[k] = _mm256_sub_ps(p[k], lo[k]);
-  PFJAX_BOTH n[k] = _mm256_round_ps(_mm256_mul_ps(_mm256_sub_ps(b[k], hi[k]), _mm256_set1_ps(kPfjaxExpTableN)),
-                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  // n = round((b - hi) 8 / ln2) by the shifter, which keeps n's bits for the table scale
+  PFJAX_BOTH sh[k] = _mm256_add_ps(_mm256_mul_ps(_mm256_sub_ps(b[k], hi[k]), _mm256_set1_ps(kPfjaxExpTableN)),
+                                   _mm256_set1_ps(kPfjaxShifter));
+  PFJAX_BOTH n[k] = _mm256_sub_ps(sh[k], _mm256_set1_ps(kPfjaxShifter));
   PFJAX_BOTH r[k] = _mm256_fnmadd_ps(n[k], _mm256_set1_ps(kPfjaxLn2HiOver8), _mm256_sub_ps(_mm256_setzero_ps(), hi[k]));
   PFJAX_BOTH r[k] = _mm256_add_ps(_mm256_fnmadd_ps(n[k], _mm256_set1_ps(kPfjaxLn2LoOver8), r[k]), b[k]);
-  PFJAX_BOTH ni[k] = _mm256_cvtps_epi32(n[k]);
-  PFJAX_BOTH s[k] = _mm256_mul_ps(t[k], pfjax_exp_table_entry8(ni[k]));  // t 2^(j/8)
+  PFJAX_BOTH s[k] = _mm256_mul_ps(t[k], pfjax_exp_table_shifted_scale8(sh[k]));  // t 2^(n/8), normal
   PFJAX_BOTH q[k] = pfjax_exp_table_poly8(r[k]);
   PFJAX_BOTH {
-    __m256 e = pfjax_exp_table_scale8(q[k], s[k], ni[k]);
+    __m256 e = _mm256_fmadd_ps(q[k], s[k], s[k]);
     e = _mm256_andnot_ps(_mm256_cmp_ps(ax[k], _mm256_set1_ps(9.2f), _CMP_GT_OQ), e);
     x[k] = _mm256_blendv_ps(e, _mm256_sub_ps(_mm256_set1_ps(2.0f), e),
                             _mm256_cmp_ps(x[k], _mm256_setzero_ps(), _CMP_LT_OQ));
