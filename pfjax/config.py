@@ -32,6 +32,11 @@ def cache_dir() -> Path:
     return Path(base) / "pfjax"
 
 
+def precompiled_header() -> bool:
+    """PFJAX_PCH=0: compile each kernel without the precompiled runtime header (build.pch)."""
+    return os.environ.get("PFJAX_PCH", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
 def compiler() -> str:
     """PFJAX_CXX, else CXX, else g++."""
     return os.environ.get("PFJAX_CXX") or os.environ.get("CXX") or "g++"

@@ -162,3 +162,46 @@ def test_disable_in_subprocess(tmp_path):
     assert r["stats"]["compiles"] == 0
     assert r["pfjax_warnings"] == []
     assert not kernel_libraries(tmp_path)
+
+
+def precompiled_headers(cache_dir):
+    return sorted(Path(cache_dir).glob("pch/*/pfjax/kernel.h.gch"))
+
+
+def test_kernels_compile_with_the_precompiled_header(tmp_path):
+    r = run_child(tmp_path)
+    assert r["err"] < 1e-5 and r["pfjax_warnings"] == []
+    (gch,) = precompiled_headers(tmp_path)
+    include = f"-I{gch.parent.parent}"
+    kernels = [lib for lib in kernel_libraries(tmp_path)  # (not the dispatch library)
+               if '#include "pfjax/kernel.h"' in (lib.parent / "kernel.cc").read_text()]
+    assert kernels
+    for lib in kernels:
+        cmd = json.loads((lib.parent / "meta.json").read_text())["command"]
+        assert include in cmd
+        # g++ -H marks a precompiled header it takes with "!" (and one it rejects with "x")
+        assert cmd[-2] == "-o"
+        probe = [*cmd[:-3], str(lib.parent / "kernel.cc"), "-H", "-fsyntax-only"]
+        out = subprocess.run(probe, capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        assert f"! {gch}" in out.stderr, out.stderr[:2000]
+
+
+def test_bad_precompiled_header_is_replaced(tmp_path):
+    run_child(tmp_path)
+    (gch,) = precompiled_headers(tmp_path)
+    gch.write_bytes(gch.read_bytes()[:100_000])  # truncated: g++ stops on it
+    again = run_child(tmp_path, PFJAX_FORCE_RECOMPILE="1")
+    assert again["err"] < 1e-5 and again["pfjax_warnings"] == []
+    assert again["stats"]["compiles"] >= 2
+    # removed after the first kernel that failed with it, then built again for the next
+    (rebuilt,) = precompiled_headers(tmp_path)
+    assert rebuilt.stat().st_size > 100_000
+
+
+def test_precompiled_header_can_be_turned_off(tmp_path):
+    r = run_child(tmp_path, PFJAX_PCH="0")
+    assert r["err"] < 1e-5 and r["stats"]["compiles"] >= 1
+    assert not precompiled_headers(tmp_path)
+    for lib in kernel_libraries(tmp_path):
+        assert not any("pch" in c for c in json.loads((lib.parent / "meta.json").read_text())["command"])

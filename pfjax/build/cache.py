@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from pfjax import config
+from pfjax.build import pch
 from pfjax.build.toolchain import Toolchain
 from pfjax.errors import CompileError
 
@@ -50,7 +51,7 @@ def _valid(entry: Path) -> bool:
 
 
 @contextmanager
-def _locked(path: Path):
+def locked(path: Path):
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
@@ -69,7 +70,7 @@ def build(source: str, toolchain: Toolchain, target_key: str) -> Path:
     if not force and _valid(entry):
         stats["hits"] += 1
         return entry / "kernel.so"
-    with _locked(root / key[:2] / f"{key}.lock"):
+    with locked(root / key[:2] / f"{key}.lock"):
         if not force and _valid(entry):  # another process built it while we waited
             stats["hits"] += 1
             return entry / "kernel.so"
@@ -81,10 +82,17 @@ def build(source: str, toolchain: Toolchain, target_key: str) -> Path:
         try:
             src = tmp / "kernel.cc"
             src.write_text(source)
-            cmd = toolchain.command(str(src), str(tmp / "kernel.so"))
+            pch_dir = pch.precompiled_dir(toolchain)
+            cmd = toolchain.command(str(src), str(tmp / "kernel.so"), pch_dir and str(pch_dir))
             log.info("pfjax: compiling %s", entry)
             start = time.perf_counter()
             proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0 and pch_dir is not None:
+                # without the precompiled header: if that compiles, the header was bad
+                cmd = toolchain.command(str(src), str(tmp / "kernel.so"))
+                proc = subprocess.run(cmd, capture_output=True, text=True)
+                if proc.returncode == 0:
+                    pch.discard(pch_dir)
             if proc.returncode != 0:
                 failed = root / "failed" / f"{key}.cc"
                 failed.parent.mkdir(parents=True, exist_ok=True)
