@@ -205,3 +205,17 @@ def test_precompiled_header_can_be_turned_off(tmp_path):
     assert not precompiled_headers(tmp_path)
     for lib in kernel_libraries(tmp_path):
         assert not any("pch" in c for c in json.loads((lib.parent / "meta.json").read_text())["command"])
+
+
+def test_old_precompiled_headers_are_pruned(tmp_path):
+    from pfjax.build import pch
+    dirs = []
+    for age in range(6):
+        d = tmp_path / f"digest{age}"
+        (d / "pfjax").mkdir(parents=True)
+        os.utime(d, (1e9 - age * 1000, 1e9 - age * 1000))
+        dirs.append(d)
+    (tmp_path / "digest0.lock").write_text("")
+    pch._prune(tmp_path, keep=dirs[5])  # the one just built, however old its directory
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == ["digest0", "digest0.lock", "digest1", "digest2", "digest5"]

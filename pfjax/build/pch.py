@@ -28,6 +28,7 @@ from pfjax.build.toolchain import Toolchain
 log = logging.getLogger("pfjax")
 
 HEADER = Path("pfjax") / "kernel.h"
+KEEP = 4  # precompiled headers kept in a cache
 # Directories whose build failed in this process: not tried again per kernel.
 _failed: set[str] = set()
 
@@ -72,6 +73,7 @@ def precompiled_dir(toolchain) -> Path | None:
             if proc.returncode != 0:
                 raise OSError(proc.stderr.strip()[-2000:])
             os.replace(tmp, gch)
+            _prune(root.parent, keep=root)
         except OSError as err:
             _failed.add(str(root))
             log.warning("pfjax: precompiling the kernel header failed (kernels compile "
@@ -81,6 +83,15 @@ def precompiled_dir(toolchain) -> Path | None:
             if os.path.exists(tmp):
                 os.unlink(tmp)
     return root
+
+
+def _prune(parent: Path, keep: Path) -> None:
+    """Old headers (other flags, compilers, pfjax versions) beyond the newest KEEP go: each
+    is about 43 MB. One still in use is rebuilt by its next compile."""
+    others = sorted((d for d in parent.iterdir() if d.is_dir() and d != keep),
+                    key=lambda d: d.stat().st_mtime, reverse=True)
+    for d in others[KEEP - 1:]:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def discard(root: Path) -> None:
