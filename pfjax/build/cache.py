@@ -82,7 +82,7 @@ def build(source: str, toolchain: Toolchain, target_key: str) -> Path:
         try:
             src = tmp / "kernel.cc"
             src.write_text(source)
-            pch_dir = pch.precompiled_dir(toolchain)
+            pch_dir = pch.precompiled_dir(toolchain, target_key)
             cmd = toolchain.command(str(src), str(tmp / "kernel.so"), pch_dir and str(pch_dir))
             log.info("pfjax: compiling %s", entry)
             start = time.perf_counter()

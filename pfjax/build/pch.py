@@ -4,8 +4,8 @@ Parsing the runtime headers is most of a kernel's compile: on a Zen 3 VM with g+
 file with only `#include "pfjax/kernel.h"` takes 1.5 s at -O3 and a softmax kernel 1.7 s;
 with the header precompiled the kernel takes 0.85 s, and its code is the same byte for
 byte. The header is precompiled once per toolchain fingerprint (compiler, flags, header
-contents) into <cache>/pch/<digest>/pfjax/kernel.h.gch, under a lock and renamed into
-place, with the kernels' flags (less -shared). That directory comes first on the include
+contents) and target into <cache>/pch/<digest>/pfjax/kernel.h.gch, under a lock and
+renamed into place, with the kernels' flags (less -shared). That directory comes first on the include
 path: g++ takes the .gch in place of the header when it is valid for the flags and
 ignores it otherwise. A kernel that does not compile with it is compiled again without,
 and when that succeeds the .gch is removed (a truncated file stops g++ instead of being
@@ -38,21 +38,22 @@ def _is_gcc(toolchain: Toolchain) -> bool:
     return "clang" not in version and ("g++" in version or "gcc" in version)
 
 
-def pch_root(toolchain: Toolchain) -> Path:
-    """The include directory that holds this toolchain's pfjax/kernel.h.gch."""
-    digest = hashlib.sha256(
-        "\0".join([toolchain.fingerprint, *toolchain.command("kernel.cc", "kernel.so")]).encode()
-    ).hexdigest()[:24]
+def pch_root(toolchain: Toolchain, target_key: str) -> Path:
+    """The include directory that holds pfjax/kernel.h.gch for this toolchain and target
+    (-march=native differs between machines that share a cache, and with it the header's
+    preprocessed ISA branches)."""
+    parts = [toolchain.fingerprint, target_key, *toolchain.command("kernel.cc", "kernel.so")]
+    digest = hashlib.sha256("\0".join(parts).encode()).hexdigest()[:24]
     return config.cache_dir() / "pch" / digest
 
 
-def precompiled_dir(toolchain) -> Path | None:
+def precompiled_dir(toolchain, target_key: str) -> Path | None:
     """The include directory with a usable kernel.h.gch (built now if missing), or None
     where there is none: another compiler, PFJAX_PCH=0, or its build failed."""
     if not isinstance(toolchain, Toolchain) or not config.precompiled_header() \
             or not _is_gcc(toolchain):
         return None
-    root = pch_root(toolchain)
+    root = pch_root(toolchain, target_key)
     gch = root / f"{HEADER}.gch"
     if gch.is_file():
         return root
