@@ -10,7 +10,10 @@ import pytest
 
 # One cache per test run (reused by every test, fresh for every run), set before pfjax
 # compiles anything. A developer can point PFJAX_TEST_CACHE_DIR at a persistent one.
-os.environ["PFJAX_CACHE_DIR"] = os.environ.get("PFJAX_TEST_CACHE_DIR") or tempfile.mkdtemp(prefix="pfjax-test-cache-")
+# pytest-xdist's workers inherit the run's cache from the controller's environment.
+if not os.environ.get("PFJAX_TEST_CACHE_DIR"):
+    os.environ["PFJAX_TEST_CACHE_DIR"] = tempfile.mkdtemp(prefix="pfjax-test-cache-")
+os.environ["PFJAX_CACHE_DIR"] = os.environ["PFJAX_TEST_CACHE_DIR"]
 
 
 @pytest.fixture

@@ -82,7 +82,8 @@ def build(source: str, toolchain: Toolchain, target_key: str) -> Path:
         try:
             src = tmp / "kernel.cc"
             src.write_text(source)
-            pch_dir = pch.precompiled_dir(toolchain, target_key)
+            pch_dir = pch.precompiled_dir(toolchain, target_key) \
+                if pch.includes_header(source) else None
             cmd = toolchain.command(str(src), str(tmp / "kernel.so"), pch_dir and str(pch_dir))
             log.info("pfjax: compiling %s", entry)
             start = time.perf_counter()
@@ -90,8 +91,11 @@ def build(source: str, toolchain: Toolchain, target_key: str) -> Path:
             if proc.returncode != 0 and pch_dir is not None:
                 # without the precompiled header: if that compiles, the header was bad
                 cmd = toolchain.command(str(src), str(tmp / "kernel.so"))
+                first = proc.stdout + proc.stderr
                 proc = subprocess.run(cmd, capture_output=True, text=True)
-                if proc.returncode == 0:
+                if proc.returncode == 0 and (str(pch_dir) in first
+                                             or "pch" in first.lower()
+                                             or "precompiled header" in first.lower()):
                     pch.discard(pch_dir)
             if proc.returncode != 0:
                 failed = root / "failed" / f"{key}.cc"

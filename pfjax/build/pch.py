@@ -20,6 +20,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 from pfjax import config
@@ -31,6 +32,7 @@ HEADER = Path("pfjax") / "kernel.h"
 KEEP = 4  # precompiled headers kept in a cache
 # Directories whose build failed in this process: not tried again per kernel.
 _failed: set[str] = set()
+STALE_SECONDS = 600  # a temporary file this old was left by a process that died building
 
 
 def _is_gcc(toolchain: Toolchain) -> bool:
@@ -47,50 +49,74 @@ def pch_root(toolchain: Toolchain, target_key: str) -> Path:
     return config.cache_dir() / "pch" / digest
 
 
+def includes_header(source: str) -> bool:
+    return f'#include "{HEADER.as_posix()}"' in source
+
+
+def _wanted(toolchain) -> bool:
+    return isinstance(toolchain, Toolchain) and config.precompiled_header() \
+        and _is_gcc(toolchain)
+
+
 def precompiled_dir(toolchain, target_key: str) -> Path | None:
     """The include directory with a usable kernel.h.gch (built now if missing), or None
     where there is none: another compiler, PFJAX_PCH=0, or its build failed."""
-    if not isinstance(toolchain, Toolchain) or not config.precompiled_header() \
-            or not _is_gcc(toolchain):
+    if not _wanted(toolchain):
         return None
     root = pch_root(toolchain, target_key)
-    gch = root / f"{HEADER}.gch"
-    if gch.is_file():
-        return root
-    if str(root) in _failed:
-        return None
+    if not (root / f"{HEADER}.gch").is_file() and str(root) not in _failed:
+        _build_or_fail(toolchain, root)
+    return root if (root / f"{HEADER}.gch").is_file() else None
+
+
+def _build_or_fail(toolchain: Toolchain, root: Path) -> None:
+    try:
+        _build(toolchain, root, root / f"{HEADER}.gch")
+    except OSError as err:  # a compiler error, a full or read-only disk
+        _failed.add(str(root))
+        log.warning("pfjax: precompiling the kernel header failed (kernels compile "
+                    "without it): %s", err)
+
+
+def _build(toolchain: Toolchain, root: Path, gch: Path) -> None:
     from pfjax.build.cache import locked  # (the cache module imports this one)
     with locked(root.with_suffix(".lock")):
         if gch.is_file():  # another process built it while we waited
-            return root
+            return
         gch.parent.mkdir(parents=True, exist_ok=True)
+        for old in gch.parent.glob(".kernel.h.*.gch"):
+            try:
+                if time.time() - old.stat().st_mtime > STALE_SECONDS:
+                    old.unlink()
+            except OSError:  # another process took it first
+                pass
         fd, tmp = tempfile.mkstemp(prefix=".kernel.h.", suffix=".gch", dir=gch.parent)
         os.close(fd)
-        header = _header_path(toolchain)
-        cmd = toolchain.header_command(str(header), tmp)
-        log.info("pfjax: precompiling %s", header)
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True)
+            header = _header_path(toolchain)
+            log.info("pfjax: precompiling %s (once per compiler, flags and pfjax version)",
+                     header)
+            proc = subprocess.run(toolchain.header_command(str(header), tmp),
+                                  capture_output=True, text=True)
             if proc.returncode != 0:
                 raise OSError(proc.stderr.strip()[-2000:])
             os.replace(tmp, gch)
-            _prune(root.parent, keep=root)
-        except OSError as err:
-            _failed.add(str(root))
-            log.warning("pfjax: precompiling the kernel header failed (kernels compile "
-                        "without it): %s", err)
-            return None
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
-    return root
+    _prune(root.parent, keep=root)
 
 
 def _prune(parent: Path, keep: Path) -> None:
     """Old headers (other flags, compilers, pfjax versions) beyond the newest KEEP go: each
     is about 43 MB. One still in use is rebuilt by its next compile."""
-    others = sorted((d for d in parent.iterdir() if d.is_dir() and d != keep),
-                    key=lambda d: d.stat().st_mtime, reverse=True)
+    def age(d: Path) -> float:
+        try:
+            return d.stat().st_mtime
+        except OSError:  # another process removed it
+            return 0.0
+    others = sorted((d for d in parent.iterdir() if d.is_dir() and d != keep), key=age,
+                    reverse=True)
     for d in others[KEEP - 1:]:
         shutil.rmtree(d, ignore_errors=True)
 
@@ -106,4 +132,4 @@ def _header_path(toolchain: Toolchain) -> Path:
     for d in toolchain.include_dirs:
         if (Path(d) / HEADER).is_file():
             return Path(d) / HEADER
-    raise FileNotFoundError(f"{HEADER} not in {toolchain.include_dirs}")
+    raise FileNotFoundError(f"{HEADER} not in {toolchain.include_dirs}")  # an OSError
