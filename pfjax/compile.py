@@ -14,7 +14,7 @@ from typing import Callable
 
 
 from pfjax import config, gir, jaxext
-from pfjax.build import ToolchainMissing, build, find_toolchain, pch
+from pfjax.build import ToolchainMissing, build, find_toolchain
 from pfjax.codegen import emit_kernel
 from pfjax.errors import CompileError, PfjaxWarning
 from pfjax.frontend import Group, LoweringError, bytes_moved, lower_group, partition, trace

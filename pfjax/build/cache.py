@@ -93,9 +93,8 @@ def build(source: str, toolchain: Toolchain, target_key: str) -> Path:
                 cmd = toolchain.command(str(src), str(tmp / "kernel.so"))
                 first = proc.stdout + proc.stderr
                 proc = subprocess.run(cmd, capture_output=True, text=True)
-                if proc.returncode == 0 and (str(pch_dir) in first
-                                             or "pch" in first.lower()
-                                             or "precompiled header" in first.lower()):
+                if proc.returncode == 0 and (str(pch_dir) in first or "PCH file" in first
+                                             or "precompiled header" in first):
                     pch.discard(pch_dir)
             if proc.returncode != 0:
                 failed = root / "failed" / f"{key}.cc"
