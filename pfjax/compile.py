@@ -14,7 +14,7 @@ from typing import Callable
 
 
 from pfjax import config, gir, jaxext
-from pfjax.build import ToolchainMissing, build, find_toolchain
+from pfjax.build import ToolchainMissing, build, find_toolchain, pch
 from pfjax.codegen import emit_kernel
 from pfjax.errors import CompileError, PfjaxWarning
 from pfjax.frontend import Group, LoweringError, bytes_moved, lower_group, partition, trace
@@ -26,7 +26,6 @@ from pfjax.schedule import Schedule, apply, choose
 
 log = logging.getLogger("pfjax")
 DISPATCH_SOURCE = '#include "pfjax/dispatch_impl.h"\n'
-KERNEL_INCLUDE = '#include "pfjax/kernel.h"\n'
 _warned: set[str] = set()
 
 
@@ -111,8 +110,8 @@ def _build_all(plans: list[GroupPlan], tgt: gir.Target) -> None:
         sources.setdefault(gp.kernel.name, gp.source)
     # One include at the top: g++ takes the precompiled header there only (build.pch), and
     # a second include would look for the header beside it
-    source = KERNEL_INCLUDE + "\n".join(sources[name].replace(KERNEL_INCLUDE, "", 1)
-                                         for name in sorted(sources))
+    source = pch.INCLUDE + "\n".join(sources[name].replace(pch.INCLUDE, "", 1)
+                                      for name in sorted(sources))
     try:
         toolchain = find_toolchain(jaxext.ffi_include_dir())
         if len(sources) > 0:

@@ -169,13 +169,18 @@ def precompiled_headers(cache_dir):
     return sorted(Path(cache_dir).glob("pch/*/pfjax/kernel.h.gch"))
 
 
+def kernel_libraries_with_header(cache_dir):
+    """The kernels' libraries (not the dispatch library, which does not include it)."""
+    return [lib for lib in kernel_libraries(cache_dir)
+            if '#include "pfjax/kernel.h"' in (lib.parent / "kernel.cc").read_text()]
+
+
 def test_kernels_compile_with_the_precompiled_header(tmp_path):
     r = run_child(tmp_path)
     assert r["err"] < 1e-5 and r["pfjax_warnings"] == []
     (gch,) = precompiled_headers(tmp_path)
     include = f"-I{gch.parent.parent}"
-    kernels = [lib for lib in kernel_libraries(tmp_path)  # (not the dispatch library)
-               if '#include "pfjax/kernel.h"' in (lib.parent / "kernel.cc").read_text()]
+    kernels = kernel_libraries_with_header(tmp_path)
     assert kernels
     for lib in kernels:
         assert include in json.loads((lib.parent / "meta.json").read_text())["command"]
@@ -213,8 +218,7 @@ def test_bad_precompiled_header_is_replaced(tmp_path):
     run_child(tmp_path)
     (gch,) = precompiled_headers(tmp_path)
     gch.write_bytes(gch.read_bytes()[:100_000])  # truncated: g++ stops on it
-    kernels = [lib for lib in kernel_libraries(tmp_path)
-               if '#include "pfjax/kernel.h"' in (lib.parent / "kernel.cc").read_text()]
+    kernels = kernel_libraries_with_header(tmp_path)
     assert len(kernels) >= 2
     for lib in kernels:  # compiled again, the first with the bad header
         shutil.rmtree(lib.parent)
@@ -231,7 +235,8 @@ def test_precompiled_header_can_be_turned_off(tmp_path):
     assert r["err"] < 1e-5 and r["stats"]["compiles"] >= 1
     assert not precompiled_headers(tmp_path)
     for lib in kernel_libraries(tmp_path):
-        assert not any("pch" in c for c in json.loads((lib.parent / "meta.json").read_text())["command"])
+        cmd = json.loads((lib.parent / "meta.json").read_text())["command"]
+        assert not any("pch" in c for c in cmd)
 
 
 def test_old_precompiled_headers_are_pruned(tmp_path):

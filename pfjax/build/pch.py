@@ -5,12 +5,13 @@ file with only `#include "pfjax/kernel.h"` takes 1.5 s at -O3 and a softmax kern
 with the header precompiled the kernel takes 0.85 s, and its code is the same byte for
 byte. The header is precompiled once per toolchain fingerprint (compiler, flags, header
 contents) and target into <cache>/pch/<digest>/pfjax/kernel.h.gch, under a lock and
-renamed into place, with the kernels' flags (less -shared). That directory comes first on the include
-path: g++ takes the .gch in place of the header when it is valid for the flags and
-ignores it otherwise. A kernel that does not compile with it is compiled again without,
-and when that succeeds the .gch is removed (a truncated file stops g++ instead of being
-ignored) and rebuilt on the next compile. GCC only (clang's precompiled headers work
-differently); PFJAX_PCH=0 turns it off.
+renamed into place, with the kernels' flags (less -shared). That directory comes first on
+the include path: g++ takes the .gch in place of the header when it is valid for the
+flags and ignores it otherwise. A kernel that does not compile with it is compiled again
+without; when that succeeds and g++'s error named the precompiled header (a truncated
+file stops g++ instead of being ignored), the .gch is removed and rebuilt on the next
+compile. GCC only (clang's precompiled headers work differently); PFJAX_PCH=0 turns it
+off.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from pfjax.build.toolchain import Toolchain
 log = logging.getLogger("pfjax")
 
 HEADER = Path("pfjax") / "kernel.h"
+INCLUDE = f'#include "{HEADER.as_posix()}"\n'  # generated kernels' first line of code
 KEEP = 4  # precompiled headers kept in a cache
 # Directories whose build failed in this process: not tried again per kernel.
 _failed: set[str] = set()
@@ -50,7 +52,7 @@ def pch_root(toolchain: Toolchain, target_key: str) -> Path:
 
 
 def includes_header(source: str) -> bool:
-    return f'#include "{HEADER.as_posix()}"' in source
+    return INCLUDE in source
 
 
 def _wanted(toolchain) -> bool:
