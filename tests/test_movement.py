@@ -3,7 +3,9 @@ reversal, dynamic slices, iota and reshapes, in any order, up to rank 6; one ker
 XLA's answer."""
 from __future__ import annotations
 
+import ctypes
 import re
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +18,7 @@ from pfjax.compile import plan
 from pfjax.frontend import lower_group
 from pfjax import gir
 from pfjax.schedule import decisions
+from tests.kernel_abi import aligned, build_for, kernel_info, needs_x86_gxx
 from tests.test_e2e import assert_tree_close, num_kernel_calls, randn
 from tests.test_reductions import one_kernel as reductions_one_kernel
 
@@ -312,6 +315,50 @@ def test_large_transpose_streams_full_row_blocks(monkeypatch, rng, mode):
     assert f"kBlockRows = 512, kStrip = {strip};" in open(group.source_path).read()
     assert group.schedule.nontemporal
     assert "stream_copy" in open(group.source_path).read()
+
+
+@needs_x86_gxx
+@pytest.mark.parametrize("march", ["native", "x86-64-v3"])
+@pytest.mark.parametrize("shape, out_dtype, whole", [
+    ((96, 200), np.float32, True),     # whole strips, rows 384 bytes apart
+    ((80, 130), np.float32, True),     # a partial last strip where strips are 32 wide (AVX2)
+    ((100, 70), np.float32, False),    # rows 400 bytes apart: one alignment not kept
+    ((2, 64, 130), np.float32, True),  # a batch of transposes
+    ((96, 70), "bfloat16", True),      # 2-byte stores, rows 192 bytes apart
+])
+def test_whole_strips_stream_straight_out(monkeypatch, tmp_path, rng, march, shape, out_dtype,
+                                          whole):
+    """Strips of whole vectors whose streamed rows are 64-byte aligned leave registers with
+    non-temporal stores in a row loop of their own; a misaligned output, a partial strip or
+    rows that do not keep one alignment take the general path. Called through the kernel's
+    body with streaming on, for AVX2 and the native target, both give XLA's answer."""
+    import ml_dtypes
+    monkeypatch.setenv("PFJAX_NONTEMPORAL", "1")
+    x, b = randn(rng, *shape), randn(rng, shape[-2])
+    x.reshape(-1)[::97] = np.nan
+    x.reshape(-1)[5::89] = np.inf
+    dtype = ml_dtypes.bfloat16 if out_dtype == "bfloat16" else np.dtype(out_dtype)
+
+    def f(x, b):
+        return jax.nn.gelu(jnp.swapaxes(x, -1, -2) + b).astype(dtype)
+    want = np.asarray(jax.jit(f)(x, b)).astype(np.float32)
+    (group,) = pfjax.explain(f, x, b).groups
+    assert group.schedule.block > 1 and group.schedule.nontemporal
+    source = Path(group.source_path)
+    assert ("continue;  // the next strip" in source.read_text()) == whole
+    build_for(source, tmp_path / "k.so", march)
+    name = re.search(r"PFJAX_EXPORT_KERNEL\((\w+),", source.read_text()).group(1)
+    info = kernel_info(ctypes.CDLL(str(tmp_path / "k.so")), name)
+    ins = (ctypes.c_void_p * 2)(x.ctypes.data, b.ctypes.data)
+    itemsize = np.dtype(dtype).itemsize
+    for misaligned in (0, itemsize):  # bytes off a 64-byte boundary
+        raw = aligned(want.size * itemsize // 4 + 32)
+        out = raw.view(np.uint8)[misaligned:misaligned + want.size * itemsize].view(dtype)
+        outs = (ctypes.c_void_p * 1)(out.ctypes.data)
+        for begin in range(0, info.total, info.chunk):  # tasks of whole row blocks
+            info.body(ins, outs, begin, min(begin + info.chunk, info.total), 1)
+        np.testing.assert_allclose(out.astype(np.float32).reshape(want.shape), want,
+                                   **(dict(rtol=1e-2, atol=1e-2) if itemsize == 2 else TOL))
 
 
 @pytest.mark.parametrize("rows, cores, n_inputs, dtype, want", [
