@@ -346,19 +346,59 @@ def test_whole_strips_stream_straight_out(monkeypatch, tmp_path, rng, march, sha
     assert group.schedule.block > 1 and group.schedule.nontemporal
     source = Path(group.source_path)
     assert ("continue;  // the next strip" in source.read_text()) == whole
+    for got in _streamed_bodies(source, tmp_path, march, (x, b), want.size, dtype):
+        np.testing.assert_allclose(got.reshape(want.shape), want,
+                                   **(dict(rtol=1e-2, atol=1e-2) if dtype != np.float32 else TOL))
+
+
+def _streamed_bodies(source, tmp_path, march, args, size, dtype, task=None):
+    """The kernel's output from its body called with streaming on, the source built for
+    `march`, into a 64-byte aligned output and into one an element off (as float32). Tasks
+    of `task` elements (default: the kernel's chunk, whole row blocks)."""
     build_for(source, tmp_path / "k.so", march)
     name = re.search(r"PFJAX_EXPORT_KERNEL\((\w+),", source.read_text()).group(1)
     info = kernel_info(ctypes.CDLL(str(tmp_path / "k.so")), name)
-    ins = (ctypes.c_void_p * 2)(x.ctypes.data, b.ctypes.data)
+    ins = (ctypes.c_void_p * len(args))(*[a.ctypes.data for a in args])
     itemsize = np.dtype(dtype).itemsize
+    task = task or info.chunk
     for misaligned in (0, itemsize):  # bytes off a 64-byte boundary
-        raw = aligned(want.size * itemsize // 4 + 32)
-        out = raw.view(np.uint8)[misaligned:misaligned + want.size * itemsize].view(dtype)
+        raw = aligned(size * itemsize // 4 + 32)
+        out = raw.view(np.uint8)[misaligned:misaligned + size * itemsize].view(dtype)
         outs = (ctypes.c_void_p * 1)(out.ctypes.data)
-        for begin in range(0, info.total, info.chunk):  # tasks of whole row blocks
-            info.body(ins, outs, begin, min(begin + info.chunk, info.total), 1)
-        np.testing.assert_allclose(out.astype(np.float32).reshape(want.shape), want,
-                                   **(dict(rtol=1e-2, atol=1e-2) if itemsize == 2 else TOL))
+        for begin in range(0, info.total, task):
+            info.body(ins, outs, begin, min(begin + task, info.total), 1)
+        yield out.astype(np.float32)
+
+
+@needs_x86_gxx
+@pytest.mark.parametrize("march", ["native", "x86-64-v3"])
+@pytest.mark.parametrize("case", ["pad", "interior_pad", "concat"])
+def test_pieces_stream_from_their_first_whole_line(monkeypatch, tmp_path, rng, march, case):
+    """A piece of a padded or concatenated row that starts inside a 64-byte line leaves the
+    elements before the next line to the scalar loop and streams its vectors straight out
+    from there; a load guarded by a predicate of the row alone (padding rows, interior
+    padding) reads whole vectors or none. Rows 1264 and 552 bytes long start at every
+    alignment; tasks start mid-row. Through the kernel's body with streaming on, on aligned
+    and misaligned outputs, for AVX2 and the native target: XLA's answer."""
+    monkeypatch.setenv("PFJAX_NONTEMPORAL", "1")
+    x, y = randn(rng, 37, 300), randn(rng, 37, 101)
+    x.reshape(-1)[::97] = np.nan
+    x.reshape(-1)[5::89] = -np.inf
+    f, args = {
+        "pad": (lambda x: jax.nn.relu(jnp.pad(x, ((1, 1), (8, 8))) * 2.0 - 0.5), (x,)),
+        "interior_pad": (lambda x: lax.pad(x, 1.5, ((2, 1, 1), (5, -3, 0))) * 3.0, (x,)),
+        "concat": (lambda x, y: jnp.concatenate([jnp.tanh(x[:, :37]), y * 2.0], 1), (x, y)),
+    }[case]
+    want = np.asarray(jax.jit(f)(*args))
+    assert_tree_close(jax.jit(pfjax.fuse(f))(*args), want, **TOL)
+    (group,) = pfjax.explain(f, *args).groups
+    source = Path(group.source_path)
+    assert "pfjax::rt::to_line(" in source.read_text()
+    if case != "concat":
+        assert "? pfjax::vf16::load(" in source.read_text()
+    for got in _streamed_bodies(source, tmp_path, march, args, want.size, np.float32,
+                                task=want.shape[-1] * 3 + 7):
+        np.testing.assert_allclose(got.reshape(want.shape), want, **TOL)
 
 
 @pytest.mark.parametrize("rows, cores, n_inputs, dtype, want", [

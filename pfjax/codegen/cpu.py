@@ -219,7 +219,8 @@ def _whole_strips(par: gir.Parallel, variants, accesses, staged: dict,
         if id(n) in streamed and (n.dtype.itemsize > 4 or any(
                 s * n.dtype.itemsize % 64 for s in n.arg.view.strides[:-1])):
             return False
-    return vector_body_ok(nodes, _lane_stride(unit, streamed), streams=True)
+    return vector_body_ok(nodes, _lane_stride(unit, streamed), streams=True,
+                          row_index=lambda n: n.arg != len(par.space) - 1)
 
 
 def _emit_whole_strips(w: _Writer, nodes, accesses, staged: dict, outer,
@@ -284,13 +285,26 @@ def _emit_row(w: _Writer, variants, ptr_names: dict[int, str], vector: int,
         else:
             start, stop = "0", loop_len
         vectorized = vector == 16 and vector_mode.VECTOR_LOOPS and \
-            vector_body_ok(nodes, _lane_stride(unit, streamed), streams=bool(streamed))
-        # streamed vectors go straight out where aligned (vector.direct_flag)
+            vector_body_ok(nodes, _lane_stride(unit, streamed), streams=bool(streamed),
+                           row_index=lambda n: n.arg != inner_dim)
+        # streamed vectors go straight out where aligned (vector.direct_flag); where a
+        # piece of the row can start inside a 64-byte line (a padded row's data 32 bytes
+        # in), from the first streamed store's first whole line on, the elements before it
+        # left to the scalar loop (pad + elementwise 1.16x cold, 1.6x from L3, C driver)
         direct = [n for n in nodes if id(n) in streamed] if vectorized else []
+        head = ""
         if vectorized:
             w("{")
             w.indent()
             w(f"int64_t jv = {start};")
+            if direct and _starts_inside_a_line(direct[0], lo):
+                head = start
+                w(f"int64_t ja = {start};  // the vector loop's first element")
+                w("#if PFJAX_VF16")
+                w(f"ja = std::min<int64_t>({stop}, {start} + "
+                  f"pfjax::rt::to_line({ptr_names[id(direct[0])]} + t0 + {start}));")
+                w("#endif")
+                start = "ja"
             first = "" if start == "0" else f" + {start}"
             for k, st in enumerate(direct):
                 w(direct_flag(k, f"{ptr_names[id(st)]} + t0{first}"))
@@ -298,30 +312,17 @@ def _emit_row(w: _Writer, variants, ptr_names: dict[int, str], vector: int,
                              inner_dim)
             start = "jv"
         tail = len(w.lines)
-        w(f"#pragma omp simd simdlen({max(1, vector)})")
-        w(f"for (int64_t j = {start}; j < {stop}; ++j) {{")
-        w.indent()
-        values: dict[int, str] = {}
-        tiles: list[int] = []
-        for n in nodes:
-            if n.op in (Op.BUFFER, Op.PARALLEL):
-                continue
-            if n.op is Op.STORE:
-                value = store_expr(values[id(n.src[1])], n.dtype)
-                if id(n) in streamed:
-                    w(f"{_tile_ptr(len(tiles), n)}[j] = {value};")
-                    tiles.append(id(n))
-                else:
-                    w(f"{ptr_names[id(n)]}[{_index(n, offset)}] = {value};")
-                continue
-            v = f"v{len(values)}"
-            values[id(n)] = v
-            # (the cone of a hoisted value is left for the compiler to drop as dead code)
-            expr = f"{hoisted[id(n)]}[col + {offset}j]" if id(n) in hoisted else \
-                _expr(n, values, ptr_names, offset, inner_dim, unit)
-            w(f"const {register_type(n.dtype)} {v} = {expr};")
-        w.indent(-1)
-        w("}")
+        # the scalar loop: the head before the vector loop (behind a test: usually empty),
+        # then the remainder after it
+        if head:
+            w(f"if (ja > {head}) {{")
+            w.indent()
+            _emit_scalar_row(w, nodes, ptr_names, offset, streamed, unit, hoisted, inner_dim,
+                             vector, head, "ja")
+            w.indent(-1)
+            w("}")
+        tiles = _emit_scalar_row(w, nodes, ptr_names, offset, streamed, unit, hoisted,
+                                 inner_dim, vector, start, stop)
         if vectorized:
             scalar_tail(w.lines, tail)
         # Each interval's streamed part of the tile leaves by itself: the direct vectors
@@ -331,7 +332,9 @@ def _emit_row(w: _Writer, variants, ptr_names: dict[int, str], vector: int,
             store = next(n for n in nodes if id(n) == key)
             ptr, tile = ptr_names[key], _tile_ptr(k, store)
             if direct:
-                w(f"if (direct{k}) {_stream_copy(ptr, tile, 'jv', stop)}")
+                head_copy = f"if (ja > {interval}) {_stream_copy(ptr, tile, interval, 'ja')} " \
+                    if head else ""
+                w(f"if (direct{k}) {{ {head_copy}{_stream_copy(ptr, tile, 'jv', stop)} }}")
                 w(f"else {_stream_copy(ptr, tile, interval, stop)}")
             else:
                 w(_stream_copy(ptr, tile, interval, stop))
@@ -344,6 +347,46 @@ def _emit_row(w: _Writer, variants, ptr_names: dict[int, str], vector: int,
     if streamed:
         w.indent(-1)
         w("}")
+
+
+def _starts_inside_a_line(store: gir.Node, lo: int) -> bool:
+    """A row's piece from inner index `lo` on may start off a 64-byte line of the store's
+    buffer where the buffer itself starts on one (XLA's do)."""
+    size, view = store.dtype.itemsize, store.arg.view
+    return (view.offset + lo * view.strides[-1]) * size % 64 != 0 \
+        or any(s * size % 64 for s in view.strides[:-1])
+
+
+def _emit_scalar_row(w: _Writer, nodes, ptr_names: dict[int, str], offset: str,
+                     streamed: set[int], unit: set[int], hoisted: dict[int, str],
+                     inner_dim: int, vector: int, start: str, stop: str) -> list[int]:
+    """The `omp simd` loop over [start, stop) of the row; streamed stores go to the tile.
+    Returns the ids of those stores, in tile order."""
+    w(f"#pragma omp simd simdlen({max(1, vector)})")
+    w(f"for (int64_t j = {start}; j < {stop}; ++j) {{")
+    w.indent()
+    values: dict[int, str] = {}
+    tiles: list[int] = []
+    for n in nodes:
+        if n.op in (Op.BUFFER, Op.PARALLEL):
+            continue
+        if n.op is Op.STORE:
+            value = store_expr(values[id(n.src[1])], n.dtype)
+            if id(n) in streamed:
+                w(f"{_tile_ptr(len(tiles), n)}[j] = {value};")
+                tiles.append(id(n))
+            else:
+                w(f"{ptr_names[id(n)]}[{_index(n, offset)}] = {value};")
+            continue
+        v = f"v{len(values)}"
+        values[id(n)] = v
+        # (the cone of a hoisted value is left for the compiler to drop as dead code)
+        expr = f"{hoisted[id(n)]}[col + {offset}j]" if id(n) in hoisted else \
+            _expr(n, values, ptr_names, offset, inner_dim, unit)
+        w(f"const {register_type(n.dtype)} {v} = {expr};")
+    w.indent(-1)
+    w("}")
+    return tiles
 
 
 def _stream_copy(ptr: str, tile: str, first: str, stop: str) -> str:
@@ -504,12 +547,19 @@ def _emit_vector_row(w: _Writer, nodes, ptr_names: dict[int, str], offset: str,
             uniform.add(id(n))
         w(vector_decl(n, v, is_uniform,
                       lambda: _expr(n, values, ptr_names, offset, inner_dim, unit),
-                      lambda: f"{ptr_names[id(n)]}[{_index(n, offset, unit)}]",
+                      lambda: f"{ptr_names[id(n)]}[{_vector_index(n, offset, unit, values)}]",
                       lambda s: values[id(s)]))
     w.indent(-1)
     w("}")
     if not whole:
         w("#endif")
+
+
+def _vector_index(n: gir.Node, offset: str, unit: set[int], values: dict[int, str]) -> str:
+    """The element a vf16 load reads: its lane's index plus a per-row run-time offset."""
+    index = _index(n, offset, unit)
+    moved = gir.load_offset(n)
+    return index if moved is None else f"{index} + {values[id(moved)]}"
 
 
 def _tile_ptr(k: int, store: gir.Node) -> str:

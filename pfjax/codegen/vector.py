@@ -14,6 +14,7 @@ math overloads mirror ctypes_table's spellings.
 from __future__ import annotations
 
 from pfjax import gir
+from pfjax.codegen.ctypes_table import literal, register_type
 from pfjax.gir import Op
 
 VECTOR_CALLS = {"exp", "logistic", "erfc", "log", "log1p", "one_plus_exp2"}
@@ -65,16 +66,24 @@ def vector_node_ok(n: gir.Node) -> bool:
     return False
 
 
-def vector_body_ok(body: list[gir.Node], lane_stride, streams: bool = False) -> bool:
+def vector_body_ok(body: list[gir.Node], lane_stride, streams: bool = False,
+                   row_index=None) -> bool:
     """The loop body is float arithmetic of VECTOR_ALU (and bool predicates selecting
     between float values) on contiguous loads and stores of VECTOR_FLOATS (lane_stride(node)
     gives an access's step per lane; loads may also be uniform), with an exp, logistic or
     erfc or a reduction in it, half-precision loads or stores, or stores that `streams`
     (non-temporal stores straight from registers): it has a pfjax::vf16 form worth
-    writing."""
+    writing. Given `row_index` (true for an INDEX node that is the same along the loop),
+    values computed from such indices alone (a padded row's guard) are per-row scalars of
+    any type; a load guarded by one reads whole vectors or none, and one offset by one
+    (interior padding, a dynamic slice) reads from there."""
     worth = streams
+    per_row: set[int] = set()
     for n in body:
         if n.op in (Op.BUFFER, Op.PARALLEL):
+            continue
+        if row_index is not None and _per_row(n, per_row, row_index, lane_stride):
+            per_row.add(id(n))
             continue
         if n.op is Op.REDUCE:
             if n.dtype not in VECTOR_FLOATS or n.arg.op not in ("sum", "max", "min"):
@@ -84,8 +93,10 @@ def vector_body_ok(body: list[gir.Node], lane_stride, streams: bool = False) -> 
         if n.op in (Op.LOAD, Op.STORE):
             kinds = VECTOR_FLOATS + (gir.DType.BOOL,) if n.op is Op.LOAD else VECTOR_FLOATS
             # contiguous, or (loads) the same for every lane: a uniform scalar
-            if n.dtype not in kinds or n.arg.dynamic or n.arg.fill is not None \
-                    or gir.load_guard(n) is not None \
+            guard, offset = gir.load_guard(n), gir.load_offset(n)
+            guarded_ok = guard is not None and id(guard) in per_row and n.dtype in VECTOR_FLOATS
+            if n.dtype not in kinds or (n.arg.dynamic and id(offset) not in per_row) \
+                    or (n.arg.fill is not None and not guarded_ok) \
                     or lane_stride(n) not in ((0, 1) if n.op is Op.LOAD else (1,)):
                 return False
             # half types convert in a few instructions here, against a dozen integer
@@ -95,6 +106,20 @@ def vector_body_ok(body: list[gir.Node], lane_stride, streams: bool = False) -> 
             return False
         worth |= n.op is Op.ALU and n.arg in VECTOR_CALLS
     return worth
+
+
+def _per_row(n: gir.Node, per_row: set[int], row_index, lane_stride) -> bool:
+    """A value of the row, not of the lane: a constant, an index the loop does not walk, a
+    plain load that does not move along it (a dynamic slice's start), or arithmetic,
+    compares, casts and selects on such values."""
+    if n.op is Op.INDEX:
+        return row_index(n)
+    if n.op is Op.CONST:
+        return True
+    if n.op is Op.LOAD:
+        return not n.arg.dynamic and n.arg.fill is None and lane_stride(n) == 0
+    return n.op in (Op.ALU, Op.CAST, Op.SELECT) and \
+        all(id(s) in per_row for s in n.src if s.op is not Op.BUFFER)
 
 
 def vector_uniform(n: gir.Node, uniform: set[int], local: dict[int, str], lane_stride) -> bool:
@@ -133,10 +158,14 @@ def vector_decl(n: gir.Node, name: str, uniform: bool, scalar, element, operand)
     operand(node) another value's name. Bools are pfjax::vb16 lane masks."""
     boolean = n.dtype is gir.DType.BOOL
     if uniform:
-        return f"const {'bool' if boolean else 'float'} {name} = {scalar()};"
+        return f"const {register_type(n.dtype)} {name} = {scalar()};"
     kind = "pfjax::vb16" if boolean else "pfjax::vf16"
     if n.op is Op.LOAD:
         load = f"pfjax::load_{_HALF[n.dtype]}" if n.dtype in _HALF else f"{kind}::load"
+        guard = gir.load_guard(n)
+        if guard is not None:  # a per-row guard (vector_body_ok): whole vectors or none
+            fill = literal(n.arg.fill, n.dtype.compute)
+            return f"const {kind} {name} = {operand(guard)} ? {load}(&{element()}) : {kind}({fill});"
         return f"const {kind} {name} = {load}(&{element()});"
     return f"const {kind} {name} = {vector_expr(n, operand) or scalar()};"
 

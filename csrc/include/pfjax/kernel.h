@@ -262,6 +262,13 @@ struct StripPrefetch {
   }
 };
 
+// Elements from p up to the next 64-byte line (0 where p starts one): where a row's
+// streamed vectors can leave registers straight out once a short head is peeled off.
+template <typename T>
+static inline int64_t to_line(const T* p) {
+  return static_cast<int64_t>((64 - reinterpret_cast<uintptr_t>(p) % 64) % 64) / static_cast<int64_t>(sizeof(T));
+}
+
 // Prefetch [p, p + bytes) into the caches (past a buffer's end it does nothing).
 static inline void prefetch_range(const void* p, int64_t bytes) {
   for (int64_t q = 0; q < bytes; q += 64) __builtin_prefetch(static_cast<const char*>(p) + q, 0, 3);
