@@ -132,8 +132,6 @@ def vector_uniform(n: gir.Node, uniform: set[int], local: dict[int, str], lane_s
     return all(id(s) in uniform or id(s) not in local for s in n.src if s.op is not Op.BUFFER)
 
 
-
-
 def vector_expr(n: gir.Node, operand) -> str | None:
     """The vf16 spelling of a node whose scalar one cannot be overloaded: a C++ conditional
     (a select, a bool -> float cast) or a std:: function. operand(node) names a value.
