@@ -292,9 +292,11 @@ def test_vf16_erfc_where_its_error_peaks(vector_lib):
 def test_vf16_exp_minus_max(vector_lib, rng):
     """exp(x - m) for m at least every x of its 16 lanes (softmax's shift), as vf16 loops
     call it: within exp's error plus that of rounding x - m (|x - m| 2^-24, and the float
-    constant's 1.3e-8 |x - m|: 8/ln2 on AVX2, log2(e) on AVX-512); 0 where x - m < -104 (masked scores); vectors with
-    a lane in [-104, -86.6) (denormal results) or an infinite or huge m go through
-    exp_v(x - m) and match it bit for bit; NaN where x - m is NaN."""
+    constant's 1.3e-8 |x - m|: 8/ln2 on AVX2, log2(e) on AVX-512); 0 where x - m < -104
+    (masked scores); vectors with a lane in [-104, -86.6) (denormal results) or an
+    infinite or huge m go through exp_v(x - m) and match it bit for bit (AVX2 draws both
+    bounds on a rounded multiple of ln2/8: lanes within 0.1 of one may go either way);
+    NaN where x - m is NaN."""
     groups = 40_000
     x = (rng.standard_normal((groups, 16)) * rng.choice([0.3, 3, 30], (groups, 1))
          + rng.uniform(-1e3, 1e3, (groups, 1))).astype(np.float32)
@@ -306,6 +308,7 @@ def test_vf16_exp_minus_max(vector_lib, rng):
     x[masked] = -1e9
     x[-9:, 3] = [-np.inf, np.nan, np.inf, -1e9, -200.0, m[-4] - 87.0, -np.inf, 5.0, 3e5]
     m[-9:] = [m[-9], m[-8], np.inf, m[-6], m[-5], m[-4], np.nan, np.inf, 0]
+    m[-5] = max(m[-5], x[-5].max())  # -200 may lie above the row's own values
     m[-2] = x[-2].max()  # no infinity in x[-2]
     m[-1] = x[-1].max()  # 3e5: the huge-m path (beyond 1e4)
     y = np.empty_like(x)
@@ -317,13 +320,20 @@ def test_vf16_exp_minus_max(vector_lib, rng):
         want = _apply_vector(vector_lib.apply_exp, (x - m[:, None]).astype(np.float32).ravel())
         d32 = x - m[:, None]
         near = (d32 < -86.6) & (d32 >= -104)
+        # the AVX2 form tests the rounded n = round((x - m) 8/ln2 + (K - m 8/ln2)) against
+        # the bounds: a lane within 0.1 of -86.6 or -104 may take either path (both accurate)
+        edge = (np.abs(d32 + 86.6) < 0.1) | (np.abs(d32 + 104) < 0.1)
     want = want.reshape(x.shape)
     slow = near.any(1) | ~np.isfinite(m) | (np.abs(m) > 1e4)
-    np.testing.assert_array_equal(y[slow].view(np.uint32), want[slow].view(np.uint32))
+    either = slow & edge.any(1) & np.isfinite(m) & (np.abs(m) <= 1e4)
+    strict = slow & ~either
+    np.testing.assert_array_equal(y[strict].view(np.uint32), want[strict].view(np.uint32))
     np.testing.assert_array_equal(np.isnan(y), np.isnan(d))
-    far = ~slow[:, None] & (d32 < -104)
+    far = ~strict[:, None] & (d32 < -104)
     assert (y[far] == 0).all() and far.sum() > 1000
-    fast = ~slow[:, None] & ~far & ~np.isnan(d)
+    fast = ~strict[:, None] & ~far & ~np.isnan(d)
     rel = np.abs(y[fast] - ref[fast]) / ref[fast]
-    assert (rel <= 1.2e-7 + 7.4e-8 * np.abs(d[fast])).all(), rel.max()
+    # in an `either` vector: exp_v's result, or 0 for a lane that the form takes for far
+    either_ok = ((y == want) | ((y == 0) & (d32 < -103.9))) & either[:, None]
+    assert ((rel <= 1.2e-7 + 7.4e-8 * np.abs(d[fast])) | either_ok[fast]).all(), rel.max()
     assert slow.sum() >= 6 and fast.sum() > 0.5 * x.size

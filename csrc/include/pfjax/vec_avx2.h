@@ -287,24 +287,22 @@ PFJAX_VF16_INLINE __m256 one_plus_exp2_8(__m256 x) {
 }
 PFJAX_VF16_INLINE vf16 one_plus_exp2(vf16 x) { return {one_plus_exp2_8(x.a), one_plus_exp2_8(x.b)}; }
 // exp(x - m) where m is at least every x of the row (or NaN): fastmath_avx2.h's shifted
-// core on both halves, one range test for the 16 lanes (min passes a NaN of the second
+// form on both halves, one range test for the 16 lanes (min passes a NaN of the second
 // half on; one of the first gives NaN from the core, as it must). Lanes far below
-// (x - m < -104: a masked attention score) are 0; other lanes out of the core's range,
-// or a huge m, take exp_v(x - m).
+// (x - m < -104: a masked attention score) are 0; other lanes out of the form's range,
+// or a huge m, take exp_v(x - m). The row's constants depend on m alone: in a loop they
+// are computed once, before it.
 PFJAX_VF16_INLINE vf16 exp_minus_max(vf16 x, float m) {
-  const float hi = m * kPfjaxExpTableN;
-  const __m256 mhi = _mm256_set1_ps(hi), mlo = _mm256_set1_ps(__builtin_fmaf(m, kPfjaxExpTableN, -hi));
-  __m256 ta, tb;
-  const __m256 ya = pfjax_exp_shifted_core8(x.a, mhi, mlo, &ta);
-  const __m256 yb = pfjax_exp_shifted_core8(x.b, mhi, mlo, &tb);
-  const __m256 lowest = _mm256_set1_ps(kPfjaxShiftedLowest);
-  const bool small_m = __builtin_fabsf(m) <= kPfjaxShiftedLargest;
-  if (__builtin_expect((_mm256_movemask_ps(_mm256_cmp_ps(_mm256_min_ps(ta, tb), lowest, _CMP_GE_OQ)) == 0xFF) & small_m, 1))
+  const PfjaxExpShift row = pfjax_exp_shift_row8(m);
+  __m256 ka, kb;
+  const __m256 ya = pfjax_exp_shifted8(x.a, row, &ka);
+  const __m256 yb = pfjax_exp_shifted8(x.b, row, &kb);
+  if (__builtin_expect(_mm256_movemask_ps(_mm256_cmp_ps(_mm256_min_ps(ka, kb), row.lowest, _CMP_GE_OQ)) == 0xFF, 1))
     return {ya, yb};
-  const __m256 far = _mm256_set1_ps(-104.0f * kPfjaxExpTableN);
-  const __m256 under_a = _mm256_cmp_ps(ta, lowest, _CMP_LT_OQ), under_b = _mm256_cmp_ps(tb, lowest, _CMP_LT_OQ);
-  const int near_a = _mm256_movemask_ps(under_a) & ~_mm256_movemask_ps(_mm256_cmp_ps(ta, far, _CMP_LT_OQ));
-  const int near_b = _mm256_movemask_ps(under_b) & ~_mm256_movemask_ps(_mm256_cmp_ps(tb, far, _CMP_LT_OQ));
+  const bool small_m = __builtin_fabsf(m) <= kPfjaxShiftedLargest;
+  const __m256 under_a = _mm256_cmp_ps(ka, row.lowest, _CMP_LT_OQ), under_b = _mm256_cmp_ps(kb, row.lowest, _CMP_LT_OQ);
+  const int near_a = _mm256_movemask_ps(under_a) & ~_mm256_movemask_ps(_mm256_cmp_ps(ka, row.far, _CMP_LT_OQ));
+  const int near_b = _mm256_movemask_ps(under_b) & ~_mm256_movemask_ps(_mm256_cmp_ps(kb, row.far, _CMP_LT_OQ));
   if (small_m && (near_a | near_b) == 0) return {_mm256_andnot_ps(under_a, ya), _mm256_andnot_ps(under_b, yb)};
   return exp_v(x - m);
 }
