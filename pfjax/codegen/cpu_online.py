@@ -147,6 +147,12 @@ def emit_online(em, plan: OnlinePlan) -> None:
     prefetch = {id(n): ONLINE_PREFETCH_BYTES for n in body
                 if n.op is Op.LOAD and n.src[0].arg.role == "in" and not n.arg.dynamic
                 and n.arg.view.strides[em.lane] == 1}
+    # Where the sums' exp reads the very x the max reduces, sh (the running max, as long as
+    # it is finite) is at least every x read so far: exp(x - sh) takes the shifted form
+    # (`exp_minus_max`). A row whose max ends NaN or infinite is summed again below.
+    x = plan.max_root.src[0]
+    if all(r.src[0].src[0].src[0] is x for r in plan.sums):
+        em.below_shift = (x, plan.shift)
     start = em.emit_vector_part(body, plan.sums, prefetch)
     with em.remainder(start, n_lane % 16 == 0 and ONLINE_BLOCK % 16 == 0):
         w(f"#pragma omp simd simdlen({em.par.vector}) {' '.join(clauses)}")
@@ -156,6 +162,7 @@ def emit_online(em, plan: OnlinePlan) -> None:
         for r, a in zip(plan.sums, sums):
             w(f"{a}_p = {a}_p + {em.ref(r.src[0], local)};")
         w.close()
+    em.below_shift = None
     for a in sums:
         w(f"{a}_t += {a}_p;")
     if shift_name is None:
