@@ -285,8 +285,11 @@ def test_predicated_exp_loops_run_over_explicit_vectors(f, rng):
 def test_online_max_and_shifted_sum(f, is_lse, rng):
     """Long rows take the max and the shifted sum in one pass, rescaling as the max grows
     (ascending rows rescale at every block); rows with NaN, +-inf or all -inf take the
-    two-pass form again and match XLA exactly in kind."""
+    two-pass form again and match XLA exactly in kind. The one-pass sums shift by the
+    running max (`exp_minus_max`), also where the first blocks are all -inf; logsumexp's
+    two-pass form, whose shift may be 0 below some x, does not."""
     x = randn(rng, 8, 5003) * 4
+    x[7, :1200] = -np.inf                       # the running max is -inf for two blocks
     x[1] = np.linspace(-300, 60, 5003)          # the max grows in every block
     x[2, 4000] = np.nan
     x[3, 17] = np.inf
@@ -302,10 +305,13 @@ def test_online_max_and_shifted_sum(f, is_lse, rng):
     # the online sums prefetch the row 4 KiB ahead (the blocks' max loops read memory)
     online = source[source.index("shift_of"):source.index("online_exact")]
     assert "__builtin_prefetch" in online and "+ 4096)" in online
+    assert "exp_minus_max(" in online
     if is_lse:  # against float64 on the finite rows
-        rows = x[[0, 1, 6]].astype(np.float64)
+        # jax's shift is 0 where the max is not finite: the two-pass form keeps exp_v
+        assert "exp_minus_max(" not in source[source.index("if (!online_exact)"):]
+        rows = x[[0, 1, 6, 7]].astype(np.float64)
         ref = np.log(np.exp(rows - rows.max(-1, keepdims=True)).sum(-1)) + rows.max(-1)
-        np.testing.assert_allclose(np.asarray(got)[[0, 1, 6]], ref, rtol=1e-6)
+        np.testing.assert_allclose(np.asarray(got)[[0, 1, 6, 7]], ref, rtol=1e-6)
 
 
 def test_later_loops_prefetch_the_next_row(rng):
