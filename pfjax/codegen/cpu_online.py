@@ -150,9 +150,9 @@ def emit_online(em, plan: OnlinePlan) -> None:
     # Where the sums' exp reads the very x the max reduces, sh (the running max, as long as
     # it is finite) is at least every x read so far: exp(x - sh) takes the shifted form
     # (`exp_minus_max`). A row whose max ends NaN or infinite is summed again below.
-    x = plan.max_root.src[0]
-    if all(r.src[0].src[0].src[0] is x for r in plan.sums):
-        em.below_shift = (x, plan.shift)
+    exps = [r.src[0] for r in plan.sums]  # exp(x - shift), as online_plan checked
+    if all(e.src[0].src[0] is plan.max_root.src[0] and e.dtype is gir.DType.F32 for e in exps):
+        em.below_shift = {id(e) for e in exps}
     start = em.emit_vector_part(body, plan.sums, prefetch)
     with em.remainder(start, n_lane % 16 == 0 and ONLINE_BLOCK % 16 == 0):
         w(f"#pragma omp simd simdlen({em.par.vector}) {' '.join(clauses)}")
@@ -162,7 +162,7 @@ def emit_online(em, plan: OnlinePlan) -> None:
         for r, a in zip(plan.sums, sums):
             w(f"{a}_p = {a}_p + {em.ref(r.src[0], local)};")
         w.close()
-    em.below_shift = None
+    em.below_shift = set()
     for a in sums:
         w(f"{a}_t += {a}_p;")
     if shift_name is None:

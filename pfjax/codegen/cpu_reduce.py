@@ -78,9 +78,9 @@ class _Emitter:
         if self.row_split:
             self.prefetched = []
         self.online = None if self.row_split else online_plan(self)
-        # (x, shift) of the online sums' exp(x - shift) while their block loop is written:
-        # the shift is then the running max of x (cpu_online), so x - shift <= 0
-        self.below_shift: tuple[gir.Node, gir.Node] | None = None
+        # The online sums' exp(x - shift) nodes while their block loop is written: the
+        # shift is then the running max of x (cpu_online), so x - shift <= 0
+        self.below_shift: set[int] = set()
         self.whole_vectors = False  # every block of the row loop is whole vf16 vectors
         self.previous = False  # emitting the previous unit's deferred loop (cpu_deferred)
         self.late_step = False  # ... inside the host loop's vf16 step
@@ -233,10 +233,8 @@ class _Emitter:
         if n.op is Op.INDEX:
             return f"static_cast<int64_t>({self.idx(n.arg)})"
         shifted = None if self.column else shifted_by_row_max(n)
-        if shifted is None and self.below_shift is not None and n.op is Op.ALU \
-                and n.arg == "exp" and n.dtype is gir.DType.F32 and n.src[0].op is Op.ALU \
-                and n.src[0].arg == "sub" and tuple(n.src[0].src) == self.below_shift:
-            shifted = self.below_shift
+        if shifted is None and id(n) in self.below_shift:
+            shifted = n.src[0].src[0], n.src[0].src[1]
         if shifted is not None and id(shifted[1]) not in local and id(shifted[1]) in self.names:
             # softmax's exp(x - max): the subtraction folds into exp's range reduction
             x, m = shifted

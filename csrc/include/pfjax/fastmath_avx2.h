@@ -77,14 +77,18 @@ PFJAX_AVX2_INLINE __m256 pfjax_exp_table_poly8(__m256 r) {
 // round, convert, shift right, shift left and add were (the same bits on every float but
 // NaN payloads; softmax 1024 x 4096 on Zen 3, C driver, 1.26 -> 1.19 ms).
 constexpr float kPfjaxShifter = 0x1.8p23f;
-PFJAX_AVX2_INLINE __m256 pfjax_exp_table_shifted_scale8(__m256 s) {
+// entries: each 2^(j/8)'s bits (or any scale in [0.5, 2) of them) less j << 20
+PFJAX_AVX2_INLINE __m256 pfjax_exp_scale_from8(__m256i entries, __m256 s) {
   const __m256i si = _mm256_castps_si256(s);
+  return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_permutevar8x32_epi32(entries, si), _mm256_slli_epi32(si, 20)));
+}
+PFJAX_AVX2_INLINE __m256 pfjax_exp_table_shifted_scale8(__m256 s) {
   const __m256i entries = _mm256_set_epi32(
       __builtin_bit_cast(int, 1.8340081f) - (7 << 20), __builtin_bit_cast(int, 1.6817929f) - (6 << 20),
       __builtin_bit_cast(int, 1.5422108f) - (5 << 20), __builtin_bit_cast(int, 1.4142135f) - (4 << 20),
       __builtin_bit_cast(int, 1.2968396f) - (3 << 20), __builtin_bit_cast(int, 1.1892071f) - (2 << 20),
       __builtin_bit_cast(int, 1.0905077f) - (1 << 20), __builtin_bit_cast(int, 1.0f));
-  return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_permutevar8x32_epi32(entries, si), _mm256_slli_epi32(si, 20)));
+  return pfjax_exp_scale_from8(entries, s);
 }
 // exp(x) for x in [-86.6, 127.5 ln 2] (n in [-1000, 1020], so that 2^(n >> 3) is a normal
 // scale): 0.89 ulp over the range (checked on every float). Shorter and with fewer
@@ -113,7 +117,7 @@ PFJAX_AVX2_INLINE __m256 pfjax_exp_table8(__m256 x) {
 // row's `lowest` - K keeps results normal); NaN lanes give NaN.
 struct PfjaxExpShift {
   __m256 c;           // shifter - K
-  __m256i entries;    // T_j's bits less j << 20 (pfjax_exp_table_shifted_scale8's trick)
+  __m256i entries;    // T_j's bits less j << 20 (for pfjax_exp_scale_from8)
   __m256 lowest;      // K + kPfjaxShiftedLowest: k at least this keeps the result normal (NaN: m out of range)
   __m256 far;         // K - 104 N: k below it, x - m < -104 (a masked score: 0)
 };
@@ -150,9 +154,7 @@ PFJAX_AVX2_INLINE __m256 pfjax_exp_shifted8(__m256 x, const PfjaxExpShift& row, 
   p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(0.5f * c * c));
   p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(c));
   *k_out = k;
-  const __m256i si = _mm256_castps_si256(s);
-  const __m256 scale = _mm256_castsi256_ps(
-      _mm256_add_epi32(_mm256_permutevar8x32_epi32(row.entries, si), _mm256_slli_epi32(si, 20)));
+  const __m256 scale = pfjax_exp_scale_from8(row.entries, s);
   return _mm256_fmadd_ps(_mm256_mul_ps(p, f), scale, scale);
 }
 PFJAX_AVX2_INLINE __m256 pfjax_exp8(__m256 x) {
