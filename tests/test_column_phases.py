@@ -69,6 +69,10 @@ def test_softmax_exponentials_wait_in_the_output(rng, rows, cols):
     assert "exp_v" in sum_phase and re.search(r"\bout0\[[^]]*\] = ", sum_phase)
     last_phase = last_phase.split("PFJAX_EXPORT")[0]
     assert "exp_v" not in last_phase and re.search(r"= out0\[", last_phase)
+    # every phase prefetches the rows it reads two rows ahead
+    ahead = f"+ {2 * cols * 4}, 0, 3);"
+    bodies = re.findall(r"_body\d\(.*?\n}\n", src, re.S)
+    assert len(bodies) == 3 and all(ahead in body for body in bodies)
     p = plan(f, [jax.core.ShapedArray(x.shape, jnp.float32)])
     kernel = run_passes(lower_group(p.groups[0].group))
     assert any(gir.reads_back(n) and n.src[0].arg.role == "out" for n in gir.toposort(kernel.root))
@@ -120,17 +124,26 @@ def test_few_rows_keep_column_blocks(rng):
 
 
 @needs_x86_gxx
-def test_phased_column_softmax_built_without_avx512(tmp_path, rng):
-    """The phases built for AVX2 (the scalar `omp simd` loops only), run through their
-    descriptor with units handed out in uneven ranges, match XLA."""
+@pytest.mark.parametrize("stream, shift", [(0, 0), (1, 0), (1, 1)])
+def test_phased_column_softmax_built_without_avx512(tmp_path, rng, monkeypatch, stream, shift):
+    """The phases built for AVX2, run through their descriptor with units handed out in
+    uneven ranges, match XLA; streamed (PFJAX_NONTEMPORAL=1: the output is too small for
+    the cost model to stream) the exponentials waiting in the output go past the cache
+    where a row starts on a line (shift 0), and through it where none does (shift: the
+    output one element off)."""
+    if stream:
+        monkeypatch.setenv("PFJAX_NONTEMPORAL", "1")
     x = _columns(rng, 5000, 48)
     f = PROGRAMS["softmax"]
     (group,) = pfjax.explain(f, x).groups
     source = Path(group.source_path)
-    assert PHASED in source.read_text()
+    text = source.read_text()
+    assert PHASED in text
+    sum_phase = text.split("_body1(")[1].split("_body2(")[0]
+    assert bool(re.search(r"if \(stream && [^\n]*\.stream\(&out0\[", sum_phase)) == bool(stream)
     info = build_without_avx512(source, tmp_path / "avx2.so")
-    assert info.num_phases == 3
-    xin, out = aligned(x.size), aligned(x.size)
+    assert info.num_phases == 3 and bool(info.can_stream) == bool(stream)
+    xin, out = aligned(x.size), aligned(x.size + 16)[shift:shift + x.size]
     scratch = aligned(info.scratch_bytes // 4 + 16)
     xin[:] = x.reshape(-1)
     ins = (ctypes.c_void_p * 1)(xin.ctypes.data)
@@ -138,7 +151,7 @@ def test_phased_column_softmax_built_without_avx512(tmp_path, rng):
     cuts = sorted({0, 1, info.total // 3, info.total - 1, info.total})
     for body, finish in phases(info):
         for lo, hi in zip(cuts, cuts[1:]):
-            body(ins, outs, lo, hi, 0)
+            body(ins, outs, lo, hi, stream)
         if finish is not None:
             finish(ins, outs)
     np.testing.assert_allclose(out.reshape(x.shape), np.asarray(jax.jit(f)(x)),

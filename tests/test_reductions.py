@@ -317,7 +317,7 @@ def test_online_max_and_shifted_sum(f, is_lse, rng):
 def test_later_loops_prefetch_the_next_row(rng):
     """A row unit's later loops prefetch the next unit's input row (also across the
     outer dimensions and past the last row); broadcast weights and column reductions are
-    not prefetched."""
+    not prefetched (phased ones are: test_column_phases)."""
     x, w = randn(rng, 3, 5, 301) * 4, randn(rng, 301)
     f = lambda x, w: jax.nn.softmax(x, axis=-1) * w
     one_kernel(f, x, w)

@@ -34,6 +34,12 @@ def emit_phased(em) -> str:
     w()
     w("namespace {")
     w()
+    # A value waiting in an output for the last phase (reuse's spill) goes past the cache:
+    # the output is read back only after every unit's earlier phases.
+    em.stream_spills = {id(r) for r in roots if em.column and par.nontemporal
+                        and r.op is Op.STORE and r.src[0].arg.role == "out"
+                        and em.nest.loop_of(r) is not None and em.nest.loop_of(r) < loops - 1
+                        and r.dtype is gir.DType.F32 and r.arg.view.strides[em.lane] == 1}
     finishes = []
     for p in range(loops):
         _emit_phase_body(em, p, roots, reduces, rows)
@@ -46,8 +52,8 @@ def emit_phased(em) -> str:
     w()
     w("}  // namespace")
     w()
-    can_stream = any(em.streamable([r for r in roots if em.nest.loop_of(r) == p])
-                     for p in range(loops))
+    can_stream = bool(em.stream_spills) or any(
+        em.streamable([r for r in roots if em.nest.loop_of(r) == p]) for p in range(loops))
     partials = par.split * rows if em.column else par.units
     scratch = 8 * (partials + rows) * len(reduces)
     w(f"PFJAX_EXPORT_PHASED_KERNEL({name}, {name}_body0, {len(k.inputs)}, {name}_in_sizes, "
@@ -93,7 +99,8 @@ def _emit_phase_body(em, p: int, roots: list[gir.Node], reduces: list[gir.Node],
             w(f"for (int64_t j = 0; j < cn; ++j) split{slot}[seg * {rows} + c0 + j] = {a}[j];"
               if em.column else f"split{slot}[u] = {a};")
     w.close()
-    w("if (stream) pfjax::rt::stream_fence();" if em.streamable(mine) else "(void)stream;")
+    streams = em.streamable(mine) or any(id(r) in em.stream_spills for r in mine)
+    w("if (stream) pfjax::rt::stream_fence();" if streams else "(void)stream;")
     w.close()
     w()
 
