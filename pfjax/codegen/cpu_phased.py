@@ -36,7 +36,7 @@ def emit_phased(em) -> str:
     w()
     # A value waiting in an output for the last phase (reuse's spill) goes past the cache:
     # the output is read back only after every unit's earlier phases.
-    em.stream_spills = {id(r) for r in roots if em.column and par.nontemporal
+    em.stream_spills = {id(r) for r in roots if par.nontemporal
                         and r.op is Op.STORE and r.src[0].arg.role == "out"
                         and em.nest.loop_of(r) is not None and em.nest.loop_of(r) < loops - 1
                         and r.dtype is gir.DType.F32 and r.arg.view.strides[em.lane] == 1}
