@@ -167,6 +167,24 @@ def test_cross_entropy_mean_over_short_rows(plan, L, rows, rng, monkeypatch):
         assert "stage_transpose" in src and ("pfjax::seg::" in src) == segments
 
 
+@pytest.mark.parametrize("rows, L", [(2048, 10), (4096, 12)])
+def test_staged_rows_take_the_vf16_exponential(rows, L, rng):
+    """Rows staged across the lanes (too wide for segments that pad few lanes) run their
+    exponentials in the vf16 form, reading the stage a vector at a time, not through the
+    vector-function ABI's spills; with NaN, inf and masked rows, against float64."""
+    x = randn(rng, rows, L) * 3
+    x[5, 2], x[9, :], x[11, 1] = np.nan, -np.inf, np.inf
+    labels = rng.integers(0, L, rows).astype(np.int32)
+    one_kernel(_cross_entropy, x, labels, tol=dict(rtol=2e-6, atol=2e-6))
+    assert "pfjax::vf16::load(&stage0[" in _source(_cross_entropy, x, labels)
+    ok = np.isfinite(x).all(-1)
+    x64 = x[ok].astype(np.float64)
+    lse = np.log(np.exp(x64 - x64.max(-1, keepdims=True)).sum(-1)) + x64.max(-1)
+    want = np.mean(lse - x64[np.arange(len(x64)), labels[ok]])
+    got = pfjax.fuse(_cross_entropy)(x[ok], labels[ok])
+    np.testing.assert_allclose(float(got), want, rtol=2e-6)
+
+
 @pytest.mark.parametrize("plan", ["segments", "staged"])
 @pytest.mark.parametrize("L", [3, 8])
 def test_per_row_losses_accuracy_and_a_max_over_rows(plan, L, rng, monkeypatch):

@@ -625,8 +625,8 @@ class _Emitter:
     def lane_stride(self, n: gir.Node) -> int:
         if n.src[0].arg.role == "tile":
             return 1  # a row unit's tile is indexed by the lane
-        if id(n) in self.streamed:
-            return 1
+        if id(n) in self.streamed or id(n) in self.stage_of:
+            return 1  # (a staged access reads its stage along the lane)
         return n.arg.view.strides[self.lane]
 
     def vector_form_ok(self, body: list[gir.Node], streams: bool | None = None) -> bool:
