@@ -14,9 +14,11 @@ from pfjax.gir import Op
 
 def column_vectors_ok(em, body: list[gir.Node], reduces: list[gir.Node]) -> bool:
     """A column loop with an exp (or the like) in it has a vf16 form: blocks of whole
-    vectors, float accumulators and per-unit values, and no staged short rows. In the
-    `omp simd` form each call goes through the vector-function ABI and spills the
-    loop's live vectors around it (exp(x).mean(0) over 4096 x 1024: 0.73x jax.jit)."""
+    vectors, float accumulators and per-unit values (short rows staged across the lanes
+    too: their stage is read along the lane). In the `omp simd` form each call goes
+    through the vector-function ABI and spills the loop's live vectors around it
+    (exp(x).mean(0) over 4096 x 1024: 0.73x jax.jit; cross-entropy over 393216 x 10:
+    4.55-5.00 against 3.75-4.15 ms)."""
     if not (vector_mode.VECTOR_LOOPS and em.par.vector == 16 and em.par.block % 16 == 0
             and em.space[em.lane] % em.par.block == 0):
         return False
