@@ -57,6 +57,24 @@ def test_bursts_run_untimed_then_timed_calls_per_round():
     assert calls[2:] == ["a"] * 4 + ["b"] * 4 + ["b"] * 4 + ["a"] * 4
 
 
+def test_torch_is_compared_with_pfjax_timed_alone():
+    from pfjax.bench.harness import Result, format_report
+    rows = [Result("a", "A", "cat", "cache", "4x4", 1 << 20, ref_ms=2.0, fused_ms=1.0,
+                   torch_ms=0.6, fused_alone_ms=0.5, ceiling_gbps=2.0, check="ok"),
+            Result("b", "B", "cat", "cache", "4x4", 1 << 20, ref_ms=2.0, fused_ms=1.0,
+                   torch_ms=0.4, fused_alone_ms=0.8, ceiling_gbps=2.0, check="ok"),
+            Result("c", "C", "cat", "cache", "4x4", 1 << 20, ref_ms=2.0, fused_ms=1.0,
+                   check="ok")]  # torch.compile failed: nothing to compare
+    assert [r.vs_torch() for r in rows] == [pytest.approx(1.2), pytest.approx(0.5), None]
+    report = format_report(rows, {"cache": 1.0, "source": "test"}, {}, "glibc defaults",
+                           False, True)
+    head = next(line for line in report.splitlines() if line.startswith("| workload"))
+    assert "| pfjax alone ms | torch.compile / pfjax alone |" in head
+    assert "| 0.600 | 87 | 0.500 | 1.20 | ok |" in report
+    assert "| - | - | - | - | ok |" in report
+    assert "pfjax faster on 1 of 2 workloads, geometric mean 0.77x, lowest 0.50x" in report
+
+
 def test_bytes_moved_counts_inputs_and_outputs():
     import jax
     w = next(w for w in WORKLOADS if w.name == "adam")

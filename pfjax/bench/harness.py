@@ -10,7 +10,11 @@ that brings its inputs back into cache (the other candidate's working set has ju
 evicted them), then timed calls, so that "cache-resident" holds as it does for the
 ceiling. torch.compile is timed apart, after the JAX pair: its OpenMP workers spin for
 milliseconds after each call and slowed whatever ran next on the two cores, and XLA's
-pool did the same to it.
+pool did the same to it. Timed alone, a candidate's input stays hot in the shared cache
+from burst to burst, where in the interleaved rounds the other candidates' working sets
+evict it (on a 2-core Zen 3 VM a 16 MiB read ran 0.26-0.35 ms back to back and 0.6-0.9
+ms for several calls after a 3 ms pause): so pfjax is timed alone as well, right after
+torch.compile, and the two are compared like for like ("pfjax alone").
 """
 from __future__ import annotations
 
@@ -89,6 +93,7 @@ class Result:
     ref_ms: Optional[float] = None
     fused_ms: Optional[float] = None
     torch_ms: Optional[float] = None
+    fused_alone_ms: Optional[float] = None  # timed as torch.compile is: alone, not interleaved
     ceiling_gbps: Optional[float] = None  # its stream kernel, timed in the same rounds
     reps: int = 0
     check: str = "not run"          # "ok", "MISMATCH: ...", "ERROR: ..."
@@ -101,6 +106,12 @@ class Result:
     def speedup(self) -> Optional[float]:
         if self.ref_ms and self.fused_ms:
             return self.ref_ms / self.fused_ms
+        return None
+
+    def vs_torch(self) -> Optional[float]:
+        """torch.compile's time over pfjax's, both timed alone (> 1: pfjax is faster)."""
+        if self.torch_ms and self.fused_alone_ms:
+            return self.torch_ms / self.fused_alone_ms
         return None
 
     def gbps(self, ms: Optional[float]) -> Optional[float]:
@@ -305,6 +316,9 @@ def run_workload(w: Workload, size: str, fuse, timing: Timing, torch=None) -> Re
     if torch_cand is not None:
         res.torch_ms = time_interleaved([torch_cand], timing, f"{label} torch.compile",
                                         burst)[0][0] * 1e3
+        if "fused" in cands and res.ok:
+            res.fused_alone_ms = time_interleaved([cands["fused"]], timing, f"{label} pfjax alone",
+                                                  burst)[0][0] * 1e3
     return res
 
 
@@ -344,7 +358,8 @@ def format_report(results, ceilings, machine, allocator, stand_in, has_torch) ->
         head = ["workload", "shape", "pfjax ms", f"{ref} ms", "speedup", "pfjax GB/s",
                 "ceiling GB/s", "% of ceiling", f"{ref} % of ceiling"]
         if has_torch:
-            head += ["torch.compile ms", "torch.compile % of ceiling"]
+            head += ["torch.compile ms", "torch.compile % of ceiling", "pfjax alone ms",
+                     "torch.compile / pfjax alone"]
         head.append("check")
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for r in rows:
@@ -354,12 +369,18 @@ def format_report(results, ceilings, machine, allocator, stand_in, has_torch) ->
                      _f(r.speedup(), ".2f"), _f(r.gbps(r.fused_ms), ".1f"), _f(c, ".1f"),
                      pct(r.fused_ms), pct(r.ref_ms)]
             if has_torch:
-                cells += [_f(r.torch_ms, ".3f"), pct(r.torch_ms)]
+                cells += [_f(r.torch_ms, ".3f"), pct(r.torch_ms), _f(r.fused_alone_ms, ".3f"),
+                          _f(r.vs_torch(), ".2f")]
             cells.append("ok" if r.ok else f"**{r.check}**")
             lines.append("| " + " | ".join(cells) + " |")
         g = geomean(r.speedup() for r in rows if r.ok)
         lines += ["", f"geometric mean speedup ({size}, {sum(r.ok for r in rows)} "
                       f"matching workloads): {_f(g, '.2f') + 'x' if g else 'n/a'}"]
+        vs = [r.vs_torch() for r in rows if r.ok and r.vs_torch()]
+        if vs:
+            lines.append(f"torch.compile vs pfjax, both timed alone: pfjax faster on "
+                         f"{sum(v > 1 for v in vs)} of {len(vs)} workloads, geometric mean "
+                         f"{geomean(vs):.2f}x, lowest {min(vs):.2f}x")
         categories = list(dict.fromkeys(r.category for r in rows))
         if len(categories) > 1:
             for cat in categories:
@@ -434,7 +455,8 @@ def run(argv=None) -> tuple[int, list, str]:
         data = {"machine": machine, "allocator": allocator, "ceilings": ceilings,
                 "fuse": "stand-in" if stand_in else "pfjax.fuse", "quick": args.quick,
                 "jax": jax.__version__,
-                "results": [dict(dataclasses.asdict(r), speedup=r.speedup()) for r in results],
+                "results": [dict(dataclasses.asdict(r), speedup=r.speedup(),
+                                 vs_torch=r.vs_torch()) for r in results],
                 "geomean_speedup": {s: geomean(r.speedup() for r in results
                                                if r.size == s and r.ok) for s in sizes}}
         with open(args.json, "w") as f:
