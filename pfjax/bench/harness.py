@@ -13,7 +13,7 @@ milliseconds after each call and slowed whatever ran next on the two cores, and 
 pool did the same to it. Timed alone, a candidate's input stays hot in the shared cache
 from burst to burst, where in the interleaved rounds the other candidates' working sets
 evict it (on a 2-core Zen 3 VM a 16 MiB read ran 0.26-0.35 ms back to back and 0.6-0.9
-ms for several calls after a 3 ms pause): so pfjax is timed alone as well, right after
+ms for several calls after a 3 ms pause): so pfjax is timed alone as well, right before
 torch.compile, and the two are compared like for like ("pfjax alone").
 """
 from __future__ import annotations
@@ -314,11 +314,12 @@ def run_workload(w: Workload, size: str, fuse, timing: Timing, torch=None) -> Re
                                for i, k in enumerate(ceiling_kernels))
     del ceiling_kernels
     if torch_cand is not None:
-        res.torch_ms = time_interleaved([torch_cand], timing, f"{label} torch.compile",
-                                        burst)[0][0] * 1e3
+        # pfjax alone first: torch's OpenMP workers spin on after its last call
         if "fused" in cands and res.ok:
             res.fused_alone_ms = time_interleaved([cands["fused"]], timing, f"{label} pfjax alone",
                                                   burst)[0][0] * 1e3
+        res.torch_ms = time_interleaved([torch_cand], timing, f"{label} torch.compile",
+                                        burst)[0][0] * 1e3
     return res
 
 
