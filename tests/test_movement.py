@@ -351,10 +351,39 @@ def test_whole_strips_stream_straight_out(monkeypatch, tmp_path, rng, march, sha
                                    **(dict(rtol=1e-2, atol=1e-2) if dtype != np.float32 else TOL))
 
 
+@needs_x86_gxx
+@pytest.mark.parametrize("task_columns", [None, 45, 300 + 17])
+def test_full_blocks_split_into_strip_tasks(monkeypatch, tmp_path, rng, task_columns):
+    """Where every block of a transposed traversal is whole (2048 rows, 512 a block), a
+    task takes a block's columns in turn and may end between strips, so the last tasks are
+    shorter than a block. Tasks of the kernel's chunk, of 45 columns (ending inside a
+    strip) and of 317 (crossing into the next block) cover every element once: XLA's
+    answer through the kernel's body, streamed, aligned and misaligned."""
+    monkeypatch.setenv("PFJAX_NONTEMPORAL", "1")
+    x, b = randn(rng, 300, 2048), randn(rng, 300)
+    x.reshape(-1)[::97] = np.nan
+    x.reshape(-1)[5::89] = -np.inf
+
+    def f(x, b):
+        return jnp.tanh(x.T * 2.0 + b)
+    want = np.asarray(jax.jit(f)(x, b))
+    assert_tree_close(jax.jit(pfjax.fuse(f))(x, b), want, **TOL)
+    (group,) = pfjax.explain(f, x, b).groups
+    block, chunk = group.schedule.block, group.schedule.chunk
+    assert block == decisions.TRANSPOSE_BLOCK_ROWS and chunk < block * 300
+    assert chunk % (block * group.schedule.strip) == 0
+    source = Path(group.source_path)
+    assert "for (int64_t e = begin; e < end;) {" in source.read_text()
+    task = block * task_columns if task_columns else None
+    for got in _streamed_bodies(source, tmp_path, "native", (x, b), want.size, np.float32,
+                                task=task):
+        np.testing.assert_allclose(got.reshape(want.shape), want, **TOL)
+
+
 def _streamed_bodies(source, tmp_path, march, args, size, dtype, task=None):
     """The kernel's output from its body called with streaming on, the source built for
     `march`, into a 64-byte aligned output and into one an element off (as float32). Tasks
-    of `task` elements (default: the kernel's chunk, whole row blocks)."""
+    of `task` elements (default: the kernel's chunk)."""
     build_for(source, tmp_path / "k.so", march)
     name = re.search(r"PFJAX_EXPORT_KERNEL\((\w+),", source.read_text()).group(1)
     info = kernel_info(ctypes.CDLL(str(tmp_path / "k.so")), name)

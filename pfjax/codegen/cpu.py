@@ -91,17 +91,32 @@ def emit_kernel(kernel: gir.Kernel) -> str:
         # of `block` rows a column strip at a time: the cache lines one row's strided reads
         # touch are reused by the next rows while they are still in L1.
         w(f"constexpr int64_t kBlockRows = {par.block}, kStrip = {par.strip};")
-        w("const int64_t row_end = end / kInner;  // tasks hold whole blocks of rows")
+        if not par.strip_tasks:
+            w("const int64_t row_end = end / kInner;  // tasks hold whole blocks of rows")
         for k, n in enumerate(staged.values()):
             w(f"alignas(64) {STORAGE[n.dtype]} stage{k}[kBlockRows * kStrip];")
             w(f"pfjax::rt::StripPrefetch next{k};")
-        w("for (int64_t row0 = begin / kInner, rows = 0; row0 < row_end; row0 += rows) {")
-        w.indent()
-        # A block stays within one run of the second-innermost dimension.
-        w(f"rows = std::min<int64_t>({{kBlockRows, row_end - row0, {space[-2]} - row0 % {space[-2]}}});")
-        w("for (int64_t col = 0; col < kInner; col += kStrip) {")
-        w.indent()
-        w("const int64_t n = std::min<int64_t>(kStrip, kInner - col);")
+        if par.strip_tasks:
+            # Every block is whole; a task's [begin, end) counts each block's elements
+            # column by column, so it covers whole columns of one or more blocks (tasks
+            # start and end on multiples of kBlockRows: the chunk is whole strips).
+            w("for (int64_t e = begin; e < end;) {")
+            w.indent()
+            w("const int64_t row0 = e / (kBlockRows * kInner) * kBlockRows, rows = kBlockRows;")
+            w("const int64_t col_begin = e % (kBlockRows * kInner) / kBlockRows;")
+            w("const int64_t col_end = std::min<int64_t>(kInner, col_begin + (end - e) / kBlockRows);")
+            w("e += (col_end - col_begin) * kBlockRows;")
+            w("for (int64_t col = col_begin; col < col_end; col += kStrip) {")
+            w.indent()
+            w("const int64_t n = std::min<int64_t>(kStrip, col_end - col);")
+        else:
+            w("for (int64_t row0 = begin / kInner, rows = 0; row0 < row_end; row0 += rows) {")
+            w.indent()
+            # A block stays within one run of the second-innermost dimension.
+            w(f"rows = std::min<int64_t>({{kBlockRows, row_end - row0, {space[-2]} - row0 % {space[-2]}}});")
+            w("for (int64_t col = 0; col < kInner; col += kStrip) {")
+            w.indent()
+            w("const int64_t n = std::min<int64_t>(kStrip, kInner - col);")
         if staged:
             _emit_staging(w, staged, outer)
         if _whole_strips(par, variants, accesses, staged, streamed):

@@ -118,6 +118,14 @@ class Parallel:
         return bool(self.rdims) and self.rdims[-1] < len(self.space) - 1
 
     @property
+    def strip_tasks(self) -> bool:
+        """A blocked (transposed) traversal whose blocks all hold `block` rows: its tasks
+        may then end between strips, a block's elements counted strip by strip (the last
+        tasks are shorter than a block, so threads finish closer together)."""
+        return (not self.rdims and self.block > 1 and len(self.space) >= 2
+                and self.space[-2] % self.block == 0)
+
+    @property
     def units(self) -> int:
         """Parallel units: kept indices, with the trailing kept dimension in blocks."""
         if not self.rdims:
