@@ -38,7 +38,7 @@ def emit_phased(em) -> str:
     # the output is read back only after every unit's earlier phases.
     em.stream_spills = {id(r) for r in roots if par.nontemporal
                         and r.op is Op.STORE and r.src[0].arg.role == "out"
-                        and em.nest.loop_of(r) is not None and em.nest.loop_of(r) < loops - 1
+                        and _earlier_phase(em, r, loops)
                         and r.dtype is gir.DType.F32 and r.arg.view.strides[em.lane] == 1}
     finishes = []
     for p in range(loops):
@@ -61,6 +61,13 @@ def emit_phased(em) -> str:
       f"{stream_mode(can_stream)}, {finishes[0]}, {scratch}, {loops}, "
       + (f"{name}_later_bodies, {name}_later_finishes);" if loops > 1 else "nullptr, nullptr);"))
     return "\n".join(w.lines) + "\n"
+
+
+def _earlier_phase(em, node: gir.Node, loops: int) -> bool:
+    """The node belongs to a loop before the last (its values wait for a later phase)."""
+    loop = em.nest.loop_of(node)
+    return loop is not None and loop < loops - 1
+
 
 def _emit_phase_body(em, p: int, roots: list[gir.Node], reduces: list[gir.Node],
                     rows: int) -> None:
