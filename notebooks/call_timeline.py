@@ -20,7 +20,6 @@
 # %%
 import ctypes
 import os
-import re
 import subprocess
 import tempfile
 import threading
