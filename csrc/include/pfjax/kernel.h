@@ -192,6 +192,32 @@ static inline __attribute__((always_inline)) void transpose8x8_b32(
 }
 #endif
 
+#if defined(__SSE2__)
+// The same for 8 x 8 2-byte elements (bf16, f16) in 128-bit registers: unpacks of 16-, 32-
+// and then 64-bit pairs. Without it half-precision stages were a scalar copy (a bf16
+// x.T * 2 at 2048 x 4096 took 8.1 ms against 5.6 for the f32 one moving twice the bytes).
+static inline __attribute__((always_inline)) void transpose8x8_b16(
+    void* dst, int64_t dst_stride, const void* src, int64_t src_stride) {
+  const uint16_t* s = static_cast<const uint16_t*>(src);
+  uint16_t* d = static_cast<uint16_t*>(dst);
+  __m128i r[8], a[8], b[8];
+  for (int k = 0; k < 8; ++k) r[k] = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + k * src_stride));
+  for (int k = 0; k < 8; k += 2) {  // a[k]: columns 0-3 of rows k, k+1 interleaved; a[k+1]: 4-7
+    a[k] = _mm_unpacklo_epi16(r[k], r[k + 1]);
+    a[k + 1] = _mm_unpackhi_epi16(r[k], r[k + 1]);
+  }
+  for (int h = 0; h < 8; h += 4)  // b[h + c]: columns 2c, 2c + 1 of rows h..h+3
+    for (int c = 0; c < 2; ++c) {
+      b[h + 2 * c] = _mm_unpacklo_epi32(a[h + c], a[h + c + 2]);
+      b[h + 2 * c + 1] = _mm_unpackhi_epi32(a[h + c], a[h + c + 2]);
+    }
+  for (int c = 0; c < 4; ++c) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(d + 2 * c * dst_stride), _mm_unpacklo_epi64(b[c], b[c + 4]));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(d + (2 * c + 1) * dst_stride), _mm_unpackhi_epi64(b[c], b[c + 4]));
+  }
+}
+#endif
+
 // Stage a transposed block at the local level: dst[tt * dst_stride + jj] =
 // src[jj * src_stride + tt] for jj < cols, tt < rows. Each source line is read once,
 // whole; 4-byte elements go through registers in blocks of up to 16 x 16 (for reductions
@@ -225,6 +251,18 @@ static inline void stage_transpose(T* __restrict dst, int64_t dst_stride,
     for (int64_t jj = 0; jj < cols8; jj += 8)
       for (int64_t tt = 0; tt < rows8; tt += 8)
         transpose8x8_b32(dst + tt * dst_stride + jj, dst_stride, src + jj * src_stride + tt,
+                         src_stride);
+    for (int64_t tt = 0; tt < rows8; ++tt)
+      for (int64_t jj = cols8; jj < cols; ++jj) dst[tt * dst_stride + jj] = src[jj * src_stride + tt];
+    t0 = rows8;
+  }
+#endif
+#if defined(__SSE2__)
+  if constexpr (sizeof(T) == 2) {
+    const int64_t rows8 = rows / 8 * 8, cols8 = cols / 8 * 8;
+    for (int64_t jj = 0; jj < cols8; jj += 8)
+      for (int64_t tt = 0; tt < rows8; tt += 8)
+        transpose8x8_b16(dst + tt * dst_stride + jj, dst_stride, src + jj * src_stride + tt,
                          src_stride);
     for (int64_t tt = 0; tt < rows8; ++tt)
       for (int64_t jj = cols8; jj < cols; ++jj) dst[tt * dst_stride + jj] = src[jj * src_stride + tt];
