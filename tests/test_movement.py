@@ -436,7 +436,8 @@ def test_pieces_stream_from_their_first_whole_line(monkeypatch, tmp_path, rng, m
     (40, 2, 1, "f32", 64), (4096, 2, 2, "f64", 512), (4096, 2, 3, "f64", 256),
     (4096, 2, 1, "avx2", 512), (2047, 2, 1, "avx2", 256), (40, 2, 1, "avx2", 64)])
 def test_transpose_block_leaves_each_thread_two_blocks(rows, cores, n_inputs, dtype, want):
-    """512-row blocks (strips of 16 columns with AVX-512, 32 with AVX2), halved
+    """512-row blocks (strips of 16 columns with AVX-512, 64 for this bare transpose with
+    AVX2), halved
     until every thread gets two of them and the stage tiles (rows x strip per transposed
     input) fit MAX_STAGE_BYTES; 64 at the least."""
     simd_bytes = 32 if dtype == "avx2" else 64
@@ -451,6 +452,57 @@ def test_transpose_block_leaves_each_thread_two_blocks(rows, cores, n_inputs, dt
         gir.store(out, value, gir.View(space, (64, 1)))]), tuple(inputs), (out,))
     target = gir.cpu_target({"num_cores": cores, "simd_bytes": simd_bytes})
     assert decisions.transpose_block(kernel, target) == want
+
+
+def _transpose_kernel(dtype, n_inputs, op=None, simd_bytes=32):
+    """out = op(x.T + y.T + ...) over (4096, 64) as GIR, and a 2-core target."""
+    space = (4096, 64)
+    inputs = [gir.buffer(k, "in", dtype, space[::-1]) for k in range(n_inputs)]
+    value = gir.load(inputs[0], gir.View(space, (1, space[0])))
+    for b in inputs[1:]:
+        value = gir.alu("add", dtype, value, gir.load(b, gir.View(space, (1, space[0]))))
+    if op is not None:
+        value = gir.alu(op, dtype, value)
+    out = gir.buffer(0, "out", dtype, space)
+    kernel = gir.Kernel(gir.parallel(gir.Parallel(space), [
+        gir.store(out, value, gir.View(space, (64, 1)))]), tuple(inputs), (out,))
+    return kernel, gir.cpu_target({"num_cores": 2, "simd_bytes": simd_bytes})
+
+
+@pytest.mark.parametrize("dtype, n_inputs, op, simd_bytes, strip", [
+    (gir.DType.F32, 1, None, 32, 64),      # stores set the pace: the wide strip
+    (gir.DType.F32, 1, "neg", 32, 64),
+    (gir.DType.BF16, 2, None, 32, 64),     # two 2-byte stages of 64 KiB fit
+    (gir.DType.F32, 1, "exp", 32, 32),     # arithmetic sets the pace
+    (gir.DType.F32, 1, "tanh", 32, 32),
+    (gir.DType.F32, 2, None, 32, 32),      # 64 would halve the blocks: shorter source runs
+    (gir.DType.F64, 1, None, 32, 32),
+    (gir.DType.F32, 1, None, 64, 16),      # AVX-512: 16 x 16 register transposes
+])
+def test_avx2_strip_is_wide_for_light_arithmetic(dtype, n_inputs, op, simd_bytes, strip):
+    kernel, target = _transpose_kernel(dtype, n_inputs, op, simd_bytes)
+    assert decisions.transpose_strip(target, kernel) == strip
+    assert decisions.transpose_block(kernel, target) == decisions.TRANSPOSE_BLOCK_ROWS
+    schedule = decisions.choose(kernel, target)
+    assert (schedule.block, schedule.strip) == (decisions.TRANSPOSE_BLOCK_ROWS, strip)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_light_transpose_matches_xla_with_its_strips(rng, dtype):
+    """A bare transpose + bias with the target's strip for light arithmetic (64 wide with
+    AVX2) over odd extents: partial last strips, several blocks per batch, NaN and inf;
+    bf16 through the 2-byte register transposes."""
+    x = randn(rng, 3, 1030, 1100)
+    x[0, 5, 7], x[1, 1029, 1099], x[2, 600, 64] = np.nan, np.inf, -np.inf
+    x, b = jnp.asarray(x).astype(dtype), jnp.asarray(randn(rng, 1100)).astype(dtype)
+
+    def f(x, b):
+        return jnp.swapaxes(x, -1, -2) * 2.0 + b[:, None]
+    one_kernel(f, x, b, tol=dict(rtol=1e-2, atol=1e-2) if dtype == jnp.bfloat16 else TOL)
+    (group,) = pfjax.explain(f, x, b).groups
+    light = 16 if pfjax.compile.target().vector_bytes >= 64 else 64
+    assert (group.schedule.block, group.schedule.strip) == (decisions.TRANSPOSE_BLOCK_ROWS, light)
+    assert f"kStrip = {light};" in open(group.source_path).read()
 
 
 def test_causal_mask_from_iotas_is_computed_inline(rng):

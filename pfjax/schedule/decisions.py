@@ -177,7 +177,7 @@ def choose(kernel: gir.Kernel, target: gir.Target) -> Schedule:
     # Several chunks per thread so a slow thread does not hold everyone up.
     chunk = max(min_chunk, -(-size // (target.groups * 4)))
     block = transpose_block(kernel, target)
-    strip = transpose_strip(target) if block > 1 else 1
+    strip = transpose_strip(target, kernel) if block > 1 else 1
     blocked = gir.Parallel(par.space, block=block, strip=strip)
     if blocked.strip_tasks:
         # Tasks of whole strips, about 16 per thread: with a task per block, a thread
@@ -215,17 +215,38 @@ def choose(kernel: gir.Kernel, target: gir.Target) -> Schedule:
 # 2.30 / 2.96, 512 x 32 1.85 / 2.50, 512 x 64 1.62 / 2.44 (256 x 32 1.84 / 2.40 in
 # another run where 512 x 32 took 1.69 / 2.16); 16384 x 4096: 512 x 16 34.3 / 41.6,
 # 512 x 32 34.3 / 34.0, 512 x 64 31.2 / 39.2, 256 x 32 49.9 / 51.3 (shorter source runs
-# cost most from memory). Smaller blocks where the full one would leave a thread fewer
-# than two (on Zen 4, 1024 rows were 5-10% faster still in isolation, but 4 blocks for 2
-# threads balanced badly in XLA's pool: 4.4x).
+# cost most from memory). So with AVX2 a kernel without a transcendental operation takes
+# 64-wide strips (its stores set the pace) and the others 32 (their arithmetic does, and
+# 64 cost GELU 15% from memory). 512 x 64 against 512 x 32 through JAX, interleaved
+# (ms): x.T * 2 + b at 1024 x 4096 1.60 / 1.89, 1.69 / 2.14, 1.96 / 2.05; 4096 x 1024
+# 2.15 / 2.43; 2048 x 2048 2.03 / 2.17; from memory (4096 to 16384 x 4096) within 3%
+# either way; bf16 x.T * 2 at 2048 x 4096 2.70 / 3.04, 2.77 / 2.89. Smaller blocks where
+# the full one would leave a thread fewer than two (on Zen 4, 1024 rows were 5-10% faster
+# still in isolation, but 4 blocks for 2 threads balanced badly in XLA's pool: 4.4x).
 TRANSPOSE_BLOCK_ROWS = 512
 SMALL_TRANSPOSE_BLOCK_ROWS = 64
 MAX_STAGE_BYTES = 128 * 1024
 
 
-def transpose_strip(target: gir.Target) -> int:
-    """Columns per step of a blocked traversal on this target."""
-    return 32 if target.backend == "cpu" and target.vector_bytes < 64 else 16
+def _transposed_accesses(kernel: gir.Kernel) -> list[gir.Node]:
+    """Loads and stores strided along the row with unit stride from one row to the next."""
+    return [n for n in gir.toposort(kernel.root) if n.op in (Op.LOAD, Op.STORE)
+            and abs(n.arg.view.strides[-1]) > 1 and abs(n.arg.view.strides[-2]) == 1]
+
+
+def transpose_strip(target: gir.Target, kernel: gir.Kernel | None = None) -> int:
+    """Columns per step of a blocked traversal of `kernel` on this target (without a
+    kernel: the strip of one whose arithmetic includes a transcendental operation). The
+    wide strip only where its stage still fits beside full-size blocks: shorter source
+    runs would cost more than the wider stores gain."""
+    if target.backend != "cpu" or target.vector_bytes >= 64:
+        return 16
+    if kernel is None or any(n.op is Op.ALU and gir.alu_op(n.arg).transcendental
+                             for n in gir.toposort(kernel.root)):
+        return 32
+    stage_bytes = TRANSPOSE_BLOCK_ROWS * 64 * sum(
+        n.dtype.itemsize for n in _transposed_accesses(kernel))
+    return 64 if stage_bytes <= MAX_STAGE_BYTES else 32
 
 
 def transpose_block(kernel: gir.Kernel, target: gir.Target) -> int:
@@ -234,12 +255,11 @@ def transpose_block(kernel: gir.Kernel, target: gir.Target) -> int:
     space = kernel.parallel.space
     if len(space) < 2 or space[-1] < 16 or space[-2] < 2:
         return 1
-    transposed = [n for n in gir.toposort(kernel.root) if n.op in (Op.LOAD, Op.STORE)
-                  and abs(n.arg.view.strides[-1]) > 1 and abs(n.arg.view.strides[-2]) == 1]
+    transposed = _transposed_accesses(kernel)
     if not transposed:
         return 1
     rows = math.prod(space[:-1])
-    row_bytes = sum(n.dtype.itemsize for n in transposed) * transpose_strip(target)
+    row_bytes = sum(n.dtype.itemsize for n in transposed) * transpose_strip(target, kernel)
     block = TRANSPOSE_BLOCK_ROWS
     while block > SMALL_TRANSPOSE_BLOCK_ROWS and (
             rows < block * 2 * target.groups or block * row_bytes > MAX_STAGE_BYTES):
