@@ -194,8 +194,8 @@ static inline __attribute__((always_inline)) void transpose8x8_b32(
 
 #if defined(__SSE2__)
 // The same for 8 x 8 2-byte elements (bf16, f16) in 128-bit registers: unpacks of 16-, 32-
-// and then 64-bit pairs. Without it half-precision stages were a scalar copy (a bf16
-// x.T * 2 at 2048 x 4096 took 8.1 ms against 5.6 for the f32 one moving twice the bytes).
+// and then 64-bit pairs. Without it half-precision stages were a scalar copy: a bf16
+// x.T * 2 at 2048 x 4096 took 6.4-8.1 ms through jax.jit, 2.6-2.8 with it (Zen 3 VM).
 static inline __attribute__((always_inline)) void transpose8x8_b16(
     void* dst, int64_t dst_stride, const void* src, int64_t src_stride) {
   const uint16_t* s = static_cast<const uint16_t*>(src);
@@ -222,7 +222,7 @@ static inline __attribute__((always_inline)) void transpose8x8_b16(
 // src[jj * src_stride + tt] for jj < cols, tt < rows. Each source line is read once,
 // whole; 4-byte elements go through registers in blocks of up to 16 x 16 (for reductions
 // over rows shorter than 16, masked: a scalar copy of 7-element rows cost 2.5x the kernel's
-// reduction loops).
+// reduction loops), 2-byte ones in blocks of 8 x 8.
 template <typename T>
 static inline void stage_transpose(T* __restrict dst, int64_t dst_stride,
                                    const T* __restrict src, int64_t src_stride, int64_t cols,
