@@ -218,6 +218,23 @@ static inline __attribute__((always_inline)) void transpose8x8_b16(
 }
 #endif
 
+// stage_transpose's rows up to the last multiple of 8 in whole 8 x 8 register blocks, 8
+// source rows at a time across the block (each source line's pieces are transposed one
+// after the other: the rows' lines share L1 sets at 4 KiB strides), the columns past the
+// last whole block element by element; returns the rows done.
+template <typename T, typename Block>
+static inline int64_t stage_transpose_8x8(T* __restrict dst, int64_t dst_stride,
+                                          const T* __restrict src, int64_t src_stride,
+                                          int64_t cols, int64_t rows, Block block) {
+  const int64_t rows8 = rows / 8 * 8, cols8 = cols / 8 * 8;
+  for (int64_t jj = 0; jj < cols8; jj += 8)
+    for (int64_t tt = 0; tt < rows8; tt += 8)
+      block(dst + tt * dst_stride + jj, dst_stride, src + jj * src_stride + tt, src_stride);
+  for (int64_t tt = 0; tt < rows8; ++tt)
+    for (int64_t jj = cols8; jj < cols; ++jj) dst[tt * dst_stride + jj] = src[jj * src_stride + tt];
+  return rows8;
+}
+
 // Stage a transposed block at the local level: dst[tt * dst_stride + jj] =
 // src[jj * src_stride + tt] for jj < cols, tt < rows. Each source line is read once,
 // whole; 4-byte elements go through registers in blocks of up to 16 x 16 (for reductions
@@ -244,30 +261,14 @@ static inline void stage_transpose(T* __restrict dst, int64_t dst_stride,
     }
   }
 #elif defined(__AVX2__)
-  if constexpr (sizeof(T) == 4) {
-    // 8 source rows at a time across the block: each source line's two halves are
-    // transposed one after the other (the rows' lines share L1 sets at 4 KiB strides)
-    const int64_t rows8 = rows / 8 * 8, cols8 = cols / 8 * 8;
-    for (int64_t jj = 0; jj < cols8; jj += 8)
-      for (int64_t tt = 0; tt < rows8; tt += 8)
-        transpose8x8_b32(dst + tt * dst_stride + jj, dst_stride, src + jj * src_stride + tt,
-                         src_stride);
-    for (int64_t tt = 0; tt < rows8; ++tt)
-      for (int64_t jj = cols8; jj < cols; ++jj) dst[tt * dst_stride + jj] = src[jj * src_stride + tt];
-    t0 = rows8;
-  }
+  if constexpr (sizeof(T) == 4)
+    t0 = stage_transpose_8x8(dst, dst_stride, src, src_stride, cols, rows,
+                             [](auto... a) { transpose8x8_b32(a...); });
 #endif
 #if defined(__SSE2__)
-  if constexpr (sizeof(T) == 2) {
-    const int64_t rows8 = rows / 8 * 8, cols8 = cols / 8 * 8;
-    for (int64_t jj = 0; jj < cols8; jj += 8)
-      for (int64_t tt = 0; tt < rows8; tt += 8)
-        transpose8x8_b16(dst + tt * dst_stride + jj, dst_stride, src + jj * src_stride + tt,
-                         src_stride);
-    for (int64_t tt = 0; tt < rows8; ++tt)
-      for (int64_t jj = cols8; jj < cols; ++jj) dst[tt * dst_stride + jj] = src[jj * src_stride + tt];
-    t0 = rows8;
-  }
+  if constexpr (sizeof(T) == 2)
+    t0 = stage_transpose_8x8(dst, dst_stride, src, src_stride, cols, rows,
+                             [](auto... a) { transpose8x8_b16(a...); });
 #endif
   for (int64_t jj = 0; jj < cols; ++jj)
     for (int64_t tt = t0; tt < rows; ++tt) dst[tt * dst_stride + jj] = src[jj * src_stride + tt];
